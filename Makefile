@@ -1,0 +1,72 @@
+# rerank-lab: `make help` lists the targets. `make demo` and `make test` install what they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+# CPU machines get this torch build; override (e.g. TORCH_SPEC="torch==2.13.0+cpu") to pick another.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+SWEEP ?= experiments/sweeps/demo_probe.yaml
+COUNT ?=
+DEMO_DIR ?= runs/demo
+
+.PHONY: help install demo test test-slow test-gpu lint format sweep bench clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Create .venv and install rerank-lab with its dev tools (idempotent)
+
+# The torch step comes first and is then pinned: an unpinned torch pulled in by lightning/peft would
+# otherwise fetch the newest CUDA build (several GB) on CPU machines. With a GPU the venv sees the
+# system site-packages so a CUDA torch already installed by the user is kept, never replaced.
+$(STAMP): pyproject.toml
+	@if [ ! -x $(PY) ]; then \
+	  if command -v nvidia-smi >/dev/null 2>&1; then $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else $(PYTHON) -m venv $(VENV); fi; \
+	fi
+	@if ! $(PY) -c "import torch" 2>/dev/null; then \
+	  if command -v nvidia-smi >/dev/null 2>&1; then echo "installing CUDA torch"; $(PIP) install torch 2>&1 | grep -v "^WARNING: Location" || true; \
+	  else echo "installing CPU torch ($(TORCH_SPEC))"; $(PIP) install "$(TORCH_SPEC)" 2>&1 | grep -v "^WARNING: Location" || true; fi; \
+	fi
+	@$(PY) -c "import torch" || { echo "torch failed to install"; exit 1; }
+	@$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
+	@echo "installing rerank-lab and its dependencies (pinned to $$(cat $(VENV)/constraints.txt))"
+	@set -o pipefail; $(PIP) install -c $(VENV)/constraints.txt -e ".[dev]" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then \
+	  bad=$$($(PY) -m pip list --format=freeze 2>/dev/null | grep -iE '^(nvidia|triton|torchvision)' || true); \
+	  if [ -n "$$bad" ]; then echo "CPU machine but GPU packages were installed: $$bad"; exit 1; fi; \
+	fi
+	@touch $(STAMP)
+
+demo: install ## Build a tiny model + demo benchmark, train SFT on CPU, print before/after tables
+	$(PY) -m experiments.demo --out $(DEMO_DIR)
+
+test: install ## Run the fast test tier (CPU, tiny models)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+test-slow: install ## Run the slow tier (learning checks, multi-process)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow
+
+test-gpu: install ## Run the GPU tier (needs CUDA)
+	$(PY) -m pytest -q -m gpu
+
+lint: install ## ruff lint + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## Apply ruff formatting and safe fixes
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+sweep: install ## Run a sweep: make sweep SWEEP=experiments/sweeps/demo_probe.yaml [COUNT=n]
+	$(PY) -m experiments.sweep $(SWEEP) $(if $(COUNT),--count $(COUNT),)
+
+bench: install ## Speed/memory benchmark against a naive baseline (writes runs/bench/)
+	$(PY) -m experiments.bench --out runs/bench
+
+clean: ## Remove caches (keeps .venv and runs/)
+	rm -rf .pytest_cache .ruff_cache $$(find . -name __pycache__ -not -path './.venv/*')

@@ -1,0 +1,237 @@
+"""The Lightning DataModule: training query groups and MRB evaluation tasks, encoded for the backbone.
+
+Training batches hold B groups of 1 + N documents, flattened into B·(1+N) pairs; evaluation
+batches hold one query with its top-K first-stage candidates, sorted by length and cut into
+micro-batches so that padding stays small.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from datamodules.formats import MRBTask, TaskMeta, iter_train_groups, list_tasks, load_task
+from datamodules.groups import NegativeSampler, SampledGroup
+from lightning_modules.encoding import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PairEncoder
+
+
+class TrainGroups(Dataset):
+    """Training records with freshly sampled negatives each epoch (deterministic per seed and epoch)."""
+
+    def __init__(self, root: str, sampler: NegativeSampler | None = None, seed: int = 0, **sampler_kwargs) -> None:
+        self.groups = list(iter_train_groups(root))
+        self.sampler = sampler or NegativeSampler(self.groups, **sampler_kwargs)
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: int) -> SampledGroup:
+        rng = random.Random(f"{self.seed}:{self.epoch}:{index}")
+        return self.sampler.sample(self.groups[index], rng)
+
+
+@dataclass
+class EvalQuery:
+    """One query of one task with its candidates (already cut to the evaluation depth)."""
+
+    task: str
+    qid: str
+    doc_ids: list[str]
+    first_stage: list[float]
+    relevance: dict[str, int] = field(default_factory=dict)
+
+
+class EvalQueries(IterableDataset):
+    """Every judged query of the selected tasks, sharded over ranks and workers without padding.
+
+    Sharding by query (never by pair) keeps each query's candidates on one rank so per-query
+    metrics are exact, and no query is duplicated to even out ranks (that would bias the means).
+    """
+
+    def __init__(self, tasks: list[MRBTask], top_k: int = 100, rank: int = 0, world_size: int = 1) -> None:
+        self.tasks = {task.name: task for task in tasks}
+        self.items: list[EvalQuery] = []
+        for task in tasks:
+            for qid in sorted(set(task.qrels) | set(task.candidates)):
+                ranked = sorted(task.candidates.get(qid, {}).items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+                ranked = ranked[:top_k]
+                self.items.append(
+                    EvalQuery(
+                        task=task.name,
+                        qid=qid,
+                        doc_ids=[d for d, _ in ranked],
+                        first_stage=[s for _, s in ranked],
+                        relevance=dict(task.qrels.get(qid, {})),
+                    )
+                )
+        self.rank, self.world_size = rank, world_size
+
+    def shard(self) -> list[EvalQuery]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        return self.items[self.rank * workers + worker :: self.world_size * workers]
+
+    def __iter__(self) -> Iterator[EvalQuery]:
+        return iter(self.shard())
+
+
+class RerankDataModule(L.LightningDataModule):
+    """Training groups + MRB evaluation tasks for one backbone.
+
+    Args:
+        model_name_or_path: the backbone whose tokenizer/processor encodes pairs (linked from the
+            model config by the CLI).
+        train_root: folder (or file) of training JSONL / JSONL.gz groups.
+        eval_root: MRB root with one folder per test set.
+        eval_tasks: only these tasks (default: all under ``eval_root``).
+        num_negatives: N negatives per group (group size 1 + N).
+        hard_negative_ratio: share of negatives taken from the record's hard negatives.
+        batch_size: groups per training step.
+        eval_top_k: rerank depth: the top-K first-stage candidates of each query.
+        eval_pairs_per_batch: pairs per evaluation forward pass.
+        max_length: token cap per pair (image tokens included).
+        min_pixels: per-image lower bound on pixels.
+        max_pixels: per-image upper bound on pixels.
+        num_workers: DataLoader worker processes.
+        seed: seed of the negative sampling and shuffling.
+        trust_remote_code: let the tokenizer/processor run code shipped with the checkpoint.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = "",
+        train_root: str | None = None,
+        eval_root: str | None = None,
+        eval_tasks: list[str] | None = None,
+        num_negatives: int = 4,
+        hard_negative_ratio: float = 0.5,
+        batch_size: int = 1,
+        eval_top_k: int = 100,
+        eval_pairs_per_batch: int = 32,
+        max_length: int = 3200,
+        min_pixels: int = DEFAULT_MIN_PIXELS,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        num_workers: int = 0,
+        seed: int = 0,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self._encoder: PairEncoder | None = None
+        self.train_data: TrainGroups | None = None
+        self.eval_tasks_loaded: list[MRBTask] | None = None
+
+    @property
+    def encoder(self) -> PairEncoder:
+        if self._encoder is None:
+            hp = self.hparams
+            if not hp.model_name_or_path:
+                raise ValueError("data.model_name_or_path is empty; set model.model_name_or_path")
+            self._encoder = PairEncoder.from_pretrained(
+                hp.model_name_or_path,
+                trust_remote_code=hp.trust_remote_code,
+                max_length=hp.max_length,
+                min_pixels=hp.min_pixels,
+                max_pixels=hp.max_pixels,
+            )
+        return self._encoder
+
+    @property
+    def task_metas(self) -> list[TaskMeta]:
+        """Metadata of the evaluation tasks (read once, cheap)."""
+        return [task.meta for task in self._eval_tasks()]
+
+    def _eval_tasks(self) -> list[MRBTask]:
+        if self.eval_tasks_loaded is None:
+            if not self.hparams.eval_root:
+                raise ValueError("data.eval_root is not set; point it at an MRB folder to validate or test")
+            folders = list_tasks(self.hparams.eval_root, self.hparams.eval_tasks)
+            self.eval_tasks_loaded = [load_task(folder) for folder in folders]
+        return self.eval_tasks_loaded
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        if stage == "fit" and self.train_data is None:
+            if not hp.train_root:
+                raise ValueError("data.train_root is not set; point it at a folder of training JSONL files")
+            instructions = {t.name: t.meta.instruction for t in self._eval_tasks()} if hp.eval_root else {}
+            self.train_data = TrainGroups(
+                hp.train_root,
+                seed=hp.seed,
+                num_negatives=hp.num_negatives,
+                hard_negative_ratio=hp.hard_negative_ratio,
+                task_instructions=instructions,
+            )
+
+    # ---- collation (runs in DataLoader workers) ------------------------------------------
+    def collate_train(self, groups: list[SampledGroup]) -> dict:
+        pairs = []
+        for group in groups:
+            pairs.extend(self.encoder.encode_group(group.instruction, group.query, group.documents, where=group.source))
+        return {
+            "inputs": self.encoder.collate(pairs),
+            "positives": torch.tensor([g.positives for g in groups], dtype=torch.bool),
+            "tasks": [g.task for g in groups],
+            "filled_hard": sum(g.filled_hard for g in groups),
+            "truncated": sum(p.truncated for p in pairs),
+            "visual_tokens": sum(p.num_image_tokens // self.encoder.merge_size**2 for p in pairs),
+        }
+
+    def collate_eval(self, items: list[EvalQuery]) -> dict:
+        (item,) = items  # one query per batch: its candidates are cut into micro-batches below
+        task = self._eval_tasks_by_name()[item.task]
+        query = task.queries[item.qid]
+        documents = [task.corpus[d] for d in item.doc_ids]
+        pairs = self.encoder.encode_group(
+            task.meta.instruction, query, documents, where=f"{task.root}: query {item.qid}"
+        ) if documents else []
+        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].input_ids))
+        size = self.hparams.eval_pairs_per_batch
+        chunks = [order[i : i + size] for i in range(0, len(order), size)]
+        return {
+            "task": item.task,
+            "qid": item.qid,
+            "doc_ids": [item.doc_ids[i] for i in order],
+            "first_stage": [item.first_stage[i] for i in order],
+            "relevance": item.relevance,
+            "chunks": [self.encoder.collate([pairs[i] for i in chunk]) for chunk in chunks],
+        }
+
+    def _eval_tasks_by_name(self) -> dict[str, MRBTask]:
+        return {task.name: task for task in self._eval_tasks()}
+
+    # ---- loaders ---------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        if self.trainer is not None:
+            self.train_data.epoch = self.trainer.current_epoch
+        generator = torch.Generator().manual_seed(self.hparams.seed + self.train_data.epoch)
+        return DataLoader(
+            self.train_data,
+            batch_size=self.hparams.batch_size,
+            shuffle=True,
+            generator=generator,
+            collate_fn=self.collate_train,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=False,
+        )
+
+    def _eval_loader(self) -> DataLoader:
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        dataset = EvalQueries(self._eval_tasks(), top_k=self.hparams.eval_top_k, rank=rank, world_size=world)
+        return DataLoader(dataset, batch_size=1, collate_fn=self.collate_eval, num_workers=self.hparams.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader()

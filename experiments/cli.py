@@ -1,0 +1,157 @@
+"""LightningCLI entry point: ``python -m experiments.cli {fit,validate,test,predict} --config ...``.
+
+Every run gets its own folder ``<runs_dir>/<run_name>-<timestamp>`` holding the resolved config,
+the local metrics record (``eval_history.jsonl``), TREC runs, checkpoints and the W&B files, so
+repeated runs in one directory (a sweep agent) never collide. W&B goes offline by itself when no
+login exists (``wandb sync <run>/wandb/offline-run-*`` uploads later); ``WANDB_MODE=disabled``
+turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+from datamodules.datamodule import RerankDataModule
+from lightning_modules.reranker import RerankerModule, count_parameters
+
+
+def wandb_logged_in() -> bool:
+    """Whether W&B has credentials (an API key in the environment or in ~/.netrc)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def ensure_wandb_mode() -> None:
+    """Go offline (with a one-line notice) when W&B has no login and no mode was chosen."""
+    if os.environ.get("WANDB_MODE") or wandb_logged_in():
+        return
+    os.environ["WANDB_MODE"] = "offline"
+    print("W&B: no login found, logging offline; upload later with `wandb sync <run>/wandb/offline-run-*`", file=sys.stderr)
+
+
+def run_name(config) -> str:
+    """A name that says what ran, e.g. ``url-Wsft-Dcl-n4-s0`` or ``sft-n4-s0``."""
+    model, data = config["model"], config["data"]
+    parts = [str(model["objective"])]
+    args = model.get("objective_args") or {}
+    if "weight" in args:
+        parts.append(f"W{args['weight']}")
+    if "direction" in args:
+        parts.append(f"D{args['direction']}")
+    parts.append(f"n{data['num_negatives']}")
+    seed = config.get("seed_everything")
+    parts.append(f"s{seed if isinstance(seed, int) else 'r'}")
+    return "-".join(parts)
+
+
+def flatten(tree, prefix: str = "") -> dict:
+    """Nested dicts to the dotted keys the CLI and sweeps use (``model.objective_args.weight``)."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Writes the resolved config into the run's own folder and pushes it to W&B as dotted keys."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if trainer.is_global_zero:
+            run_dir = Path(trainer.default_root_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            path = run_dir / "config.yaml"
+            if not path.exists():  # validate-before-fit and fit share one run folder
+                self.parser.save(self.config, path, skip_none=False, multifile=False)
+        config = self.config.as_dict()
+        trainable, total = count_parameters(pl_module)
+        for logger in trainer.loggers:
+            logger.log_hyperparams({**flatten(config), "params/trainable": trainable, "params/total": total})
+
+
+class ParameterCount(Callback):
+    """Prints trainable / total parameters once (LoRA makes the ratio worth seeing)."""
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        trainable, total = count_parameters(pl_module)
+        if trainer.is_global_zero:
+            print(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)")
+
+
+class RerankCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.model_name_or_path", "data.model_name_or_path")
+        parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
+        parser.add_argument("--runs_dir", type=str, default="runs", help="Parent folder of run folders.")
+        parser.add_argument("--run_name", type=str | None, default=None, help="Run name (default: derived).")
+        parser.add_argument(
+            "--validate_before_fit", type=bool, default=False, help="Validate once before training (fit only)."
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        ensure_wandb_mode()
+        name = config.get("run_name") or run_name(config)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(config["runs_dir"]) / f"{name}-{stamp}"
+        suffix = 1
+        while run_dir.exists():  # two runs started within the same second
+            run_dir = Path(config["runs_dir"]) / f"{name}-{stamp}-{suffix}"
+            suffix += 1
+        config["trainer"]["default_root_dir"] = str(run_dir)
+        self.run_dir = run_dir
+        logger = config["trainer"].get("logger")
+        if isinstance(logger, dict) and "WandbLogger" in str(logger.get("class_path", "")):
+            init = logger.setdefault("init_args", {})
+            init["save_dir"] = str(run_dir)
+            init["name"] = name
+            if os.environ.get("WANDB_MODE") == "offline":
+                init["offline"] = True
+
+    def _point_checkpoints_at_run(self) -> None:
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                callback.dirpath = str(self.run_dir / "checkpoints")
+
+    def before_fit(self) -> None:
+        self._point_checkpoints_at_run()
+        if self.config["fit"].get("validate_before_fit"):
+            self.trainer.validate(self.model, datamodule=self.datamodule)
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            print(f"run folder: {self.run_dir}")
+
+
+def build_cli(args: list[str] | None = None) -> RerankCLI:
+    """Parse ``args`` (``None`` reads ``sys.argv``), instantiate and run the subcommand."""
+    return RerankCLI(
+        RerankerModule,
+        RerankDataModule,
+        save_config_callback=RunConfigSaver,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [ParameterCount()]},
+        parser_kwargs={"parser_mode": "omegaconf+"},
+        args=args,
+    )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console-script entry point (``rerank-lab``), same as ``python -m experiments.cli``."""
+    build_cli(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""rerank-lab: lightning_modules."""

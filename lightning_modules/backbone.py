@@ -1,0 +1,118 @@
+"""Backbone loading and label-token scoring.
+
+One loading path for every checkpoint, a hub id or a local folder (real Qwen-VL weights and the
+tiny test models alike): ``AutoModelForImageTextToText`` for multimodal checkpoints, falling back
+to ``AutoModelForCausalLM`` for text-only ones. Remote code is never trusted unless the config
+says so, and weights are read from safetensors only.
+
+Scoring never materialises vocabulary logits: the decoder's last hidden state at the answer
+position (index -1 of a left-padded batch) is multiplied by the LM-head rows of the label tokens
+only (paper.md §1: z_y = M_y·h, z_n = M_n·h), in fp32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
+
+def load_backbone(
+    name_or_path: str,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    attn_implementation: str = "sdpa",
+    quantization: str | None = None,
+) -> nn.Module:
+    """Load a generative backbone (with its LM head) from a hub id or a local folder.
+
+    Args:
+        name_or_path: hub id (``Qwen/Qwen2.5-VL-3B-Instruct``) or folder.
+        dtype: ``float32``, ``bfloat16``, ``float16`` or ``float64``.
+        trust_remote_code: run code shipped with the checkpoint. Off unless a config turns it on.
+        attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2``.
+        quantization: ``None`` or ``"4bit"`` (QLoRA through bitsandbytes, NF4 with bf16 compute).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    if dtype not in DTYPES:
+        raise ValueError(f"model dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    kwargs: dict = {
+        "dtype": DTYPES[dtype],
+        "trust_remote_code": trust_remote_code,
+        "attn_implementation": attn_implementation,
+        "use_safetensors": True,
+    }
+    if quantization == "4bit":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+            llm_int8_skip_modules=["lm_head", "visual", "vision_tower"],
+        )
+    elif quantization is not None:
+        raise ValueError(f"quantization {quantization!r} is not supported; use null or '4bit'")
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    has_vision = getattr(config, "vision_config", None) is not None
+    auto_class = AutoModelForImageTextToText if has_vision else AutoModelForCausalLM
+    return auto_class.from_pretrained(name_or_path, **kwargs)
+
+
+@dataclass
+class Scores:
+    """Label-token logits and the answer-position hidden state of a batch of pairs."""
+
+    label_logits: torch.Tensor  # [n, K] fp32; columns follow the label token ids (yes, no, ...)
+    hidden: torch.Tensor  # [n, H] last hidden state at the answer position
+
+
+def text_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that start at 0 on each row's first real token (left padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class LabelScorer(nn.Module):
+    """Computes z for a set of label tokens from the decoder, reading only their LM-head rows.
+
+    Args:
+        model: a ``*ForConditionalGeneration`` / ``*ForCausalLM`` model (possibly LoRA-wrapped in
+            place by peft; the module tree is the same).
+        label_token_ids: vocabulary ids whose logits are needed; the first two are yes and no.
+    """
+
+    def __init__(self, model: nn.Module, label_token_ids: list[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("label_token_ids", torch.tensor(label_token_ids, dtype=torch.long), persistent=False)
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.model.model
+
+    @property
+    def lm_head(self) -> nn.Linear:
+        return self.model.get_output_embeddings()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Scores:
+        attention_mask = batch["attention_mask"]
+        if not bool(attention_mask[:, -1].all()):
+            raise ValueError("batches must be left padded: the answer position is the last column")
+        inputs = dict(batch)
+        if "pixel_values" not in inputs:
+            # Text-only batches: without explicit positions some VLMs count from the first (padding)
+            # column, so a left-padded row would see different rotary positions than it would alone.
+            inputs["position_ids"] = text_position_ids(attention_mask)
+        out = self.decoder(**inputs, use_cache=False, return_dict=True)
+        hidden = out.last_hidden_state[:, -1]
+        head = self.lm_head
+        rows = head.weight[self.label_token_ids].float()
+        logits = hidden.float() @ rows.T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias[self.label_token_ids].float()
+        return Scores(label_logits=logits, hidden=hidden)

@@ -1,0 +1,250 @@
+"""The reranker LightningModule: one objective-driven core for SFT, CL and every URL probe.
+
+A training step, top to bottom: score the B·(1+N) pairs of the batch (label-token logits at the
+answer position), reshape to [B, 1+N], hand them to the objective (objectives/), log its loss and
+weight statistics. Validation reranks each query's first-stage candidates with the objective's
+score and reports the task's own metric next to the retriever's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MeanMetric, SumMetric
+
+import objectives
+from datamodules.metrics import TaskResult, format_table, query_metric, summarize
+from datamodules.trec import write_run
+from lightning_modules.backbone import LabelScorer, load_backbone
+
+DEFAULT_LORA_TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+PRESETS = {"sft": ("sft", {}), "cl": ("cl", {"temperature": 1.0})}
+
+
+def label_token_id(tokenizer, word: str) -> int:
+    """The single vocabulary id of a label word, or a clear error if it splits into several."""
+    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"label word {word!r} is {len(ids)} tokens in this tokenizer; label words must be single tokens")
+    return ids[0]
+
+
+class RerankerModule(L.LightningModule):
+    """LLM reranker trained with any objective of the registry.
+
+    Args:
+        model_name_or_path: hub id or local folder of the backbone.
+        objective: registry name (``sft``, ``cl``, ``url``, ``mix``, ``listwise``, ...).
+        objective_args: keyword arguments of the objective (e.g. ``{weight: sft, direction: cl}``).
+        dtype: backbone dtype (``float32`` on CPU, ``bfloat16`` on GPUs); scores are fp32 anyway.
+        trust_remote_code: allow code shipped with the checkpoint (off unless you trust it).
+        attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2``.
+        lora_r: LoRA rank; 0 trains the full backbone.
+        lora_alpha: LoRA scaling numerator.
+        lora_dropout: dropout on the LoRA path.
+        lora_target: regex of module names that get LoRA (default: the language model's linears).
+        quantization: ``null`` or ``4bit`` (QLoRA).
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up steps, then linear decay to 0 at the last step.
+        eval_score: ``objective`` (the score the objective implies) or ``yes_prob``.
+        write_runs: write one TREC run per task into the run folder at each validation.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        objective: str = "sft",
+        objective_args: dict | None = None,
+        dtype: str = "float32",
+        trust_remote_code: bool = False,
+        attn_implementation: str = "sdpa",
+        lora_r: int = 16,
+        lora_alpha: int = 32,
+        lora_dropout: float = 0.05,
+        lora_target: str = DEFAULT_LORA_TARGET,
+        quantization: str | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        write_runs: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        from transformers import AutoTokenizer
+
+        model = load_backbone(model_name_or_path, dtype, trust_remote_code, attn_implementation, quantization)
+        model.requires_grad_(False)
+        if lora_r > 0:
+            from peft import LoraConfig, inject_adapter_in_model
+
+            config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=lora_target)
+            inject_adapter_in_model(config, model)
+            if not any("lora_" in name for name, _ in model.named_parameters()):
+                raise ValueError(f"model.lora_target {lora_target!r} matched no module of {model_name_or_path}")
+        else:
+            model.requires_grad_(True)
+            model.get_output_embeddings().requires_grad_(False)
+        hidden_size = model.get_output_embeddings().weight.shape[1]
+        self.objective = objectives.build(objective, hidden_size=hidden_size, **(objective_args or {}))
+        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+        positive_words, negative_words = self.objective.label_tokens
+        words = ["yes", "no"] + [w for w in (*positive_words, *negative_words)]
+        self.token_words = list(dict.fromkeys(words))
+        self.scorer = LabelScorer(model, [label_token_id(tokenizer, w) for w in self.token_words])
+        self._token_columns = [self.token_words.index(w) for w in (*positive_words, *negative_words)]
+        # Per-task metric state lives in torchmetrics objects so that DDP reduces it correctly.
+        self.val_reranked = nn.ModuleDict()
+        self.val_retriever = nn.ModuleDict()
+        self.val_queries = nn.ModuleDict()
+        self._val_runs: dict[str, dict[str, dict[str, float]]] = {}
+        self.history: list[dict] = []
+
+    # ---- scoring ---------------------------------------------------------------------------
+    def score_pairs(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """Label logits [n, 2] (yes, no) plus the extra inputs the objective needs."""
+        scores = self.scorer(inputs)
+        extra = {}
+        if "hidden" in self.objective.needs:
+            extra["hidden"] = scores.hidden.float()
+        if "token_logits" in self.objective.needs:
+            extra["token_logits"] = scores.label_logits[:, self._token_columns]
+        return scores.label_logits[:, :2], extra
+
+    # ---- training --------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        positives = batch["positives"]
+        groups, group_size = positives.shape
+        logits, extra = self.score_pairs(batch["inputs"])
+        extra = {k: v.view(groups, group_size, *v.shape[1:]) for k, v in extra.items()}
+        out = self.objective(logits.view(groups, group_size, 2), positives, **extra)
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=groups)
+        for key, value in out.stats.items():
+            self.log(f"train/{key}", value, batch_size=groups)
+        self.log("train/filled_hard_negatives", float(batch["filled_hard"]), reduce_fx="sum", batch_size=groups)
+        self.log("train/truncated_pairs", float(batch["truncated"]), reduce_fx="sum", batch_size=groups)
+        return out.loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer else 1
+        warmup = min(self.hparams.warmup_steps, total - 1) if total > 1 else 0
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- evaluation ------------------------------------------------------------------------
+    def _task_metas(self):
+        datamodule = self.trainer.datamodule
+        return {meta.name: meta for meta in datamodule.task_metas}
+
+    def on_validation_epoch_start(self) -> None:
+        metas = self._task_metas()
+        for name in metas:
+            if name not in self.val_reranked:
+                self.val_reranked[name] = MeanMetric().to(self.device)
+                self.val_retriever[name] = MeanMetric().to(self.device)
+                self.val_queries[name] = SumMetric().to(self.device)
+        self._val_runs = {name: {} for name in metas}
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    @torch.no_grad()
+    def rerank_query(self, batch: dict) -> list[float]:
+        """Scores of a query's candidates (in the batch's order), one micro-batch at a time."""
+        scores = []
+        for chunk in batch["chunks"]:
+            logits, extra = self.score_pairs(chunk)
+            extra = {k: v.unsqueeze(0) for k, v in extra.items()}
+            scores.append(self.objective.score(logits.unsqueeze(0), **extra)[0].float())
+        return torch.cat(scores).tolist() if scores else []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        metas = self._task_metas()
+        task, relevance = batch["task"], batch["relevance"]
+        scores = self.rerank_query(batch)
+        self._val_runs[task][batch["qid"]] = dict(zip(batch["doc_ids"], scores, strict=True))
+        if not any(grade > 0 for grade in relevance.values()):
+            return  # trec_eval skips queries without a relevant document
+        metric = metas[task].metric
+        self.val_reranked[task].update(query_metric(metric, batch["doc_ids"], scores, relevance))
+        self.val_retriever[task].update(query_metric(metric, batch["doc_ids"], batch["first_stage"], relevance))
+        self.val_queries[task].update(1.0)
+
+    test_step = validation_step
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        return {"task": batch["task"], "qid": batch["qid"], "scores": dict(zip(batch["doc_ids"], self.rerank_query(batch), strict=True))}
+
+    def _finish_eval(self, stage: str) -> None:
+        metas = self._task_metas()
+        reranked, retriever = [], []
+        for name, meta in metas.items():
+            count = int(self.val_queries[name].compute().item())
+            value = float(self.val_reranked[name].compute()) if count else 0.0
+            base = float(self.val_retriever[name].compute()) if count else 0.0
+            for metrics in (self.val_reranked, self.val_retriever, self.val_queries):
+                metrics[name].reset()
+            reranked.append(TaskResult(name, meta.family, meta.metric, value, count))
+            retriever.append(TaskResult(name, meta.family, meta.metric, base, count))
+            self.log(f"{stage}/{name}/{meta.metric}", value)
+        summary, base_summary = summarize(reranked), summarize(retriever)
+        for family, value in summary.families.items():
+            self.log(f"{stage}/family/{family}", value)
+        self.log(f"{stage}/mrb_avg", summary.average, prog_bar=True)
+        self.log(f"{stage}/retriever_avg", base_summary.average)
+        if self.trainer.sanity_checking:
+            return
+        self._write_eval_outputs(stage, reranked, retriever, summary)
+
+    def _write_eval_outputs(self, stage, reranked, retriever, summary) -> None:
+        if self.trainer.world_size > 1:
+            gathered = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, self._val_runs)
+            runs = {task: {q: s for part in gathered for q, s in part[task].items()} for task in self._val_runs}
+        else:
+            runs = self._val_runs
+        if not self.trainer.is_global_zero:
+            return
+        step = self.global_step
+        table = format_table(reranked, baseline=retriever)
+        print(f"\n{stage} at step {step} (reranked vs first-stage retriever)\n{table}", flush=True)
+        record = {"stage": stage, "step": step, **summary.to_json(), "retriever": summarize(retriever).to_json()}
+        self.history.append(record)
+        log_dir = Path(self.trainer.default_root_dir)
+        with open(log_dir / "eval_history.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.hparams.write_runs:
+            for task, run in runs.items():
+                write_run(log_dir / "runs" / f"{stage}-step{step}" / f"{task}.trec", run)
+        for logger in self.loggers:
+            if hasattr(logger, "log_table"):
+                rows = [
+                    [r.task, r.family, r.metric, r.value, b.value, r.value - b.value, r.n_queries]
+                    for r, b in zip(reranked, retriever, strict=True)
+                ]
+                columns = ["task", "family", "metric", "reranked", "retriever", "delta", "queries"]
+                logger.log_table(key=f"{stage}/tasks", columns=columns, data=rows, step=step)
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_eval("test")
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in module.parameters())
+    return trainable, total
