@@ -113,12 +113,11 @@ class RerankCLI(LightningCLI):
         config["trainer"]["default_root_dir"] = str(run_dir)
         self.run_dir = run_dir
         logger = config["trainer"].get("logger")
-        if isinstance(logger, dict) and "WandbLogger" in str(logger.get("class_path", "")):
-            init = logger.setdefault("init_args", {})
-            init["save_dir"] = str(run_dir)
-            init["name"] = name
+        if logger is not None and "WandbLogger" in str(getattr(logger, "class_path", "")):
+            logger.init_args.save_dir = str(run_dir)
+            logger.init_args.name = name
             if os.environ.get("WANDB_MODE") == "offline":
-                init["offline"] = True
+                logger.init_args.offline = True
 
     def _point_checkpoints_at_run(self) -> None:
         for callback in self.trainer.callbacks:
@@ -142,7 +141,9 @@ def build_cli(args: list[str] | None = None) -> RerankCLI:
         RerankDataModule,
         save_config_callback=RunConfigSaver,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [ParameterCount()]},
+        # inference_mode=False: torchmetrics states reset under inference mode during
+        # validate-before-fit could not be updated again during fit.
+        trainer_defaults={"callbacks": [ParameterCount()], "inference_mode": False},
         parser_kwargs={"parser_mode": "omegaconf+"},
         args=args,
     )

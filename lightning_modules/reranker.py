@@ -78,6 +78,7 @@ class RerankerModule(L.LightningModule):
         from transformers import AutoTokenizer
 
         model = load_backbone(model_name_or_path, dtype, trust_remote_code, attn_implementation, quantization)
+        model.train()  # from_pretrained returns eval mode; LoRA/backbone dropout belongs to training
         model.requires_grad_(False)
         if lora_r > 0:
             from peft import LoraConfig, inject_adapter_in_model
@@ -148,14 +149,18 @@ class RerankerModule(L.LightningModule):
         datamodule = self.trainer.datamodule
         return {meta.name: meta for meta in datamodule.task_metas}
 
+    def setup(self, stage: str) -> None:
+        # Built here, not at epoch start: states created under inference mode (validate) could not
+        # be updated later during fit.
+        if stage in ("fit", "validate", "test") and getattr(self.trainer.datamodule, "hparams", {}).get("eval_root"):
+            for name in self._task_metas():
+                if name not in self.val_reranked:
+                    self.val_reranked[name] = MeanMetric()
+                    self.val_retriever[name] = MeanMetric()
+                    self.val_queries[name] = SumMetric()
+
     def on_validation_epoch_start(self) -> None:
-        metas = self._task_metas()
-        for name in metas:
-            if name not in self.val_reranked:
-                self.val_reranked[name] = MeanMetric().to(self.device)
-                self.val_retriever[name] = MeanMetric().to(self.device)
-                self.val_queries[name] = SumMetric().to(self.device)
-        self._val_runs = {name: {} for name in metas}
+        self._val_runs = {name: {} for name in self._task_metas()}
 
     on_test_epoch_start = on_validation_epoch_start
 
@@ -217,9 +222,10 @@ class RerankerModule(L.LightningModule):
         if not self.trainer.is_global_zero:
             return
         step = self.global_step
-        table = format_table(reranked, baseline=retriever)
+        base_summary = summarize(retriever)
+        table = format_table(summary, baseline=base_summary)
         print(f"\n{stage} at step {step} (reranked vs first-stage retriever)\n{table}", flush=True)
-        record = {"stage": stage, "step": step, **summary.to_json(), "retriever": summarize(retriever).to_json()}
+        record = {"stage": stage, "step": step, **summary.to_dict(), "retriever": base_summary.to_dict()}
         self.history.append(record)
         log_dir = Path(self.trainer.default_root_dir)
         with open(log_dir / "eval_history.jsonl", "a", encoding="utf-8") as handle:
