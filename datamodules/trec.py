@@ -78,4 +78,4 @@ def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str
         for qid in sorted(run):
             ranked = sorted(run[qid].items(), key=lambda item: (item[1], item[0]), reverse=True)
             for rank, (docid, score) in enumerate(ranked, start=1):  # repr: round-trips exactly
-                handle.write(f"{qid} Q0 {docid} {rank} {score!r} {tag}\n")
+                handle.write(f"{qid} Q0 {docid} {rank} {float(score)!r} {tag}\n")

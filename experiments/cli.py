@@ -9,6 +9,7 @@ turns it off.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -90,6 +91,33 @@ class ParameterCount(Callback):
             print(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)")
 
 
+class LocalMetrics(Callback):
+    """Appends every logged scalar to ``<run>/metrics.jsonl`` so reports work without W&B.
+
+    One line per logging step during training (``{"step": 10, "train/loss": ...}``) and one per
+    validation (``val/...`` keys), written by global rank 0 only.
+    """
+
+    def _write(self, trainer: Trainer, prefix: str) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        row = {"step": trainer.global_step, "epoch": trainer.current_epoch}
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith(prefix):
+                row[key] = float(value)
+        path = Path(trainer.default_root_dir) / "metrics.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
+            self._write(trainer, "train/")
+
+    def on_validation_end(self, trainer: Trainer, pl_module) -> None:
+        self._write(trainer, "val/")
+
+
 class RerankCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.model_name_or_path", "data.model_name_or_path")
@@ -143,7 +171,7 @@ def build_cli(args: list[str] | None = None) -> RerankCLI:
         save_config_kwargs={"overwrite": True},
         # inference_mode=False: torchmetrics states reset under inference mode during
         # validate-before-fit could not be updated again during fit.
-        trainer_defaults={"callbacks": [ParameterCount()], "inference_mode": False},
+        trainer_defaults={"callbacks": [ParameterCount(), LocalMetrics()], "inference_mode": False},
         parser_kwargs={"parser_mode": "omegaconf+"},
         args=args,
     )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+LM_HEAD_MODES = ("frozen", "label_rows", "full")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
@@ -58,6 +59,9 @@ def load_backbone(
         )
     elif quantization is not None:
         raise ValueError(f"quantization {quantization!r} is not supported; use null or '4bit'")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per weight file clutters logs of multi-GPU runs
     config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     has_vision = getattr(config, "vision_config", None) is not None
     auto_class = AutoModelForImageTextToText if has_vision else AutoModelForCausalLM
@@ -84,12 +88,26 @@ class LabelScorer(nn.Module):
         model: a ``*ForConditionalGeneration`` / ``*ForCausalLM`` model (possibly LoRA-wrapped in
             place by peft; the module tree is the same).
         label_token_ids: vocabulary ids whose logits are needed; the first two are yes and no.
+        lm_head: ``frozen`` (default), ``label_rows`` (train an offset on the label rows only) or
+            ``full`` (the head weight trains; still only its label rows are multiplied). The
+            paper's LM-head unfreezing probe (paper.md §4).
     """
 
-    def __init__(self, model: nn.Module, label_token_ids: list[int]) -> None:
+    def __init__(self, model: nn.Module, label_token_ids: list[int], lm_head: str = "frozen") -> None:
         super().__init__()
+        if lm_head not in LM_HEAD_MODES:
+            raise ValueError(f"model.lm_head {lm_head!r} is not one of {LM_HEAD_MODES}")
         self.model = model
         self.register_buffer("label_token_ids", torch.tensor(label_token_ids, dtype=torch.long), persistent=False)
+        head = self.lm_head
+        head.weight.requires_grad_(lm_head == "full")
+        # "label_rows": a trainable offset on the label rows only, so the (possibly huge, possibly
+        # tied) head stays frozen and checkpoints hold K x H extra numbers.
+        self.row_delta = (
+            nn.Parameter(torch.zeros(len(label_token_ids), head.weight.shape[1], dtype=torch.float32))
+            if lm_head == "label_rows"
+            else None
+        )
 
     @property
     def decoder(self) -> nn.Module:
@@ -112,6 +130,8 @@ class LabelScorer(nn.Module):
         hidden = out.last_hidden_state[:, -1]
         head = self.lm_head
         rows = head.weight[self.label_token_ids].float()
+        if self.row_delta is not None:
+            rows = rows + self.row_delta
         logits = hidden.float() @ rows.T
         if getattr(head, "bias", None) is not None:
             logits = logits + head.bias[self.label_token_ids].float()

@@ -48,6 +48,7 @@ class RerankerModule(L.LightningModule):
         lora_dropout: dropout on the LoRA path.
         lora_target: regex of module names that get LoRA (default: the language model's linears).
         quantization: ``null`` or ``4bit`` (QLoRA).
+        lm_head: ``frozen`` (default), ``label_rows`` or ``full`` (the paper's unfreezing probe).
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up steps, then linear decay to 0 at the last step.
@@ -68,6 +69,7 @@ class RerankerModule(L.LightningModule):
         lora_dropout: float = 0.05,
         lora_target: str = DEFAULT_LORA_TARGET,
         quantization: str | None = None,
+        lm_head: str = "frozen",
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
@@ -84,19 +86,19 @@ class RerankerModule(L.LightningModule):
             from peft import LoraConfig, inject_adapter_in_model
 
             config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=lora_target)
-            inject_adapter_in_model(config, model)
-            if not any("lora_" in name for name, _ in model.named_parameters()):
-                raise ValueError(f"model.lora_target {lora_target!r} matched no module of {model_name_or_path}")
+            try:
+                inject_adapter_in_model(config, model)
+            except ValueError as err:
+                raise ValueError(f"model.lora_target {lora_target!r} matched no module of {model_name_or_path}: {err}") from None
         else:
             model.requires_grad_(True)
-            model.get_output_embeddings().requires_grad_(False)
         hidden_size = model.get_output_embeddings().weight.shape[1]
         self.objective = objectives.build(objective, hidden_size=hidden_size, **(objective_args or {}))
         tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
         positive_words, negative_words = self.objective.label_tokens
         words = ["yes", "no"] + [w for w in (*positive_words, *negative_words)]
         self.token_words = list(dict.fromkeys(words))
-        self.scorer = LabelScorer(model, [label_token_id(tokenizer, w) for w in self.token_words])
+        self.scorer = LabelScorer(model, [label_token_id(tokenizer, w) for w in self.token_words], lm_head)
         self._token_columns = [self.token_words.index(w) for w in (*positive_words, *negative_words)]
         # Per-task metric state lives in torchmetrics objects so that DDP reduces it correctly.
         self.val_reranked = nn.ModuleDict()

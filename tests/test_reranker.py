@@ -1,0 +1,116 @@
+"""The reranker LightningModule and DataModule on the tiny model and the demo benchmark."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from datamodules.datamodule import RerankDataModule
+from datamodules.metrics import evaluate_run
+from lightning_modules.reranker import RerankerModule, count_parameters
+
+
+def make_data(tiny_model_dir, demo_dir, **overrides) -> RerankDataModule:
+    kwargs = dict(
+        model_name_or_path=str(tiny_model_dir),
+        train_root=str(demo_dir / "train"),
+        eval_root=str(demo_dir / "mrb"),
+        num_negatives=3,
+        batch_size=2,
+        eval_top_k=20,
+        max_length=512,
+        min_pixels=3136,
+        max_pixels=3136,
+    )
+    kwargs.update(overrides)
+    return RerankDataModule(**kwargs)
+
+
+def test_lora_targets_only_the_language_model(tiny_model_dir):
+    module = RerankerModule(str(tiny_model_dir), lora_r=4)
+    trainable = [n for n, p in module.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert all("language_model" in n for n in trainable)
+    assert not any("visual" in n for n in trainable)
+    n_trainable, n_total = count_parameters(module)
+    assert 0 < n_trainable < n_total
+
+
+def test_unmatched_lora_target_is_a_clear_error(tiny_model_dir):
+    with pytest.raises(ValueError, match="matched no module"):
+        RerankerModule(str(tiny_model_dir), lora_r=4, lora_target=r".*no_such_module.*")
+
+
+@pytest.mark.parametrize("objective", ["sft", "cl"])
+def test_training_steps_reduce_the_loss_on_a_fixed_batch(tiny_model_dir, demo_dir, objective):
+    torch.manual_seed(0)
+    data = make_data(tiny_model_dir, demo_dir)
+    data.setup("fit")
+    batch = data.collate_train([data.train_data[i] for i in range(2)])
+    module = RerankerModule(str(tiny_model_dir), objective=objective, lora_r=0, lr=1e-3)
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-3)
+    module.log = lambda *args, **kwargs: None  # outside a Trainer
+    losses = []
+    for _ in range(20):
+        loss = module.training_step(batch, 0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert batch["positives"].shape == (2, 4) and batch["positives"][:, 0].all()
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_validation_reports_every_task_and_the_retriever_exactly(tiny_model_dir, demo_dir, tmp_path):
+    data = make_data(tiny_model_dir, demo_dir)
+    module = RerankerModule(str(tiny_model_dir), lora_r=0)
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path, inference_mode=False
+    )
+    (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
+    tasks = data.task_metas
+    assert len(tasks) >= 6
+    for meta in tasks:
+        assert f"val/{meta.name}/{meta.metric}" in metrics
+    assert {f"val/family/{m.family}" for m in tasks} <= set(metrics)
+    per_task = [metrics[f"val/{m.name}/{m.metric}"] for m in tasks]
+    assert metrics["val/mrb_avg"] == pytest.approx(sum(per_task) / len(per_task), abs=1e-6)
+
+    # The retriever number is the first-stage run scored by the evaluator's own code.
+    expected = []
+    for task in data._eval_tasks():
+        top = {q: dict(sorted(d.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:20]) for q, d in task.candidates.items()}
+        values = evaluate_run(top, task.qrels, task.meta.metric)
+        expected.append(sum(values.values()) / len(values))
+    assert metrics["val/retriever_avg"] == pytest.approx(sum(expected) / len(expected), abs=1e-6)
+
+    # A local record and one TREC run per task are written into the run folder.
+    record = json.loads((tmp_path / "eval_history.jsonl").read_text().splitlines()[-1])
+    assert record["average"] == pytest.approx(metrics["val/mrb_avg"], abs=1e-6)
+    written = sorted(p.stem for p in (tmp_path / "runs" / "val-step0").glob("*.trec"))
+    assert written == sorted(m.name for m in tasks)
+
+
+@pytest.mark.parametrize("mode", ["frozen", "label_rows", "full"])
+def test_lm_head_modes_train_only_what_they_say(tiny_model_dir, demo_dir, mode):
+    data = make_data(tiny_model_dir, demo_dir)
+    data.setup("fit")
+    batch = data.collate_train([data.train_data[0]])
+    module = RerankerModule(str(tiny_model_dir), lora_r=4, lm_head=mode)
+    module.log = lambda *args, **kwargs: None
+    module.training_step(batch, 0).backward()
+    head = module.scorer.lm_head.weight
+    label_ids = module.scorer.label_token_ids
+    if mode == "frozen":
+        assert not head.requires_grad and module.scorer.row_delta is None
+    elif mode == "label_rows":
+        assert not head.requires_grad
+        assert module.scorer.row_delta.grad is not None and module.scorer.row_delta.grad.abs().sum() > 0
+    else:
+        assert head.grad is not None
+        others = torch.ones(head.shape[0], dtype=torch.bool)
+        others[label_ids] = False
+        assert head.grad[label_ids].abs().sum() > 0 and head.grad[others].abs().sum() == 0
