@@ -23,7 +23,9 @@ from lightning_modules.encoding import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, P
 class TrainGroups(Dataset):
     """Training records with freshly sampled negatives each epoch (deterministic per seed and epoch)."""
 
-    def __init__(self, root: str, sampler: NegativeSampler | None = None, seed: int = 0, **sampler_kwargs) -> None:
+    def __init__(
+        self, root: str, sampler: NegativeSampler | None = None, seed: int = 0, **sampler_kwargs
+    ) -> None:
         self.groups = list(iter_train_groups(root))
         self.sampler = sampler or NegativeSampler(self.groups, **sampler_kwargs)
         self.seed = seed
@@ -60,7 +62,9 @@ class EvalQueries(IterableDataset):
         self.items: list[EvalQuery] = []
         for task in tasks:
             for qid in sorted(set(task.qrels) | set(task.candidates)):
-                ranked = sorted(task.candidates.get(qid, {}).items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+                ranked = sorted(
+                    task.candidates.get(qid, {}).items(), key=lambda kv: (kv[1], kv[0]), reverse=True
+                )
                 ranked = ranked[:top_k]
                 self.items.append(
                     EvalQuery(
@@ -174,7 +178,9 @@ class RerankDataModule(L.LightningDataModule):
     def collate_train(self, groups: list[SampledGroup]) -> dict:
         pairs = []
         for group in groups:
-            pairs.extend(self.encoder.encode_group(group.instruction, group.query, group.documents, where=group.source))
+            pairs.extend(
+                self.encoder.encode_group(group.instruction, group.query, group.documents, where=group.source)
+            )
         return {
             "inputs": self.encoder.collate(pairs),
             "positives": torch.tensor([g.positives for g in groups], dtype=torch.bool),
@@ -189,9 +195,13 @@ class RerankDataModule(L.LightningDataModule):
         task = self._eval_tasks_by_name()[item.task]
         query = task.queries[item.qid]
         documents = [task.corpus[d] for d in item.doc_ids]
-        pairs = self.encoder.encode_group(
-            task.meta.instruction, query, documents, where=f"{task.root}: query {item.qid}"
-        ) if documents else []
+        pairs = (
+            self.encoder.encode_group(
+                task.meta.instruction, query, documents, where=f"{task.root}: query {item.qid}"
+            )
+            if documents
+            else []
+        )
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].input_ids))
         size = self.hparams.eval_pairs_per_batch
         chunks = [order[i : i + size] for i in range(0, len(order), size)]
@@ -225,7 +235,9 @@ class RerankDataModule(L.LightningDataModule):
     def _eval_loader(self) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         dataset = EvalQueries(self._eval_tasks(), top_k=self.hparams.eval_top_k, rank=rank, world_size=world)
-        return DataLoader(dataset, batch_size=1, collate_fn=self.collate_eval, num_workers=self.hparams.num_workers)
+        return DataLoader(
+            dataset, batch_size=1, collate_fn=self.collate_eval, num_workers=self.hparams.num_workers
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader()

@@ -94,7 +94,9 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise FormatError(f"{path}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
+                raise FormatError(
+                    f"{path}:{lineno}: invalid JSON ({err.msg} at column {err.colno})"
+                ) from None
             if not isinstance(record, dict):
                 raise FormatError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
             yield lineno, record
@@ -193,7 +195,9 @@ def load_task(task_dir: str | Path) -> MRBTask:
                 raise FormatError(f"{task_dir / name}:1: query id {qid!r} is not in queries.jsonl")
             unknown = [d for d in docs if d not in corpus]
             if unknown:
-                raise FormatError(f"{task_dir / name}:1: query {qid!r} names unknown document(s) {unknown[:3]}")
+                raise FormatError(
+                    f"{task_dir / name}:1: query {qid!r} names unknown document(s) {unknown[:3]}"
+                )
     return MRBTask(meta, task_dir, queries, corpus, qrels, candidates)
 
 

@@ -36,7 +36,10 @@ def ensure_wandb_mode() -> None:
     if os.environ.get("WANDB_MODE") or wandb_logged_in():
         return
     os.environ["WANDB_MODE"] = "offline"
-    print("W&B: no login found, logging offline; upload later with `wandb sync <run>/wandb/offline-run-*`", file=sys.stderr)
+    print(
+        "W&B: no login found, logging offline; upload later with `wandb sync <run>/wandb/offline-run-*`",
+        file=sys.stderr,
+    )
 
 
 def run_name(config) -> str:
@@ -88,7 +91,9 @@ class ParameterCount(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         trainable, total = count_parameters(pl_module)
         if trainer.is_global_zero:
-            print(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)")
+            print(
+                f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)"
+            )
 
 
 class LocalMetrics(Callback):
@@ -125,7 +130,10 @@ class RerankCLI(LightningCLI):
         parser.add_argument("--runs_dir", type=str, default="runs", help="Parent folder of run folders.")
         parser.add_argument("--run_name", type=str | None, default=None, help="Run name (default: derived).")
         parser.add_argument(
-            "--validate_before_fit", type=bool, default=False, help="Validate once before training (fit only)."
+            "--validate_before_fit",
+            type=bool,
+            default=False,
+            help="Validate once before training (fit only).",
         )
 
     def before_instantiate_classes(self) -> None:
@@ -155,7 +163,7 @@ class RerankCLI(LightningCLI):
     def before_fit(self) -> None:
         self._point_checkpoints_at_run()
         if self.config["fit"].get("validate_before_fit"):
-            self.trainer.validate(self.model, datamodule=self.datamodule)
+            self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
 
     def after_fit(self) -> None:
         if self.trainer.is_global_zero:

@@ -55,12 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         cli_args.append(f"--trainer.max_steps={args.max_steps}")
     cli = build_cli(cli_args)
 
-    history = [json.loads(line) for line in open(cli.run_dir / "eval_history.jsonl", encoding="utf-8")]
+    lines = (cli.run_dir / "eval_history.jsonl").read_text(encoding="utf-8").splitlines()
+    history = [json.loads(line) for line in lines]
     before, after = history[0], history[-1]
     print("\nper-task metric, before -> after training")
     for task, result in after["tasks"].items():
         start = before["tasks"][task]["value"]
-        print(f"  {task:<24} {result['family']:<6} {result['metric']:<10} {start:.3f} -> {result['value']:.3f}")
+        print(
+            f"  {task:<24} {result['family']:<6} {result['metric']:<10} {start:.3f} -> {result['value']:.3f}"
+        )
     print(f"  {'average':<24} {'':<6} {'':<10} {before['average']:.3f} -> {after['average']:.3f}")
     print(f"  (first-stage retriever average: {after['retriever']['average']:.3f})")
     print(f"\nrun folder: {cli.run_dir}")

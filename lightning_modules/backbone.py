@@ -18,7 +18,12 @@ import torch
 from torch import nn
 
 LM_HEAD_MODES = ("frozen", "label_rows", "full")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
 
 
 def load_backbone(
@@ -98,7 +103,9 @@ class LabelScorer(nn.Module):
         if lm_head not in LM_HEAD_MODES:
             raise ValueError(f"model.lm_head {lm_head!r} is not one of {LM_HEAD_MODES}")
         self.model = model
-        self.register_buffer("label_token_ids", torch.tensor(label_token_ids, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "label_token_ids", torch.tensor(label_token_ids, dtype=torch.long), persistent=False
+        )
         head = self.lm_head
         head.weight.requires_grad_(lm_head == "full")
         # "label_rows": a trainable offset on the label rows only, so the (possibly huge, possibly
@@ -121,7 +128,7 @@ class LabelScorer(nn.Module):
         attention_mask = batch["attention_mask"]
         if not bool(attention_mask[:, -1].all()):
             raise ValueError("batches must be left padded: the answer position is the last column")
-        inputs = dict(batch)
+        inputs = {key: value for key, value in batch.items() if key != "image_counts"}
         if "pixel_values" not in inputs:
             # Text-only batches: without explicit positions some VLMs count from the first (padding)
             # column, so a left-padded row would see different rotary positions than it would alone.

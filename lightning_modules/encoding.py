@@ -69,7 +69,10 @@ def load_image(path: str) -> Image.Image:
 
 def build_messages(instruction: str, query: Doc, document: Doc, system_prompt: str = SYSTEM_PROMPT) -> list:
     """The chat messages of one pair, in the exact order of paper.md §1."""
-    content: list[dict] = [{"type": "text", "text": f"<Instruct>: {instruction}"}, {"type": "text", "text": "<Query>:"}]
+    content: list[dict] = [
+        {"type": "text", "text": f"<Instruct>: {instruction}"},
+        {"type": "text", "text": "<Query>:"},
+    ]
     if query.image:
         content.append({"type": "image"})
     if query.text:
@@ -115,11 +118,15 @@ class PairEncoder:
         self.system_prompt = system_prompt
         self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
         self.merge_size = getattr(image_processor, "merge_size", 1) if image_processor is not None else 1
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, trust_remote_code: bool = False, **kwargs) -> PairEncoder:
+    def from_pretrained(
+        cls, name_or_path: str | Path, trust_remote_code: bool = False, **kwargs
+    ) -> PairEncoder:
         """Load tokenizer and (if the checkpoint has one) image processor from a hub id or folder."""
         from transformers import AutoImageProcessor, AutoTokenizer
 
@@ -207,7 +214,9 @@ class PairEncoder:
                 )
         return EncodedPair(ids, [p for p, _ in images], grids, truncated)
 
-    def encode_group(self, instruction: str, query: Doc, documents: Sequence[Doc], where: str = "group") -> list[EncodedPair]:
+    def encode_group(
+        self, instruction: str, query: Doc, documents: Sequence[Doc], where: str = "group"
+    ) -> list[EncodedPair]:
         """Encode a query against several documents, processing the query image once."""
         query_image = self.process_image(query.image) if query.image else None
         return [
@@ -231,4 +240,28 @@ class PairEncoder:
             batch["pixel_values"] = torch.cat(pixel_values)
             batch["image_grid_thw"] = torch.stack([g for pair in pairs for g in pair.image_grid_thw])
             batch["mm_token_type_ids"] = (input_ids == self.image_token_id).long()
+            batch["image_counts"] = torch.tensor(
+                [len(pair.image_grid_thw) for pair in pairs], dtype=torch.long
+            )
         return batch
+
+
+def slice_batch(batch: dict[str, torch.Tensor], start: int, end: int) -> dict[str, torch.Tensor]:
+    """Rows ``start:end`` of a collated batch, with their images, and left padding trimmed."""
+    attention_mask = batch["attention_mask"][start:end]
+    first = int(attention_mask.any(dim=0).nonzero()[0])  # columns before it are padding in every row
+    out = {
+        "input_ids": batch["input_ids"][start:end, first:],
+        "attention_mask": attention_mask[:, first:],
+    }
+    if "pixel_values" in batch:
+        counts = batch["image_counts"]
+        image_start, image_end = int(counts[:start].sum()), int(counts[:end].sum())
+        patches = batch["image_grid_thw"].prod(dim=-1)
+        patch_start, patch_end = int(patches[:image_start].sum()), int(patches[:image_end].sum())
+        if image_end > image_start:
+            out["pixel_values"] = batch["pixel_values"][patch_start:patch_end]
+            out["image_grid_thw"] = batch["image_grid_thw"][image_start:image_end]
+            out["mm_token_type_ids"] = batch["mm_token_type_ids"][start:end, first:]
+            out["image_counts"] = counts[start:end]
+    return out

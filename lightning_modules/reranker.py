@@ -14,12 +14,14 @@ from pathlib import Path
 import lightning as L
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torchmetrics import MeanMetric, SumMetric
 
 import objectives
 from datamodules.metrics import TaskResult, format_table, query_metric, summarize
 from datamodules.trec import write_run
-from lightning_modules.backbone import LabelScorer, load_backbone
+from lightning_modules.backbone import LabelScorer, Scores, load_backbone
+from lightning_modules.encoding import slice_batch
 
 DEFAULT_LORA_TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 PRESETS = {"sft": ("sft", {}), "cl": ("cl", {"temperature": 1.0})}
@@ -29,7 +31,9 @@ def label_token_id(tokenizer, word: str) -> int:
     """The single vocabulary id of a label word, or a clear error if it splits into several."""
     ids = tokenizer(word, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
-        raise ValueError(f"label word {word!r} is {len(ids)} tokens in this tokenizer; label words must be single tokens")
+        raise ValueError(
+            f"label word {word!r} is {len(ids)} tokens in this tokenizer; label words must be single tokens"
+        )
     return ids[0]
 
 
@@ -49,10 +53,13 @@ class RerankerModule(L.LightningModule):
         lora_target: regex of module names that get LoRA (default: the language model's linears).
         quantization: ``null`` or ``4bit`` (QLoRA).
         lm_head: ``frozen`` (default), ``label_rows`` or ``full`` (the paper's unfreezing probe).
+        pairs_per_forward: training micro-batch in pairs (0: the whole batch in one forward). Bounds
+            activation memory independently of the group size, with exact gradients.
+        fusion_alpha: if set, rank by α·reranker + (1−α)·retriever (each min-max normalised per
+            query) in validation, test and predict.
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up steps, then linear decay to 0 at the last step.
-        eval_score: ``objective`` (the score the objective implies) or ``yes_prob``.
         write_runs: write one TREC run per task into the run folder at each validation.
     """
 
@@ -70,6 +77,8 @@ class RerankerModule(L.LightningModule):
         lora_target: str = DEFAULT_LORA_TARGET,
         quantization: str | None = None,
         lm_head: str = "frozen",
+        pairs_per_forward: int = 0,
+        fusion_alpha: float | None = None,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
@@ -85,11 +94,15 @@ class RerankerModule(L.LightningModule):
         if lora_r > 0:
             from peft import LoraConfig, inject_adapter_in_model
 
-            config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=lora_target)
+            config = LoraConfig(
+                r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=lora_target
+            )
             try:
                 inject_adapter_in_model(config, model)
             except ValueError as err:
-                raise ValueError(f"model.lora_target {lora_target!r} matched no module of {model_name_or_path}: {err}") from None
+                raise ValueError(
+                    f"model.lora_target {lora_target!r} matched no module of {model_name_or_path}: {err}"
+                ) from None
         else:
             model.requires_grad_(True)
         hidden_size = model.get_output_embeddings().weight.shape[1]
@@ -108,9 +121,34 @@ class RerankerModule(L.LightningModule):
         self.history: list[dict] = []
 
     # ---- scoring ---------------------------------------------------------------------------
-    def score_pairs(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        """Label logits [n, 2] (yes, no) plus the extra inputs the objective needs."""
+    def _score_chunk(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         scores = self.scorer(inputs)
+        return scores.label_logits, scores.hidden
+
+    def score_pairs(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """Label logits [n, 2] (yes, no) plus the extra inputs the objective needs.
+
+        With gradients on and ``pairs_per_forward`` set, the pairs are scored in micro-batches,
+        each under non-reentrant activation checkpointing: the forward keeps no activations, the
+        objective sees the scores of the whole group (so group-coupled weights such as CL's
+        softmax are exact), and backward recomputes one micro-batch at a time. Peak activation
+        memory is that of ``pairs_per_forward`` pairs, whatever the group size (design.md §6).
+        """
+        rows, chunk = inputs["input_ids"].shape[0], self.hparams.pairs_per_forward
+        if torch.is_grad_enabled() and 0 < chunk < rows:
+            parts = [
+                checkpoint(
+                    self._score_chunk,
+                    slice_batch(inputs, start, min(start + chunk, rows)),
+                    use_reentrant=False,
+                )
+                for start in range(0, rows, chunk)
+            ]
+            label_logits = torch.cat([logits for logits, _ in parts])
+            hidden = torch.cat([hidden for _, hidden in parts])
+        else:
+            label_logits, hidden = self._score_chunk(inputs)
+        scores = Scores(label_logits, hidden)
         extra = {}
         if "hidden" in self.objective.needs:
             extra["hidden"] = scores.hidden.float()
@@ -128,7 +166,9 @@ class RerankerModule(L.LightningModule):
         self.log("train/loss", out.loss, prog_bar=True, batch_size=groups)
         for key, value in out.stats.items():
             self.log(f"train/{key}", value, batch_size=groups)
-        self.log("train/filled_hard_negatives", float(batch["filled_hard"]), reduce_fx="sum", batch_size=groups)
+        self.log(
+            "train/filled_hard_negatives", float(batch["filled_hard"]), reduce_fx="sum", batch_size=groups
+        )
         self.log("train/truncated_pairs", float(batch["truncated"]), reduce_fx="sum", batch_size=groups)
         return out.loss
 
@@ -154,7 +194,9 @@ class RerankerModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         # Built here, not at epoch start: states created under inference mode (validate) could not
         # be updated later during fit.
-        if stage in ("fit", "validate", "test") and getattr(self.trainer.datamodule, "hparams", {}).get("eval_root"):
+        if stage in ("fit", "validate", "test") and getattr(self.trainer.datamodule, "hparams", {}).get(
+            "eval_root"
+        ):
             for name in self._task_metas():
                 if name not in self.val_reranked:
                     self.val_reranked[name] = MeanMetric()
@@ -168,13 +210,24 @@ class RerankerModule(L.LightningModule):
 
     @torch.no_grad()
     def rerank_query(self, batch: dict) -> list[float]:
-        """Scores of a query's candidates (in the batch's order), one micro-batch at a time."""
+        """Scores of a query's candidates (in the batch's order), one micro-batch at a time.
+
+        With ``fusion_alpha`` set the score is α·minmax(reranker) + (1−α)·minmax(retriever), each
+        min-max normalised over the query's candidates.
+        """
         scores = []
         for chunk in batch["chunks"]:
             logits, extra = self.score_pairs(chunk)
             extra = {k: v.unsqueeze(0) for k, v in extra.items()}
-            scores.append(self.objective.score(logits.unsqueeze(0), **extra)[0].float())
-        return torch.cat(scores).tolist() if scores else []
+            scores.append(self.objective.score(logits.unsqueeze(0), **extra)[0].double())
+        if not scores:
+            return []
+        reranked = torch.cat(scores)
+        alpha = self.hparams.fusion_alpha
+        if alpha is not None:
+            retriever = torch.tensor(batch["first_stage"], dtype=torch.float64, device=reranked.device)
+            reranked = alpha * _minmax(reranked) + (1 - alpha) * _minmax(retriever)
+        return reranked.tolist()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         metas = self._task_metas()
@@ -185,13 +238,36 @@ class RerankerModule(L.LightningModule):
             return  # trec_eval skips queries without a relevant document
         metric = metas[task].metric
         self.val_reranked[task].update(query_metric(metric, batch["doc_ids"], scores, relevance))
-        self.val_retriever[task].update(query_metric(metric, batch["doc_ids"], batch["first_stage"], relevance))
+        self.val_retriever[task].update(
+            query_metric(metric, batch["doc_ids"], batch["first_stage"], relevance)
+        )
         self.val_queries[task].update(1.0)
 
     test_step = validation_step
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"task": batch["task"], "qid": batch["qid"], "scores": dict(zip(batch["doc_ids"], self.rerank_query(batch), strict=True))}
+    def on_predict_epoch_start(self) -> None:
+        self._val_runs = {name: {} for name in self._task_metas()}
+
+    def predict_step(self, batch: dict, batch_idx: int) -> None:
+        self._val_runs[batch["task"]][batch["qid"]] = dict(
+            zip(batch["doc_ids"], self.rerank_query(batch), strict=True)
+        )
+
+    def on_predict_epoch_end(self) -> None:
+        runs = self._gather_runs()
+        if self.trainer.is_global_zero:
+            folder = Path(self.trainer.default_root_dir) / "predictions"
+            for task, run in runs.items():
+                write_run(folder / f"{task}.trec", run)
+            print(f"predictions: one TREC run per task in {folder}", flush=True)
+
+    def _gather_runs(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Every rank's reranked queries, merged (each query lives on exactly one rank)."""
+        if self.trainer.world_size == 1:
+            return self._val_runs
+        gathered = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(gathered, self._val_runs)
+        return {task: {q: s for part in gathered for q, s in part[task].items()} for task in self._val_runs}
 
     def _finish_eval(self, stage: str) -> None:
         metas = self._task_metas()
@@ -215,12 +291,7 @@ class RerankerModule(L.LightningModule):
         self._write_eval_outputs(stage, reranked, retriever, summary)
 
     def _write_eval_outputs(self, stage, reranked, retriever, summary) -> None:
-        if self.trainer.world_size > 1:
-            gathered = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, self._val_runs)
-            runs = {task: {q: s for part in gathered for q, s in part[task].items()} for task in self._val_runs}
-        else:
-            runs = self._val_runs
+        runs = self._gather_runs()
         if not self.trainer.is_global_zero:
             return
         step = self.global_step
@@ -249,6 +320,11 @@ class RerankerModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._finish_eval("test")
+
+
+def _minmax(values: torch.Tensor) -> torch.Tensor:
+    span = values.max() - values.min()
+    return (values - values.min()) / span if span > 0 else torch.zeros_like(values)
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

@@ -68,7 +68,11 @@ def test_validation_reports_every_task_and_the_retriever_exactly(tiny_model_dir,
     data = make_data(tiny_model_dir, demo_dir)
     module = RerankerModule(str(tiny_model_dir), lora_r=0)
     trainer = L.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path, inference_mode=False
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        inference_mode=False,
     )
     (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
     tasks = data.task_metas
@@ -82,7 +86,10 @@ def test_validation_reports_every_task_and_the_retriever_exactly(tiny_model_dir,
     # The retriever number is the first-stage run scored by the evaluator's own code.
     expected = []
     for task in data._eval_tasks():
-        top = {q: dict(sorted(d.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:20]) for q, d in task.candidates.items()}
+        top = {
+            q: dict(sorted(d.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:20])
+            for q, d in task.candidates.items()
+        }
         values = evaluate_run(top, task.qrels, task.meta.metric)
         expected.append(sum(values.values()) / len(values))
     assert metrics["val/retriever_avg"] == pytest.approx(sum(expected) / len(expected), abs=1e-6)
@@ -114,3 +121,26 @@ def test_lm_head_modes_train_only_what_they_say(tiny_model_dir, demo_dir, mode):
         others = torch.ones(head.shape[0], dtype=torch.bool)
         others[label_ids] = False
         assert head.grad[label_ids].abs().sum() > 0 and head.grad[others].abs().sum() == 0
+
+
+@pytest.mark.parametrize("objective", ["cl", "sft"])
+def test_micro_batched_group_has_the_gradients_of_the_whole_group(tiny_model_dir, demo_dir, objective):
+    """pairs_per_forward=1 (checkpointed two-pass) equals one forward over the group, fp64."""
+    data = make_data(tiny_model_dir, demo_dir, eval_tasks=None)
+    data.setup("fit")
+    # Two groups with images and text on both sides, so image slicing is exercised.
+    groups = [g for g in (data.train_data[i] for i in range(len(data.train_data))) if g.query.image][:2]
+    batch = data.collate_train(groups)
+    grads = {}
+    for chunk in (0, 1, 3):
+        torch.manual_seed(0)
+        module = RerankerModule(
+            str(tiny_model_dir), objective=objective, lora_r=0, dtype="float64", pairs_per_forward=chunk
+        )
+        module.log = lambda *args, **kwargs: None
+        module.training_step(batch, 0).backward()
+        grads[chunk] = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for chunk in (1, 3):
+        for name, grad in grads[0].items():
+            torch.testing.assert_close(grads[chunk][name], grad, atol=1e-6, rtol=0, msg=name)

@@ -1,0 +1,44 @@
+"""Validation on 2 CPU processes (DDP, gloo) gives exactly the numbers of 1 process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).with_name("ddp_validate.py")
+ROOT = SCRIPT.parent.parent
+
+
+def _validate(tiny_model_dir, demo_dir, tmp_path, devices: int) -> dict:
+    out = tmp_path / f"metrics-{devices}" / "metrics.json"
+    out.parent.mkdir(parents=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tiny_model_dir), str(demo_dir), str(out), str(devices)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_two_process_validation_equals_one_process(tiny_model_dir, demo_dir, tmp_path):
+    single = _validate(tiny_model_dir, demo_dir, tmp_path, devices=1)
+    double = _validate(tiny_model_dir, demo_dir, tmp_path, devices=2)
+    assert "val/mrb_avg" in single and "val/stdlib-docs/ndcg@10" in single
+    assert single.keys() == double.keys()
+    for key, value in single.items():
+        assert double[key] == pytest.approx(value, abs=1e-6), key
+    # Each rank wrote nothing twice: the per-task TREC runs hold every judged query exactly once.
+    runs = tmp_path / "metrics-2" / "runs" / "val-step0"
+    lines = (runs / "stdlib-docs.trec").read_text().splitlines()
+    pairs = [(line.split()[0], line.split()[2]) for line in lines]
+    assert len(pairs) == len(set(pairs))
