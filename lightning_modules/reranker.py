@@ -9,6 +9,7 @@ score and reports the task's own metric next to the retriever's.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -22,6 +23,11 @@ from datamodules.metrics import TaskResult, format_table, query_metric, summariz
 from datamodules.trec import write_run
 from lightning_modules.backbone import LabelScorer, Scores, load_backbone
 from lightning_modules.encoding import slice_batch
+
+# Checkpoints hold trainable weights only; Lightning's notice about the (frozen) rest is expected.
+warnings.filterwarnings(
+    "ignore", message="Found keys that are in the model state dict but not in the checkpoint"
+)
 
 DEFAULT_LORA_TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 PRESETS = {"sft": ("sft", {}), "cl": ("cl", {"temperature": 1.0})}
@@ -119,6 +125,7 @@ class RerankerModule(L.LightningModule):
         self.val_queries = nn.ModuleDict()
         self._val_runs: dict[str, dict[str, dict[str, float]]] = {}
         self.history: list[dict] = []
+        self.strict_loading = False  # checkpoints hold trainable weights only (on_save_checkpoint)
 
     # ---- scoring ---------------------------------------------------------------------------
     def _score_chunk(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,6 +162,27 @@ class RerankerModule(L.LightningModule):
         if "token_logits" in self.objective.needs:
             extra["token_logits"] = scores.label_logits[:, self._token_columns]
         return scores.label_logits[:, :2], extra
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep only what training changed: trainable weights (LoRA, head rows, projection).
+
+        The frozen backbone is re-read from ``model_name_or_path`` when loading, so a checkpoint
+        of a 7B LoRA run is megabytes, not gigabytes.
+        """
+        trainable = {name for name, param in self.named_parameters() if param.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["rerank_lab"] = {
+            "base_model": self.hparams.model_name_or_path,
+            "trainable": sorted(trainable),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        missing = set(checkpoint.get("rerank_lab", {}).get("trainable", [])) - set(checkpoint["state_dict"])
+        if missing:
+            raise ValueError(
+                f"checkpoint lacks trainable weights {sorted(missing)[:3]}; was it written by rerank-lab?"
+            )
 
     # ---- training --------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

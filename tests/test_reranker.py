@@ -144,3 +144,28 @@ def test_micro_batched_group_has_the_gradients_of_the_whole_group(tiny_model_dir
     for chunk in (1, 3):
         for name, grad in grads[0].items():
             torch.testing.assert_close(grads[chunk][name], grad, atol=1e-6, rtol=0, msg=name)
+
+
+def test_checkpoint_holds_only_trainable_weights_and_resumes_them(tiny_model_dir, demo_dir, tmp_path):
+    data = make_data(tiny_model_dir, demo_dir)
+    module = RerankerModule(str(tiny_model_dir), lora_r=4, lm_head="label_rows")
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
+    )
+    trainer.fit(module, datamodule=data)
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    names = set(checkpoint["state_dict"])
+    assert names and all("lora_" in n or "row_delta" in n for n in names)
+    assert "optimizer_states" in checkpoint
+    restored = RerankerModule.load_from_checkpoint(path)
+    for name, value in checkpoint["state_dict"].items():
+        torch.testing.assert_close(restored.state_dict()[name], value)
