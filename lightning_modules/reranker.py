@@ -126,6 +126,7 @@ class RerankerModule(L.LightningModule):
         self._val_runs: dict[str, dict[str, dict[str, float]]] = {}
         self.history: list[dict] = []
         self.strict_loading = False  # checkpoints hold trainable weights only (on_save_checkpoint)
+        self._weights_seen: dict[str, list[torch.Tensor]] = {"pos": [], "neg": []}
 
     # ---- scoring ---------------------------------------------------------------------------
     def _score_chunk(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,6 +192,7 @@ class RerankerModule(L.LightningModule):
         logits, extra = self.score_pairs(batch["inputs"])
         extra = {k: v.view(groups, group_size, *v.shape[1:]) for k, v in extra.items()}
         out = self.objective(logits.view(groups, group_size, 2), positives, **extra)
+        self._remember_weights(out.weights.detach(), positives)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=groups)
         for key, value in out.stats.items():
             self.log(f"train/{key}", value, batch_size=groups)
@@ -199,6 +201,33 @@ class RerankerModule(L.LightningModule):
         )
         self.log("train/truncated_pairs", float(batch["truncated"]), reduce_fx="sum", batch_size=groups)
         return out.loss
+
+    def _remember_weights(self, weights: torch.Tensor, positives: torch.Tensor, cap: int = 100_000) -> None:
+        """Keep a bounded uniform sample of this epoch's W+ and W- for the histograms."""
+        for side, mask in (("pos", positives), ("neg", ~positives)):
+            parts = self._weights_seen[side]
+            parts.append(weights[mask].float().cpu())
+            if sum(p.numel() for p in parts) > 2 * cap:
+                values = torch.cat(parts)
+                self._weights_seen[side] = [values[torch.randperm(values.numel())[:cap]]]
+
+    def on_train_epoch_end(self) -> None:
+        """Histograms of W+ and W- seen this epoch (the paper's weight comparison, per epoch)."""
+        seen = {side: torch.cat(parts) for side, parts in self._weights_seen.items() if parts}
+        self._weights_seen = {"pos": [], "neg": []}
+        if not seen or not self.trainer.is_global_zero:
+            return
+        for logger in self.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                import wandb
+
+                logger.experiment.log(
+                    {
+                        f"train/weight_{side}_hist": wandb.Histogram(values.numpy())
+                        for side, values in seen.items()
+                    }
+                    | {"trainer/global_step": self.global_step}
+                )
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
