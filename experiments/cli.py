@@ -172,7 +172,7 @@ class RerankCLI(LightningCLI):
 
 def build_cli(args: list[str] | None = None) -> RerankCLI:
     """Parse ``args`` (``None`` reads ``sys.argv``), instantiate and run the subcommand."""
-    return RerankCLI(
+    cli = RerankCLI(
         RerankerModule,
         RerankDataModule,
         save_config_callback=RunConfigSaver,
@@ -183,6 +183,10 @@ def build_cli(args: list[str] | None = None) -> RerankCLI:
         parser_kwargs={"parser_mode": "omegaconf+"},
         args=args,
     )
+    # Lightning leaves the W&B run open; a second run in the same process would be logged into it.
+    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+        sys.modules["wandb"].finish()
+    return cli
 
 
 def main(args: list[str] | None = None) -> None:

@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.max_steps is not None:
         cli_args.append(f"--trainer.max_steps={args.max_steps}")
+    sys.argv = sys.argv[:1]  # the CLI reads only cli_args; keep LightningCLI from seeing --out
     cli = build_cli(cli_args)
 
     lines = (cli.run_dir / "eval_history.jsonl").read_text(encoding="utf-8").splitlines()
