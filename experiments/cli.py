@@ -177,9 +177,7 @@ def build_cli(args: list[str] | None = None) -> RerankCLI:
         RerankDataModule,
         save_config_callback=RunConfigSaver,
         save_config_kwargs={"overwrite": True},
-        # inference_mode=False: torchmetrics states reset under inference mode during
-        # validate-before-fit could not be updated again during fit.
-        trainer_defaults={"callbacks": [ParameterCount(), LocalMetrics()], "inference_mode": False},
+        trainer_defaults={"callbacks": [ParameterCount(), LocalMetrics()]},
         parser_kwargs={"parser_mode": "omegaconf+"},
         args=args,
     )

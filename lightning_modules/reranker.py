@@ -16,10 +16,9 @@ import lightning as L
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from torchmetrics import MeanMetric, SumMetric
 
 import objectives
-from datamodules.metrics import TaskResult, format_table, query_metric, summarize
+from datamodules.metrics import Summary, TaskResult, format_table, query_metric, summarize
 from datamodules.trec import write_run
 from lightning_modules.backbone import LabelScorer, Scores, load_backbone
 from lightning_modules.encoding import slice_batch
@@ -120,11 +119,9 @@ class RerankerModule(L.LightningModule):
         self.scorer = LabelScorer(model, [label_token_id(tokenizer, w) for w in self.token_words], lm_head)
         self._token_columns = [self.token_words.index(w) for w in (*positive_words, *negative_words)]
         # Per-task metric state lives in torchmetrics objects so that DDP reduces it correctly.
-        self.val_reranked = nn.ModuleDict()
-        self.val_retriever = nn.ModuleDict()
-        self.val_queries = nn.ModuleDict()
+        # Per rank: reranked scores per task/query, and per-query metric values (reranked, retriever).
         self._val_runs: dict[str, dict[str, dict[str, float]]] = {}
-        self.history: list[dict] = []
+        self._val_values: dict[str, dict[str, tuple[float, float]]] = {}
         self.strict_loading = False  # checkpoints hold trainable weights only (on_save_checkpoint)
         self._weights_seen: dict[str, list[torch.Tensor]] = {"pos": [], "neg": []}
 
@@ -248,20 +245,10 @@ class RerankerModule(L.LightningModule):
         datamodule = self.trainer.datamodule
         return {meta.name: meta for meta in datamodule.task_metas}
 
-    def setup(self, stage: str) -> None:
-        # Built here, not at epoch start: states created under inference mode (validate) could not
-        # be updated later during fit.
-        if stage in ("fit", "validate", "test") and getattr(self.trainer.datamodule, "hparams", {}).get(
-            "eval_root"
-        ):
-            for name in self._task_metas():
-                if name not in self.val_reranked:
-                    self.val_reranked[name] = MeanMetric()
-                    self.val_retriever[name] = MeanMetric()
-                    self.val_queries[name] = SumMetric()
-
     def on_validation_epoch_start(self) -> None:
-        self._val_runs = {name: {} for name in self._task_metas()}
+        names = self._task_metas()
+        self._val_runs = {name: {} for name in names}
+        self._val_values = {name: {} for name in names}
 
     on_test_epoch_start = on_validation_epoch_start
 
@@ -293,12 +280,11 @@ class RerankerModule(L.LightningModule):
         self._val_runs[task][batch["qid"]] = dict(zip(batch["doc_ids"], scores, strict=True))
         if not any(grade > 0 for grade in relevance.values()):
             return  # trec_eval skips queries without a relevant document
-        metric = metas[task].metric
-        self.val_reranked[task].update(query_metric(metric, batch["doc_ids"], scores, relevance))
-        self.val_retriever[task].update(
-            query_metric(metric, batch["doc_ids"], batch["first_stage"], relevance)
+        metric, doc_ids = metas[task].metric, batch["doc_ids"]
+        self._val_values[task][batch["qid"]] = (
+            query_metric(metric, doc_ids, scores, relevance),
+            query_metric(metric, doc_ids, batch["first_stage"], relevance),
         )
-        self.val_queries[task].update(1.0)
 
     test_step = validation_step
 
@@ -311,65 +297,78 @@ class RerankerModule(L.LightningModule):
         )
 
     def on_predict_epoch_end(self) -> None:
-        runs = self._gather_runs()
+        runs = self._gather(self._val_runs)
         if self.trainer.is_global_zero:
             folder = Path(self.trainer.default_root_dir) / "predictions"
             for task, run in runs.items():
                 write_run(folder / f"{task}.trec", run)
             print(f"predictions: one TREC run per task in {folder}", flush=True)
 
-    def _gather_runs(self) -> dict[str, dict[str, dict[str, float]]]:
-        """Every rank's reranked queries, merged (each query lives on exactly one rank)."""
+    def _gather(self, per_rank: dict[str, dict]) -> dict[str, dict]:
+        """Merge a ``{task: {qid: ...}}`` table over ranks (each query lives on exactly one rank)."""
         if self.trainer.world_size == 1:
-            return self._val_runs
+            return per_rank
         gathered = [None] * self.trainer.world_size
-        torch.distributed.all_gather_object(gathered, self._val_runs)
-        return {task: {q: s for part in gathered for q, s in part[task].items()} for task in self._val_runs}
+        torch.distributed.all_gather_object(gathered, per_rank)
+        return {task: {q: v for part in gathered for q, v in part[task].items()} for task in per_rank}
 
     def _finish_eval(self, stage: str) -> None:
-        metas = self._task_metas()
+        """Exact task means from every rank's per-query values (float64, same on every rank)."""
+        values = self._gather(self._val_values)
         reranked, retriever = [], []
-        for name, meta in metas.items():
-            count = int(self.val_queries[name].compute().item())
-            value = float(self.val_reranked[name].compute()) if count else 0.0
-            base = float(self.val_retriever[name].compute()) if count else 0.0
-            for metrics in (self.val_reranked, self.val_retriever, self.val_queries):
-                metrics[name].reset()
-            reranked.append(TaskResult(name, meta.family, meta.metric, value, count))
-            retriever.append(TaskResult(name, meta.family, meta.metric, base, count))
-            self.log(f"{stage}/{name}/{meta.metric}", value)
+        for name, meta in self._task_metas().items():
+            per_query = values[name]
+            if not per_query:
+                raise ValueError(f"task {name!r}: no query with a relevant document in qrels.tsv")
+            reranked.append(
+                TaskResult.from_per_query(
+                    name, meta.family, meta.metric, {q: v for q, (v, _) in per_query.items()}
+                )
+            )
+            retriever.append(
+                TaskResult.from_per_query(
+                    name, meta.family, meta.metric, {q: b for q, (_, b) in per_query.items()}
+                )
+            )
+            self.log(f"{stage}/{name}/{meta.metric}", reranked[-1].value)
         summary, base_summary = summarize(reranked), summarize(retriever)
         for family, value in summary.families.items():
             self.log(f"{stage}/family/{family}", value)
         self.log(f"{stage}/mrb_avg", summary.average, prog_bar=True)
         self.log(f"{stage}/retriever_avg", base_summary.average)
-        if self.trainer.sanity_checking:
-            return
-        self._write_eval_outputs(stage, reranked, retriever, summary)
+        if not self.trainer.sanity_checking:
+            self._write_eval_outputs(stage, summary, base_summary)
 
-    def _write_eval_outputs(self, stage, reranked, retriever, summary) -> None:
-        runs = self._gather_runs()
+    def _write_eval_outputs(self, stage: str, summary: Summary, base_summary: Summary) -> None:
+        """Terminal table, local record, TREC runs and the W&B task table (global rank 0)."""
+        runs = self._gather(self._val_runs) if self.hparams.write_runs else {}
         if not self.trainer.is_global_zero:
             return
         step = self.global_step
-        base_summary = summarize(retriever)
         table = format_table(summary, baseline=base_summary)
         print(f"\n{stage} at step {step} (reranked vs first-stage retriever)\n{table}", flush=True)
         record = {"stage": stage, "step": step, **summary.to_dict(), "retriever": base_summary.to_dict()}
-        self.history.append(record)
         log_dir = Path(self.trainer.default_root_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / "eval_history.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
-        if self.hparams.write_runs:
-            for task, run in runs.items():
-                write_run(log_dir / "runs" / f"{stage}-step{step}" / f"{task}.trec", run)
+        for task, run in runs.items():
+            write_run(log_dir / "runs" / f"{stage}-step{step}" / f"{task}.trec", run)
+        rows = [
+            [
+                name,
+                r.family,
+                r.metric,
+                r.value,
+                base_summary.tasks[name].value,
+                r.value - base_summary.tasks[name].value,
+                r.n_queries,
+            ]
+            for name, r in summary.tasks.items()
+        ]
+        columns = ["task", "family", "metric", "reranked", "retriever", "delta", "queries"]
         for logger in self.loggers:
             if hasattr(logger, "log_table"):
-                rows = [
-                    [r.task, r.family, r.metric, r.value, b.value, r.value - b.value, r.n_queries]
-                    for r, b in zip(reranked, retriever, strict=True)
-                ]
-                columns = ["task", "family", "metric", "reranked", "retriever", "delta", "queries"]
                 logger.log_table(key=f"{stage}/tasks", columns=columns, data=rows, step=step)
 
     def on_validation_epoch_end(self) -> None:

@@ -82,3 +82,25 @@ def test_bad_config_key_is_rejected_with_its_name(tiny_model_dir, demo_dir, tmp_
     with pytest.raises(SystemExit):
         build_cli(_fit_args(tiny_model_dir, demo_dir, tmp_path, "--model.no_such_key=1"))
     assert "no_such_key" in capsys.readouterr().err
+
+
+def test_predict_writes_runs_that_the_evaluator_scores_like_validation(tiny_model_dir, demo_dir, tmp_path):
+    from experiments.evaluate import evaluate
+
+    common = [
+        "--config",
+        "experiments/configs/demo.yaml",
+        f"--model.model_name_or_path={tiny_model_dir}",
+        f"--data.eval_root={demo_dir / 'mrb'}",
+        "--data.eval_tasks=[faces-i2i, stdlib-docs]",
+        "--data.eval_top_k=6",
+        f"--runs_dir={tmp_path}",
+    ]
+    predicted = build_cli(["predict", *common])
+    folder = predicted.run_dir / "predictions"
+    assert sorted(p.name for p in folder.glob("*.trec")) == ["faces-i2i.trec", "stdlib-docs.trec"]
+    validated = build_cli(["validate", *common])
+    record = json.loads((validated.run_dir / "eval_history.jsonl").read_text().splitlines()[-1])
+    summary = evaluate(demo_dir / "mrb", str(folder), tasks=["faces-i2i", "stdlib-docs"])
+    for task, result in summary.tasks.items():
+        assert result.value == pytest.approx(record["tasks"][task]["value"], abs=1e-9)
