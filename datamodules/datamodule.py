@@ -187,7 +187,7 @@ class RerankDataModule(L.LightningDataModule):
             "tasks": [g.task for g in groups],
             "filled_hard": sum(g.filled_hard for g in groups),
             "truncated": sum(p.truncated for p in pairs),
-            "visual_tokens": sum(p.num_image_tokens // self.encoder.merge_size**2 for p in pairs),
+            "visual_tokens": sum(p.input_ids.count(self.encoder.image_token_id) for p in pairs),
         }
 
     def collate_eval(self, items: list[EvalQuery]) -> dict:

@@ -198,6 +198,10 @@ def load_task(task_dir: str | Path) -> MRBTask:
                 raise FormatError(
                     f"{task_dir / name}:1: query {qid!r} names unknown document(s) {unknown[:3]}"
                 )
+    if not any(grade > 0 for judged in qrels.values() for grade in judged.values()):
+        raise FormatError(
+            f"{task_dir / 'qrels.tsv'}:1: no relevant judgement (relevance > 0); the task cannot be scored"
+        )
     return MRBTask(meta, task_dir, queries, corpus, qrels, candidates)
 
 

@@ -22,6 +22,8 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from datamodules.datamodule import RerankDataModule
 from lightning_modules.reranker import RerankerModule, count_parameters
 
+RUN_DIR_ENV = "RERANK_LAB_RUN_DIR"
+
 
 def wandb_logged_in() -> bool:
     """Whether W&B has credentials (an API key in the environment or in ~/.netrc)."""
@@ -47,10 +49,17 @@ def run_name(config) -> str:
     model, data = config["model"], config["data"]
     parts = [str(model["objective"])]
     args = model.get("objective_args") or {}
-    if "weight" in args:
-        parts.append(f"W{args['weight']}")
-    if "direction" in args:
-        parts.append(f"D{args['direction']}")
+    for key, tag in (
+        ("weight", "W"),
+        ("direction", "D"),
+        ("label_token_count", "L"),
+        ("tau", "tau"),
+        ("temperature", "T"),
+    ):
+        if args.get(key) is not None:
+            parts.append(f"{tag}{args[key]}")
+    if model.get("lm_head", "frozen") != "frozen":
+        parts.append(f"head-{model['lm_head']}")
     parts.append(f"n{data['num_negatives']}")
     seed = config.get("seed_everything")
     parts.append(f"s{seed if isinstance(seed, int) else 'r'}")
@@ -140,12 +149,18 @@ class RerankCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         ensure_wandb_mode()
         name = config.get("run_name") or run_name(config)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(config["runs_dir"]) / f"{name}-{stamp}"
-        suffix = 1
-        while run_dir.exists():  # two runs started within the same second
-            run_dir = Path(config["runs_dir"]) / f"{name}-{stamp}-{suffix}"
-            suffix += 1
+        if os.environ.get(RUN_DIR_ENV):
+            # A DDP worker started by Lightning (or a multi-node launcher that sets it): use the
+            # folder rank 0 chose instead of deriving a second, different timestamp.
+            run_dir = Path(os.environ[RUN_DIR_ENV])
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            run_dir = Path(config["runs_dir"]) / f"{name}-{stamp}"
+            suffix = 1
+            while run_dir.exists():  # two runs started within the same second
+                run_dir = Path(config["runs_dir"]) / f"{name}-{stamp}-{suffix}"
+                suffix += 1
+            os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the worker processes Lightning starts
         config["trainer"]["default_root_dir"] = str(run_dir)
         self.run_dir = run_dir
         logger = config["trainer"].get("logger")
@@ -172,15 +187,19 @@ class RerankCLI(LightningCLI):
 
 def build_cli(args: list[str] | None = None) -> RerankCLI:
     """Parse ``args`` (``None`` reads ``sys.argv``), instantiate and run the subcommand."""
-    cli = RerankCLI(
-        RerankerModule,
-        RerankDataModule,
-        save_config_callback=RunConfigSaver,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [ParameterCount(), LocalMetrics()]},
-        parser_kwargs={"parser_mode": "omegaconf+"},
-        args=args,
-    )
+    try:
+        cli = RerankCLI(
+            RerankerModule,
+            RerankDataModule,
+            save_config_callback=RunConfigSaver,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"callbacks": [ParameterCount(), LocalMetrics()]},
+            parser_kwargs={"parser_mode": "omegaconf+"},
+            args=args,
+        )
+    finally:
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # the next run in this process picks its own folder
+            os.environ.pop(RUN_DIR_ENV, None)
     # Lightning leaves the W&B run open; a second run in the same process would be logged into it.
     if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
         sys.modules["wandb"].finish()

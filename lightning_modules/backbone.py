@@ -60,7 +60,9 @@ def load_backbone(
             bnb_4bit_quant_type="nf4",
             bnb_4bit_compute_dtype=torch.bfloat16,
             bnb_4bit_use_double_quant=True,
-            llm_int8_skip_modules=["lm_head", "visual", "vision_tower"],
+            # Quantise the language model only: the vision tower is small and sensitive, and the
+            # LM head is read for two rows. (Patterns match from the start of the module path.)
+            llm_int8_skip_modules=["lm_head", r".*visual", r".*vision_tower"],
         )
     elif quantization is not None:
         raise ValueError(f"quantization {quantization!r} is not supported; use null or '4bit'")

@@ -50,10 +50,6 @@ class EncodedPair:
     image_grid_thw: list[torch.Tensor] = field(default_factory=list)
     truncated: bool = False
 
-    @property
-    def num_image_tokens(self) -> int:
-        return 0 if not self.image_grid_thw else int(sum(int(g.prod()) for g in self.image_grid_thw))
-
 
 def load_image(path: str) -> Image.Image:
     """Open an image as RGB, refusing decompression-bomb sized files with a clear error."""

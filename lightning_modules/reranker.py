@@ -62,6 +62,9 @@ class RerankerModule(L.LightningModule):
             activation memory independently of the group size, with exact gradients.
         fusion_alpha: if set, rank by α·reranker + (1−α)·retriever (each min-max normalised per
             query) in validation, test and predict.
+        gradient_checkpointing: recompute decoder layers in backward (non-reentrant, so it works
+            with LoRA on a frozen base).
+        optimizer: ``adamw`` (torch) or ``adamw8bit`` (bitsandbytes 8-bit states, less memory).
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up steps, then linear decay to 0 at the last step.
@@ -84,6 +87,8 @@ class RerankerModule(L.LightningModule):
         lm_head: str = "frozen",
         pairs_per_forward: int = 0,
         fusion_alpha: float | None = None,
+        gradient_checkpointing: bool = False,
+        optimizer: str = "adamw",
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
@@ -95,6 +100,10 @@ class RerankerModule(L.LightningModule):
 
         model = load_backbone(model_name_or_path, dtype, trust_remote_code, attn_implementation, quantization)
         model.train()  # from_pretrained returns eval mode; LoRA/backbone dropout belongs to training
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if optimizer not in ("adamw", "adamw8bit"):
+            raise ValueError(f"model.optimizer {optimizer!r} is not one of ['adamw', 'adamw8bit']")
         model.requires_grad_(False)
         if lora_r > 0:
             from peft import LoraConfig, inject_adapter_in_model
@@ -108,6 +117,11 @@ class RerankerModule(L.LightningModule):
                 raise ValueError(
                     f"model.lora_target {lora_target!r} matched no module of {model_name_or_path}: {err}"
                 ) from None
+            # Adapters train in float32 even on a bf16 base: bf16 weights would swallow small Adam
+            # updates late in the schedule.
+            for param in model.parameters():
+                if param.requires_grad:
+                    param.data = param.data.float()
         else:
             model.requires_grad_(True)
         hidden_size = model.get_output_embeddings().weight.shape[1]
@@ -197,6 +211,9 @@ class RerankerModule(L.LightningModule):
             "train/filled_hard_negatives", float(batch["filled_hard"]), reduce_fx="sum", batch_size=groups
         )
         self.log("train/truncated_pairs", float(batch["truncated"]), reduce_fx="sum", batch_size=groups)
+        pairs, tokens = batch["inputs"]["attention_mask"].shape
+        self.log("train/visual_tokens_per_pair", batch["visual_tokens"] / pairs, batch_size=groups)
+        self.log("train/padded_tokens_per_pair", float(tokens), batch_size=groups)
         return out.loss
 
     def _remember_weights(self, weights: torch.Tensor, positives: torch.Tensor, cap: int = 100_000) -> None:
@@ -207,6 +224,11 @@ class RerankerModule(L.LightningModule):
             if sum(p.numel() for p in parts) > 2 * cap:
                 values = torch.cat(parts)
                 self._weights_seen[side] = [values[torch.randperm(values.numel())[:cap]]]
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        norms = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
+        if norms:
+            self.log("train/grad_norm", torch.stack(norms).norm())
 
     def on_train_epoch_end(self) -> None:
         """Histograms of W+ and W- seen this epoch (the paper's weight comparison, per epoch)."""
@@ -228,7 +250,14 @@ class RerankerModule(L.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.optimizer == "adamw8bit":
+            import bitsandbytes as bnb
+
+            optimizer = bnb.optim.AdamW8bit(
+                params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+            )
+        else:
+            optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer else 1
         warmup = min(self.hparams.warmup_steps, total - 1) if total > 1 else 0
 
@@ -318,8 +347,8 @@ class RerankerModule(L.LightningModule):
         reranked, retriever = [], []
         for name, meta in self._task_metas().items():
             per_query = values[name]
-            if not per_query:
-                raise ValueError(f"task {name!r}: no query with a relevant document in qrels.tsv")
+            if not per_query:  # partial validation (fast_dev_run, limit_val_batches) never reached it
+                continue
             reranked.append(
                 TaskResult.from_per_query(
                     name, meta.family, meta.metric, {q: v for q, (v, _) in per_query.items()}
@@ -331,6 +360,8 @@ class RerankerModule(L.LightningModule):
                 )
             )
             self.log(f"{stage}/{name}/{meta.metric}", reranked[-1].value)
+        if not reranked:
+            return
         summary, base_summary = summarize(reranked), summarize(retriever)
         for family, value in summary.families.items():
             self.log(f"{stage}/family/{family}", value)

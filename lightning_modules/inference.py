@@ -1,0 +1,496 @@
+"""Batched inference: score and rank documents for a query with a trained (or zero-shot) reranker.
+
+Usage::
+
+    from lightning_modules.inference import Reranker
+
+    reranker = Reranker.from_pretrained("runs/export/my-reranker")        # or a plain base model
+    reranker.rank("a red car", ["A red car parks.", {"image": "cat.png"}], instruction="Find the match.")
+    # -> [(0, 3.1), (1, -2.4)]: (input index, score), best first
+    reranker.score(query, documents, instruction=...)                    # scores in input order
+
+What it loads. An exported folder (``python -m lightning_modules.export``) carries
+``rerank_config.json``: the objective whose score ranks (``sft``: z_y − z_n, ``cl``: z_y, ``url``:
+its direction's score, ...), the label words, the judge prompt, the token and pixel budgets, and
+for the ``projection`` direction the score head (``score_head.safetensors``). A plain Hugging Face
+folder or hub id without that file scores zero-shot with the SFT score z_y − z_n on the ``yes`` /
+``no`` tokens, the default judge prompt and rerank-lab's default budgets (``max_length`` 3200,
+``min_pixels`` 4·28², ``max_pixels`` 1280·28²; each overridable).
+
+Inputs. A query or document is
+
+- a ``str``: always text (a string is never taken for a file name);
+- a ``dict`` with ``"text"`` and/or ``"image"``; the image is a path (``str`` or ``Path``, relative to
+  the working directory) or a ``PIL.Image.Image``;
+- a :class:`datamodules.formats.Doc`.
+
+Same code path as training. Pairs are rendered, tokenised and image-processed by
+:class:`~lightning_modules.encoding.PairEncoder` (left padding, the chat layout, the truncation
+rule) and scored by :class:`~lightning_modules.backbone.LabelScorer` (label-token rows only, fp32)
+followed by the objective's own ``score``. PIL images go through the very same
+``PairEncoder.process_image`` (they are handed to it as an in-memory lossless PNG, so the pixel
+limits and the decompression-bomb check are the training ones).
+
+Batching. All pairs of a call are encoded first, sorted by token length (image tokens included;
+ties keep input order), cut into batches of ``batch_size`` pairs, scored, and put back into input
+order, so padding stays small. On ``torch.OutOfMemoryError`` the batch size is halved (and kept
+halved for later calls) and the failed batch is retried; a single pair that does not fit raises.
+
+Determinism. Scores are computed and returned in float32 (float64 Python floats of float32 values),
+whatever the model dtype. :meth:`Reranker.rank` sorts by descending score and breaks exact ties by
+ascending input index, so equal scores keep the caller's order. Scores depend on the batch
+composition only through floating-point reduction order (about 1e-6 in float32, the documented
+evaluation dtype; bfloat16 is faster on GPUs but can flip near-ties).
+
+Shared query prefix (KV cache). Every candidate of a query starts with the same tokens: the system
+prompt, the instruction and the query (its image included). With ``prefix_cache=True`` the prefix
+is run once per query and its keys/values are reused by every candidate batch. This is exact for
+Qwen2-VL / Qwen2.5-VL / Qwen3-VL multimodal RoPE: a token's 3-D position depends only on the tokens
+before it, so the candidates' positions are those of the candidate part alone shifted by the
+prefix's next position (``get_rope_index`` on the suffix + offset), and attention over
+[cached prefix; suffix] is attention over the whole sequence. Where the shared prefix ends is
+measured on the token ids themselves (longest common prefix of the group), cut before any
+document image token, so BPE merges across the query/document boundary cannot make it wrong.
+It pays when the prefix is long compared with the documents, i.e. for image queries (the query
+image is also encoded by the vision tower once instead of once per candidate); for text queries
+over image documents it saves little. ``experiments.bench`` measures both cases; it is off by
+default and falls back to the plain path for backbones without multimodal RoPE helpers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+import objectives
+from datamodules.formats import Doc
+from lightning_modules.backbone import DTYPES, LabelScorer, load_backbone
+from lightning_modules.encoding import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_PIXELS,
+    SYSTEM_PROMPT,
+    EncodedPair,
+    PairEncoder,
+)
+
+log = logging.getLogger(__name__)
+
+RERANK_CONFIG = "rerank_config.json"
+SCORE_HEAD = "score_head.safetensors"
+DEFAULT_INSTRUCTION = "Given the query, judge whether the document is relevant to it."
+DEFAULT_MAX_LENGTH = 3200
+
+DocLike = str | Mapping[str, Any] | Doc
+
+
+def as_doc(item: DocLike, what: str = "document") -> Doc:
+    """Normalise a query or document given as ``str``, ``dict`` or :class:`Doc` to a :class:`Doc`.
+
+    Args:
+        item: text (``str``), ``{"text": ..., "image": path-or-PIL}``, or a ``Doc``.
+        what: how to name it in errors.
+
+    Returns:
+        The ``Doc`` (a PIL image is kept as the image object; a path becomes a ``str``).
+
+    Raises:
+        ValueError: neither text nor image, unknown keys, or an unsupported type.
+    """
+    if isinstance(item, Doc):
+        doc = item
+    elif isinstance(item, str):
+        doc = Doc(text=item)
+    elif isinstance(item, Mapping):
+        unknown = set(item) - {"text", "image"}
+        if unknown:
+            raise ValueError(f"{what}: unknown keys {sorted(unknown)}; use 'text' and/or 'image'")
+        image = item.get("image")
+        if isinstance(image, Path):
+            image = str(image)
+        if image is not None and not isinstance(image, str | Image.Image):
+            raise ValueError(f"{what}: image must be a path or a PIL image, got {type(image).__name__}")
+        doc = Doc(text=item.get("text") or None, image=image or None)
+    else:
+        raise ValueError(
+            f"{what}: expected a str, a dict with text/image, or a Doc; got {type(item).__name__}"
+        )
+    if not doc.text and doc.image is None:
+        raise ValueError(f"{what}: has neither text nor image")
+    return doc
+
+
+class _Encoder(PairEncoder):
+    """``PairEncoder`` that also takes PIL images (as a lossless in-memory PNG, same processing)."""
+
+    def process_image(self, path) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        if isinstance(path, Image.Image):
+            image = path if path.mode in ("RGB", "RGBA", "L", "LA", "P", "1") else path.convert("RGB")
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", compress_level=0)
+            buffer.seek(0)
+            return super().process_image(buffer)
+        return super().process_image(path)
+
+
+def label_words(objective: objectives.Objective) -> list[str]:
+    """The label words read from the LM head, in LabelScorer column order (yes, no, then extras).
+
+    The same rule as ``RerankerModule``: ``yes`` and ``no`` first, then the objective's positive and
+    negative label words, duplicates dropped.
+    """
+    positive, negative = objective.label_tokens
+    return list(dict.fromkeys(["yes", "no", *positive, *negative]))
+
+
+def single_token_id(tokenizer, word: str) -> int:
+    """The single vocabulary id of ``word`` (a clear error when it splits into several tokens)."""
+    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"label word {word!r} is {len(ids)} tokens in this tokenizer; it must be one")
+    return ids[0]
+
+
+class _ProbeDone(Exception):
+    """Stops a probing forward pass early."""
+
+
+@dataclass
+class _Prefix:
+    """A query's shared prefix: its length in tokens, the next RoPE position and its KV tensors."""
+
+    length: int
+    next_position: int
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+
+class Reranker:
+    """Scores (instruction, query, document) pairs with a label-token reranker.
+
+    Build it with :meth:`from_pretrained`. Attributes of interest: ``encoder`` (the PairEncoder),
+    ``scorer`` (the LabelScorer around the backbone), ``objective`` (whose ``score`` ranks),
+    ``config`` (``rerank_config.json`` contents, or ``None`` for a plain base), ``batch_size``.
+
+    Args:
+        model: the backbone (``*ForConditionalGeneration`` / ``*ForCausalLM``), already on ``device``.
+        encoder: the PairEncoder of the checkpoint.
+        objective: the objective whose ``score`` ranks documents.
+        device: where the model lives.
+        batch_size: pairs per forward pass (halved on out-of-memory).
+        config: the exported ``rerank_config.json``, if any.
+        prefix_cache: reuse the KV cache of the query prefix across a query's candidates: ``"auto"``
+            (default: for image queries, where it pays), ``True`` (always) or ``False`` (never).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        encoder: PairEncoder,
+        objective: objectives.Objective,
+        device: torch.device,
+        batch_size: int = 32,
+        config: dict | None = None,
+        prefix_cache: bool | str = "auto",
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.encoder = encoder
+        self.objective = objective.to(device).eval()
+        self.words = label_words(objective)
+        ids = [single_token_id(encoder.tokenizer, word) for word in self.words]
+        self.scorer = LabelScorer(model, ids, lm_head="frozen").to(device).eval()
+        positive, negative = objective.label_tokens
+        self._token_columns = [self.words.index(w) for w in (*positive, *negative)]
+        self.device = device
+        self.batch_size = batch_size
+        self.config = config
+        self.prefix_cache = prefix_cache
+        self._prefix_supported: bool | None = None
+
+    # ---- loading ---------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = None,
+        dtype: str = "float32",
+        batch_size: int = 32,
+        max_length: int | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        attn_implementation: str = "sdpa",
+        trust_remote_code: bool = False,
+        prefix_cache: bool | str = "auto",
+    ) -> Reranker:
+        """Load an exported reranker folder, or a plain base checkpoint for zero-shot SFT scoring.
+
+        Args:
+            path: exported folder (has ``rerank_config.json``), or any HF folder / hub id.
+            device: ``"cuda"``, ``"cpu"``, ...; default CUDA when available, else CPU.
+            dtype: model weights dtype, ``float32`` (default, the documented evaluation dtype) or
+                ``bfloat16``; scores are float32 either way.
+            batch_size: pairs per forward pass.
+            max_length: per-pair token cap; default from the export, else 3200.
+            min_pixels: per-image minimum pixels; default from the export, else 4·28².
+            max_pixels: per-image maximum pixels; default from the export, else 1280·28².
+            attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2``.
+            trust_remote_code: allow code shipped with the checkpoint.
+            prefix_cache: ``"auto"`` (image queries), ``True`` or ``False``: reuse the query prefix's KV
+                cache across candidates (exact; see the module docstring).
+
+        Returns:
+            The reranker, in eval mode.
+        """
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        folder = Path(path)
+        config = None
+        if (folder / RERANK_CONFIG).is_file():
+            config = json.loads((folder / RERANK_CONFIG).read_text(encoding="utf-8"))
+        model = load_backbone(str(path), dtype, trust_remote_code, attn_implementation)
+        model.requires_grad_(False)
+        hidden_size = model.get_output_embeddings().weight.shape[1]
+        if config is None:
+            objective = objectives.build("sft")
+            system_prompt = SYSTEM_PROMPT
+        else:
+            objective = objectives.build(
+                config["objective"], hidden_size=hidden_size, **(config.get("objective_args") or {})
+            )
+            if config.get("score_head"):
+                from safetensors.torch import load_file
+
+                objective.load_state_dict(load_file(str(folder / config["score_head"])), strict=True)
+            expected = config.get("label_tokens")
+            if expected is not None and list(expected) != label_words(objective):
+                raise ValueError(
+                    f"{folder / RERANK_CONFIG}: label_tokens {expected} do not match the objective's "
+                    f"{label_words(objective)}"
+                )
+            system_prompt = config.get("system_prompt", SYSTEM_PROMPT)
+        config_or_empty = config or {}
+        encoder = _Encoder.from_pretrained(
+            path,
+            trust_remote_code=trust_remote_code,
+            max_length=max_length or config_or_empty.get("max_length") or DEFAULT_MAX_LENGTH,
+            min_pixels=min_pixels or config_or_empty.get("min_pixels") or DEFAULT_MIN_PIXELS,
+            max_pixels=max_pixels or config_or_empty.get("max_pixels") or DEFAULT_MAX_PIXELS,
+            system_prompt=system_prompt,
+        )
+        model.to(device).eval()
+        return cls(model, encoder, objective, device, batch_size, config, prefix_cache)
+
+    # ---- public API ------------------------------------------------------------------------
+    def score(
+        self, query: DocLike, documents: Sequence[DocLike], instruction: str = DEFAULT_INSTRUCTION
+    ) -> list[float]:
+        """Scores of ``documents`` for ``query``, in input order (higher = more relevant).
+
+        Args:
+            query: the query (``str`` text, ``{"text", "image"}`` dict or ``Doc``).
+            documents: the candidates, same forms.
+            instruction: the task instruction placed after ``<Instruct>:``.
+
+        Returns:
+            One float32-valued score per document.
+        """
+        if not documents:
+            return []
+        query_doc = as_doc(query, "query")
+        docs = [as_doc(d, f"document {i}") for i, d in enumerate(documents)]
+        pairs = self.encoder.encode_group(instruction, query_doc, docs, where="rerank")
+        has_query_image = query_doc.image is not None
+        if len(pairs) > 1 and self._use_prefix_cache(has_query_image):
+            return self.score_encoded_with_prefix(pairs, has_query_image)
+        return self.score_encoded(pairs)
+
+    def rank(
+        self, query: DocLike, documents: Sequence[DocLike], instruction: str = DEFAULT_INSTRUCTION
+    ) -> list[tuple[int, float]]:
+        """``(input index, score)`` of every document, best first; exact ties keep input order."""
+        scores = self.score(query, documents, instruction=instruction)
+        return sorted(enumerate(scores), key=lambda item: (-item[1], item[0]))
+
+    # ---- plain path ------------------------------------------------------------------------
+    def score_encoded(self, pairs: Sequence[EncodedPair]) -> list[float]:
+        """Scores of already encoded pairs, in their order: length-sorted batches, OOM back-off."""
+        order = sorted(range(len(pairs)), key=lambda i: (len(pairs[i].input_ids), i))
+        return self._run_batches(order, lambda chunk: self._score_batch([pairs[i] for i in chunk]))
+
+    def _run_batches(self, order: list[int], run) -> list[float]:
+        scores = [0.0] * len(order)
+        start = 0
+        while start < len(order):
+            size = min(self.batch_size, len(order) - start)
+            chunk = order[start : start + size]
+            try:
+                values = run(chunk)
+            except torch.OutOfMemoryError:
+                if size == 1:
+                    raise
+                self.batch_size = max(1, size // 2)
+                log.warning("out of memory with %d pairs per batch; retrying with %d", size, self.batch_size)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            for index, value in zip(chunk, values, strict=True):
+                scores[index] = value
+            start += size
+        return scores
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _objective_scores(self, label_logits: torch.Tensor, hidden: torch.Tensor) -> list[float]:
+        extra = {}
+        if "hidden" in self.objective.needs:
+            extra["hidden"] = hidden.float().unsqueeze(0)
+        if "token_logits" in self.objective.needs:
+            extra["token_logits"] = label_logits[:, self._token_columns].unsqueeze(0)
+        scores = self.objective.score(label_logits[:, :2].unsqueeze(0), **extra)[0]
+        return scores.float().cpu().tolist()
+
+    @torch.inference_mode()
+    def _score_batch(self, pairs: Sequence[EncodedPair]) -> list[float]:
+        out = self.scorer(self._to_device(self.encoder.collate(pairs)))
+        return self._objective_scores(out.label_logits, out.hidden)
+
+    # ---- shared-prefix path ----------------------------------------------------------------
+    def _use_prefix_cache(self, has_query_image: bool) -> bool:
+        if self.prefix_cache is False or (self.prefix_cache == "auto" and not has_query_image):
+            return False
+        if self._prefix_supported is None:
+            multimodal = getattr(self.scorer.model.config, "vision_config", None) is not None
+            self._prefix_supported = (
+                not multimodal or hasattr(self.scorer.decoder, "get_rope_index")
+            ) and self._scorer_keeps_position_ids()
+            if not self._prefix_supported:
+                log.warning("prefix_cache: not supported by this backbone / LabelScorer; scoring without it")
+        return self._prefix_supported
+
+    def _scorer_keeps_position_ids(self) -> bool:
+        """Whether LabelScorer hands caller-given ``position_ids`` to the decoder unchanged.
+
+        The prefix path needs it for text-only candidate batches. Checked by behaviour, not by
+        version: a pre-hook on the decoder records what it receives and stops the forward at once.
+        """
+        seen: dict[str, Any] = {}
+
+        def hook(module, args, kwargs):
+            seen["position_ids"] = kwargs.get("position_ids")
+            raise _ProbeDone
+
+        marker = torch.full((1, 1), 3, dtype=torch.long, device=self.device)
+        handle = self.scorer.decoder.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            self.scorer(
+                {
+                    "input_ids": torch.zeros_like(marker),
+                    "attention_mask": torch.ones_like(marker),
+                    "position_ids": marker,
+                }
+            )
+        except _ProbeDone:
+            pass
+        finally:
+            handle.remove()
+        return seen.get("position_ids") is marker
+
+    def _positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """3-D RoPE positions ``[3, B, L]`` of a left-padded batch as if each row started at 0."""
+        mask = batch["attention_mask"]
+        if "image_grid_thw" in batch and hasattr(self.scorer.decoder, "get_rope_index"):
+            positions, _ = self.scorer.decoder.get_rope_index(
+                batch["input_ids"],
+                mm_token_type_ids=batch["mm_token_type_ids"],
+                image_grid_thw=batch["image_grid_thw"],
+                attention_mask=mask,
+            )
+            return positions
+        text = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        if getattr(self.scorer.model.config, "vision_config", None) is None:
+            return text
+        return text.unsqueeze(0).expand(3, -1, -1)
+
+    def _shared_prefix(self, pairs: Sequence[EncodedPair], has_query_image: bool) -> tuple[int, int]:
+        """(prefix length in tokens, number of images in it), cut before any document image."""
+        first = pairs[0].input_ids
+        length = min(len(p.input_ids) for p in pairs) - 1  # the answer position stays in the suffix
+        for pair in pairs[1:]:
+            ids = pair.input_ids
+            common = 0
+            while common < length and ids[common] == first[common]:
+                common += 1
+            length = common
+        image_id = self.encoder.image_token_id
+        runs, inside = 0, False
+        for index in range(length):
+            is_image = first[index] == image_id
+            if is_image and not inside:
+                runs += 1
+                if runs > int(has_query_image):  # a document image starts here: the prefix ends before it
+                    return index, runs - 1
+            inside = is_image
+        if inside:  # ends inside the query image's tokens: step back before it
+            while length > 0 and first[length - 1] == image_id:
+                length -= 1
+            runs -= 1
+        return length, runs
+
+    @torch.inference_mode()
+    def _encode_prefix(self, pair: EncodedPair, length: int, images: int) -> _Prefix:
+        from transformers import DynamicCache
+
+        prefix = EncodedPair(
+            pair.input_ids[:length], pair.pixel_values[:images], pair.image_grid_thw[:images]
+        )
+        batch = self._to_device(self.encoder.collate([prefix]))
+        positions = self._positions(batch)
+        cache = DynamicCache(config=self.scorer.model.config)
+        self.scorer({**batch, "position_ids": positions, "past_key_values": cache})
+        keys = [layer.keys for layer in cache.layers]
+        values = [layer.values for layer in cache.layers]
+        return _Prefix(length, int(positions.max()) + 1, keys, values)
+
+    def score_encoded_with_prefix(self, pairs: Sequence[EncodedPair], has_query_image: bool) -> list[float]:
+        """Scores of one query's encoded pairs, computing the shared prefix once (exact)."""
+        length, images = self._shared_prefix(pairs, has_query_image)
+        if length == 0:
+            return self.score_encoded(pairs)
+        prefix = self._encode_prefix(pairs[0], length, images)
+        suffixes = [
+            EncodedPair(p.input_ids[length:], p.pixel_values[images:], p.image_grid_thw[images:])
+            for p in pairs
+        ]
+        order = sorted(range(len(pairs)), key=lambda i: (len(pairs[i].input_ids), i))
+        return self._run_batches(
+            order, lambda chunk: self._score_suffixes([suffixes[i] for i in chunk], prefix)
+        )
+
+    @torch.inference_mode()
+    def _score_suffixes(self, suffixes: Sequence[EncodedPair], prefix: _Prefix) -> list[float]:
+        from transformers import DynamicCache
+
+        batch = self._to_device(self.encoder.collate(suffixes))
+        rows = batch["input_ids"].shape[0]
+        positions = self._positions(batch) + prefix.next_position
+        cache = DynamicCache(
+            ddp_cache_data=[
+                (k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
+                for k, v in zip(prefix.keys, prefix.values, strict=True)
+            ],
+            config=self.scorer.model.config,
+        )
+        ones = torch.ones(rows, prefix.length, dtype=batch["attention_mask"].dtype, device=self.device)
+        batch["attention_mask"] = torch.cat([ones, batch["attention_mask"]], dim=1)
+        out = self.scorer({**batch, "position_ids": positions, "past_key_values": cache})
+        return self._objective_scores(out.label_logits, out.hidden)
