@@ -18,9 +18,9 @@ PATH), ``${program}`` -> ``program`` and ``${args}`` -> ``--key=value`` per para
 
 Each run lives in ``<sweep_dir>/<run_key>/``: ``run.log`` (its stdout + stderr), the CLI's run
 folder ``<run_key>-<timestamp>/`` and, after exit code 0, ``done.json``. A run with a
-``done.json`` for the same parameters is finished and skipped, so running the sweep again resumes
-it; any earlier unfinished attempt is moved to ``<run_key>/.attempts/<n>/`` before a retry (the
-report ignores hidden folders). ``<run_key>/running.lock`` keeps two runners on one sweep folder
+``done.json`` for the same parameters and command is finished and skipped, so running the sweep
+again resumes it; an earlier unfinished (or outdated) attempt is moved to
+``<run_key>/.attempts/<n>/`` before a retry (the report ignores hidden folders). ``<run_key>/running.lock`` keeps two runners on one sweep folder
 (one per GPU) from running the same run.
 
 The plan is deterministic: a grid expands in YAML order (the last parameter varies fastest);
@@ -298,10 +298,15 @@ def read_done(run_dir: Path) -> dict | None:
         return None
 
 
-def is_finished(run_dir: Path, params: dict) -> bool:
-    """Finished = a ``done.json`` (written after exit code 0) for these very parameters."""
+def is_finished(run_dir: Path, params: dict, template: list) -> bool:
+    """Finished = a ``done.json`` (written after exit code 0) for these parameters and this command."""
     done = read_done(run_dir)
-    return done is not None and done.get("returncode") == 0 and done.get("params") == normalise(params)
+    return (
+        done is not None
+        and done.get("returncode") == 0
+        and done.get("params") == normalise(params)
+        and done.get("template") == [str(item) for item in template]
+    )
 
 
 def latest_run_folder(run_dir: Path) -> Path | None:
@@ -406,6 +411,7 @@ class LocalRunner:
         self.metric = metric.get("name", "val/mrb_avg")
         self.goal = metric.get("goal", "maximize")
         self.tag = os.environ.get(AGENT_TAG_ENV, "")
+        self.template = [str(item) for item in config.get("command", DEFAULT_COMMAND)]
 
     def say(self, text: str, end: str = "\n") -> None:
         print(f"[{self.tag}] {text}" if self.tag else text, end=end, flush=True)
@@ -415,7 +421,9 @@ class LocalRunner:
         self.say(f"sweep {self.config['name']}: {total} runs -> {self.sweep_dir}  (metric: {self.metric})")
         if self.dry_run:
             for run in self.runs:
-                state = " (finished)" if is_finished(self.sweep_dir / run.key, run.params) else ""
+                state = (
+                    " (finished)" if is_finished(self.sweep_dir / run.key, run.params, self.template) else ""
+                )
                 command = build_command(
                     self.config, run_args(run, self.sweep_dir), self.sweep_dir / run.key / "args.json"
                 )
@@ -437,7 +445,7 @@ class LocalRunner:
         run_dir = self.sweep_dir / run.key
         args = run_args(run, self.sweep_dir)
         command = build_command(self.config, args, run_dir / "args.json")
-        if is_finished(run_dir, run.params):
+        if is_finished(run_dir, run.params, self.template):
             value = (read_done(run_dir) or {}).get("metric", {}).get(self.metric)
             self.say(f"{label} ... skipped (finished){self.metric_text(value)}")
             return "skipped", value
@@ -447,7 +455,7 @@ class LocalRunner:
             self.say(f"{label} ... skipped (running elsewhere: {holder})")
             return "busy", None
         try:
-            if is_finished(run_dir, run.params):  # another agent finished it meanwhile
+            if is_finished(run_dir, run.params, self.template):  # another agent finished it meanwhile
                 value = (read_done(run_dir) or {}).get("metric", {}).get(self.metric)
                 self.say(f"{label} ... skipped (finished){self.metric_text(value)}")
                 return "skipped", value
@@ -470,7 +478,14 @@ class LocalRunner:
         with open(log_path, "w", encoding="utf-8") as log:
             log.write(f"$ {' '.join(command)}\n")
             log.flush()
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            try:
+                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            except OSError as error:  # the command itself cannot start (a wrong path in the YAML)
+                log.write(f"cannot start the command: {error}\n")
+                self.say(
+                    f"{'' if not self.tag else label + ' ... '}FAILED (cannot start: {error}); log: {log_path}"
+                )
+                return "failed", None
             try:
                 returncode = process.wait()
             except KeyboardInterrupt:
@@ -493,6 +508,7 @@ class LocalRunner:
         done = {
             "key": run.key,
             "params": normalise(run.params),
+            "template": self.template,
             "command": command,
             "returncode": 0,
             "seconds": round(seconds, 1),
@@ -524,24 +540,38 @@ class LocalRunner:
 
 
 # ---- demo assets -------------------------------------------------------------------------------
-def prepare_demo(config: dict, params: dict[str, Any]) -> None:
-    """Build the tiny model and demo data a demo-config sweep points at, when they are missing."""
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def prepare_demo(config: dict) -> None:
+    """Build the tiny model and the demo data when the sweep's config files point at them and they
+    are missing (paths set by the sweep's own parameters are left to the user)."""
     command = [str(item) for item in config.get("command", [])]
-    configs = [command[i + 1] for i, item in enumerate(command[:-1]) if item == "--config"]
-    demo = [c for c in configs if Path(c).name == "demo.yaml" and Path(c).is_file()]
-    if not demo:
+    files = [Path(command[i + 1]) for i, item in enumerate(command[:-1]) if item == "--config"]
+    if not any(f.name in ("demo.yaml", "tiny.yaml") for f in files):
         return
-    base = yaml.safe_load(Path(demo[0]).read_text(encoding="utf-8")) or {}
-    model_dir = Path(
-        params.get("model.model_name_or_path", base.get("model", {}).get("model_name_or_path", ""))
-    )
-    train = Path(params.get("data.train_root", base.get("data", {}).get("train_root", "")))
-    evaluation = Path(params.get("data.eval_root", base.get("data", {}).get("eval_root", "")))
-    if str(model_dir) not in ("", ".") and not (model_dir / "config.json").is_file():
+    merged: dict[str, Any] = {}
+    for path in files:
+        if path.is_file():
+            merged.update(flatten(yaml.safe_load(path.read_text(encoding="utf-8")) or {}))
+    fixed = set(config["parameters"])
+    model = merged.get("model.model_name_or_path")
+    if model and "model.model_name_or_path" not in fixed and not (Path(model) / "config.json").is_file():
         from lightning_modules.tiny import build_tiny
 
-        print(f"building the tiny Qwen2-VL into {model_dir}", flush=True)
-        build_tiny(model_dir, family="qwen2_vl", seed=0)
+        print(f"building the tiny Qwen2-VL into {model}", flush=True)
+        build_tiny(Path(model), family="qwen2_vl", seed=0)
+    train, evaluation = merged.get("data.train_root"), merged.get("data.eval_root")
+    if not train or not evaluation or {"data.train_root", "data.eval_root"} & fixed:
+        return
+    train, evaluation = Path(train), Path(evaluation)
     if train.parent == evaluation.parent and not (train.is_dir() and evaluation.is_dir()):
         from datamodules.demo import build_demo
 
@@ -584,6 +614,8 @@ def run_wandb(config: dict, sweep_dir: Path, count: int | None, sweep_id: str | 
         at = command.index("${args}")
         command.insert(at, f"--runs_dir={sweep_dir}")  # before ${args}: a runs_dir parameter still wins
     config["command"] = command
+    # The agent runs ${interpreter} as `python` from PATH: make that this (virtual env's) Python.
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     project, entity = config.get("project", "rerank-lab"), config.get("entity")
     if sweep_id is None:
         sweep_id = wandb.sweep(config, project=project, entity=entity)
@@ -635,7 +667,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", default=None, help="sweep folder (default: runs/sweeps/<name>)")
     parser.add_argument("--seed", type=int, default=0, help="seed of a random sweep's samples (local)")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="fix a parameter (local)"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fix a parameter (a constant added to the sweep)",
     )
     parser.add_argument(
         "--sweep-id", default=None, help="join this existing W&B sweep instead of creating one"
@@ -662,14 +698,15 @@ def main(argv: list[str] | None = None) -> int:
             if not online:
                 extra = ["--local"]
                 plan_runs(config, args.count, args.seed)  # fail here, once, on a bad plan
+            prepare_demo(config)
             return spawn_agents(strip_gpus(argv), gpus, extra)
+        if not args.dry_run:
+            prepare_demo(config)
         if online:
             return run_wandb(config, sweep_dir, args.count, args.sweep_id)
         if not args.local and not args.dry_run:
             print(f"{reason}: running the sweep locally", flush=True)
         runs = plan_runs(config, args.count, args.seed)
-        if not args.dry_run and runs:
-            prepare_demo(config, runs[0].params)
         return LocalRunner(config, sweep_dir, runs, dry_run=args.dry_run).run()
     except SweepError as error:
         print(f"error: {error}", file=sys.stderr)

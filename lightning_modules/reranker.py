@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -75,7 +76,7 @@ class RerankerModule(L.LightningModule):
         self,
         model_name_or_path: str,
         objective: str = "sft",
-        objective_args: dict | None = None,
+        objective_args: dict[str, Any] | None = None,
         dtype: str = "float32",
         trust_remote_code: bool = False,
         attn_implementation: str = "sdpa",
