@@ -25,9 +25,11 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import functools
 import importlib
+import importlib.util
 import inspect
 import json
 import pathlib
@@ -221,6 +223,38 @@ def _spec(family: str) -> FamilySpec:
 # --------------------------------------------------------------------------------------------------
 
 
+def _module_docstrings(module_name: str) -> list[str]:
+    """Docstrings of a module and its public top-level functions and classes, names sorted.
+
+    Python sources are read with ``ast`` rather than imported: an imported module's namespace
+    depends on what else the process imported (monkeypatching, lazy attributes), its source does
+    not. Modules written in C (``math``, ``itertools``, ...) have no source and are introspected.
+    """
+    spec = importlib.util.find_spec(module_name)
+    # Frozen stdlib modules (os, io, ...) report origin "frozen"; their file is in loader_state.
+    origin = getattr(spec.loader_state, "filename", None) if spec.origin == "frozen" else spec.origin
+    if origin and origin.endswith(".py"):
+        tree = ast.parse(pathlib.Path(origin).read_text(encoding="utf-8"))
+        nodes = {
+            node.name: node
+            for node in tree.body
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            and not node.name.startswith("_")
+        }
+        docs = [ast.get_docstring(tree)] + [ast.get_docstring(nodes[name]) for name in sorted(nodes)]
+    else:
+        module = importlib.import_module(module_name)
+        objects = [
+            obj
+            for name, obj in sorted(vars(module).items())
+            if not name.startswith("_") and (inspect.isbuiltin(obj) or inspect.isclass(obj))
+        ]
+        docs = [module.__doc__] + [
+            inspect.cleandoc(obj.__doc__) for obj in objects if isinstance(obj.__doc__, str)
+        ]
+    return [doc for doc in docs if doc and doc.strip()]
+
+
 def build_corpus() -> list[str]:
     """Deterministic training text for the tokenizer.
 
@@ -230,19 +264,7 @@ def build_corpus() -> list[str]:
     """
     texts: list[str] = []
     for module_name in CORPUS_MODULES:
-        module = importlib.import_module(module_name)
-        if module.__doc__:
-            texts.append(inspect.cleandoc(module.__doc__))
-        # Only objects defined in the module itself: re-exports would duplicate text and make the
-        # corpus depend on import side effects.
-        for name, obj in sorted(vars(module).items()):
-            if name.startswith("_") or not (inspect.isfunction(obj) or inspect.isclass(obj)):
-                continue
-            if getattr(obj, "__module__", None) != module.__name__:
-                continue
-            doc = obj.__doc__
-            if isinstance(doc, str) and doc.strip():
-                texts.append(inspect.cleandoc(doc))
+        texts.extend(_module_docstrings(module_name))
     texts.append(" ".join(ENGLISH_WORDS))
     # Repetition makes the label words frequent enough that BPE merges them whole, both at the
     # start of a line (after "assistant\n") and after a space.
