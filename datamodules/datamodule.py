@@ -7,36 +7,15 @@ micro-batches so that padding stays small.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import lightning as L
-import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from datamodules.formats import MRBTask, TaskMeta, iter_train_groups, list_tasks, load_task
-from datamodules.groups import NegativeSampler, SampledGroup
+from datamodules.formats import MRBTask, TaskMeta, list_tasks, load_task
+from datamodules.stream import StreamBatch, TrainStream, collate_stream_batch
 from lightning_modules.encoding import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PairEncoder
-
-
-class TrainGroups(Dataset):
-    """Training records with freshly sampled negatives each epoch (deterministic per seed and epoch)."""
-
-    def __init__(
-        self, root: str, sampler: NegativeSampler | None = None, seed: int = 0, **sampler_kwargs
-    ) -> None:
-        self.groups = list(iter_train_groups(root))
-        self.sampler = sampler or NegativeSampler(self.groups, **sampler_kwargs)
-        self.seed = seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.groups)
-
-    def __getitem__(self, index: int) -> SampledGroup:
-        rng = random.Random(f"{self.seed}:{self.epoch}:{index}")
-        return self.sampler.sample(self.groups[index], rng)
 
 
 @dataclass
@@ -105,6 +84,8 @@ class RerankDataModule(L.LightningDataModule):
         max_pixels: per-image upper bound on pixels.
         num_workers: DataLoader worker processes.
         seed: seed of the negative sampling and shuffling.
+        shuffle_buffer: records held by the bounded shuffle buffer of the training stream.
+        on_bad_record: ``error`` (stop with file:line) or ``skip`` (drop the record, count and log it).
         trust_remote_code: let the tokenizer/processor run code shipped with the checkpoint.
     """
 
@@ -124,12 +105,14 @@ class RerankDataModule(L.LightningDataModule):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         num_workers: int = 0,
         seed: int = 0,
+        shuffle_buffer: int = 1024,
+        on_bad_record: str = "error",
         trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self._encoder: PairEncoder | None = None
-        self.train_data: TrainGroups | None = None
+        self.train_stream: TrainStream | None = None
         self.eval_tasks_loaded: list[MRBTask] | None = None
 
     @property
@@ -162,33 +145,27 @@ class RerankDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
-        if stage == "fit" and self.train_data is None:
+        if stage == "fit" and self.train_stream is None:
             if not hp.train_root:
                 raise ValueError("data.train_root is not set; point it at a folder of training JSONL files")
             instructions = {t.name: t.meta.instruction for t in self._eval_tasks()} if hp.eval_root else {}
-            self.train_data = TrainGroups(
+            rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+            self.train_stream = TrainStream(
                 hp.train_root,
-                seed=hp.seed,
+                batch_size=hp.batch_size,
+                rank=rank,
+                world_size=world,
                 num_negatives=hp.num_negatives,
                 hard_negative_ratio=hp.hard_negative_ratio,
                 task_instructions=instructions,
+                seed=hp.seed,
+                shuffle_buffer=hp.shuffle_buffer,
+                on_bad_record=hp.on_bad_record,
             )
 
     # ---- collation (runs in DataLoader workers) ------------------------------------------
-    def collate_train(self, groups: list[SampledGroup]) -> dict:
-        pairs = []
-        for group in groups:
-            pairs.extend(
-                self.encoder.encode_group(group.instruction, group.query, group.documents, where=group.source)
-            )
-        return {
-            "inputs": self.encoder.collate(pairs),
-            "positives": torch.tensor([g.positives for g in groups], dtype=torch.bool),
-            "tasks": [g.task for g in groups],
-            "filled_hard": sum(g.filled_hard for g in groups),
-            "truncated": sum(p.truncated for p in pairs),
-            "visual_tokens": sum(p.input_ids.count(self.encoder.image_token_id) for p in pairs),
-        }
+    def collate_train(self, batch: StreamBatch) -> dict:
+        return collate_stream_batch(self.encoder, batch)
 
     def collate_eval(self, items: list[EvalQuery]) -> dict:
         (item,) = items  # one query per batch: its candidates are cut into micro-batches below
@@ -219,18 +196,23 @@ class RerankDataModule(L.LightningDataModule):
 
     # ---- loaders ---------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        if self.trainer is not None:
-            self.train_data.epoch = self.trainer.current_epoch
-        generator = torch.Generator().manual_seed(self.hparams.seed + self.train_data.epoch)
-        return DataLoader(
-            self.train_data,
-            batch_size=self.hparams.batch_size,
-            shuffle=True,
-            generator=generator,
-            collate_fn=self.collate_train,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=False,
+        return self.train_stream.dataloader(
+            collate_fn=self.collate_train, num_workers=self.hparams.num_workers
         )
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        # Count a training batch as consumed only when a step really receives it (not when a
+        # worker prefetched it): the checkpointed stream position is then exact.
+        if self.train_stream is not None:
+            self.train_stream.mark_consumed(batch)  # ignores evaluation batches
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"train_stream": self.train_stream.state_dict()} if self.train_stream is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "train_stream" in state and self.train_stream is not None:
+            self.train_stream.load_state_dict(state["train_stream"])
 
     def _eval_loader(self) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)

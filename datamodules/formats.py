@@ -6,6 +6,7 @@ Every reader is strict: a problem raises :class:`FormatError` whose message star
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 from collections.abc import Iterator
@@ -102,6 +103,11 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield lineno, record
 
 
+@functools.lru_cache(maxsize=1024)
+def _resolved(base: Path) -> Path:
+    return base.resolve()  # a syscall per path component: cached, as every document of a file shares it
+
+
 def resolve_inside(base: Path, relative: str, where: str) -> Path:
     """Resolve ``relative`` against ``base``; it must stay inside ``base`` (no ``..``, absolute or
     symlinked escapes)."""
@@ -111,7 +117,7 @@ def resolve_inside(base: Path, relative: str, where: str) -> Path:
     if candidate.is_absolute():
         raise FormatError(f"{where}: image path {relative!r} is absolute; use a path relative to {base}")
     resolved = (base / candidate).resolve()
-    if not resolved.is_relative_to(base.resolve()):
+    if not resolved.is_relative_to(_resolved(base)):
         raise FormatError(f"{where}: image path {relative!r} escapes {base}; keep images inside it")
     return resolved
 

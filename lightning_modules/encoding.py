@@ -144,16 +144,27 @@ class PairEncoder:
             add_generation_prompt=True,
         )
 
-    def process_image(self, path: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pixel patches and grid (t, h, w) of one image under this encoder's pixel limits."""
+    def process_images(self, paths: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Pixel patches and grid (t, h, w) of each image, under this encoder's pixel limits.
+
+        One image-processor call for all of them (much cheaper than one call per image).
+        """
+        if not paths:
+            return []
         if self.image_processor is None:
-            raise ValueError(f"{path}: this backbone has no image processor, so it cannot read images")
+            raise ValueError(f"{paths[0]}: this backbone has no image processor, so it cannot read images")
         out = self.image_processor(
-            images=[load_image(path)],
+            images=[load_image(path) for path in paths],
             size={"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels},
             return_tensors="pt",
         )
-        return out["pixel_values"], out["image_grid_thw"][0]
+        grids = out["image_grid_thw"]
+        pixels = torch.split(out["pixel_values"], grids.prod(dim=-1).tolist())
+        return list(zip(pixels, grids, strict=True))
+
+    def process_image(self, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixel patches and grid (t, h, w) of one image."""
+        return self.process_images([path])[0]
 
     def _tokenize(self, text: str, grids: Sequence[torch.Tensor]) -> list[int]:
         chunks = text.split(self.image_token)
@@ -162,8 +173,8 @@ class PairEncoder:
                 f"chat template produced {len(chunks) - 1} image placeholders for {len(grids)} images"
             )
         ids: list[int] = []
-        for i, chunk in enumerate(chunks):
-            ids.extend(self.tokenizer(chunk, add_special_tokens=False)["input_ids"])
+        for i, chunk_ids in enumerate(self.tokenizer(chunks, add_special_tokens=False)["input_ids"]):
+            ids.extend(chunk_ids)
             if i < len(grids):
                 ids.extend([self.image_token_id] * (int(grids[i].prod()) // self.merge_size**2))
         return ids
@@ -181,14 +192,17 @@ class PairEncoder:
         query: Doc,
         document: Doc,
         query_image: tuple[torch.Tensor, torch.Tensor] | None = None,
+        document_image: tuple[torch.Tensor, torch.Tensor] | None = None,
         where: str = "pair",
     ) -> EncodedPair:
-        """Encode one pair. ``query_image`` reuses an already processed query image (a group shares it)."""
+        """Encode one pair. ``query_image`` / ``document_image`` pass already processed images."""
         images = []
         if query.image:
             images.append(query_image if query_image is not None else self.process_image(query.image))
         if document.image:
-            images.append(self.process_image(document.image))
+            images.append(
+                document_image if document_image is not None else self.process_image(document.image)
+            )
         grids = [grid for _, grid in images]
         truncated = False
         # Cut document text first, then query text, until the pair fits. Re-tokenising after a cut
@@ -213,10 +227,19 @@ class PairEncoder:
     def encode_group(
         self, instruction: str, query: Doc, documents: Sequence[Doc], where: str = "group"
     ) -> list[EncodedPair]:
-        """Encode a query against several documents, processing the query image once."""
-        query_image = self.process_image(query.image) if query.image else None
+        """Encode a query against several documents; all images go through one processor call."""
+        paths = ([query.image] if query.image else []) + [doc.image for doc in documents if doc.image]
+        processed = iter(self.process_images(paths))
+        query_image = next(processed) if query.image else None
         return [
-            self.encode(instruction, query, doc, query_image=query_image, where=f"{where}: document {i}")
+            self.encode(
+                instruction,
+                query,
+                doc,
+                query_image=query_image,
+                document_image=next(processed) if doc.image else None,
+                where=f"{where}: document {i}",
+            )
             for i, doc in enumerate(documents)
         ]
 

@@ -256,9 +256,9 @@ def _copy_base_files(base: str, staging: Path, encoder: _Encoder) -> None:
     folder = Path(base)
     if folder.is_dir():
         for path in sorted(folder.iterdir()):
-            if path.is_file() and path.name not in OWN_FILES and not path.name.endswith(WEIGHT_SUFFIXES):
-                if not path.name.endswith(".index.json") and not (staging / path.name).exists():
-                    shutil.copy2(path, staging / path.name)
+            skip = path.name in OWN_FILES or path.name.endswith((*WEIGHT_SUFFIXES, ".index.json"))
+            if path.is_file() and not skip and not (staging / path.name).exists():
+                shutil.copy2(path, staging / path.name)
     else:  # a hub id: write what the loaders give back
         encoder.tokenizer.save_pretrained(staging)
         if encoder.image_processor is not None:

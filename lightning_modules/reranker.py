@@ -201,6 +201,12 @@ class RerankerModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         positives = batch["positives"]
         groups, group_size = positives.shape
+        stream = batch.get("stream", {})
+        self.log("train/skipped_records", float(stream.get("skipped", 0)), reduce_fx="sum", batch_size=1)
+        if groups == 0:
+            # Every group of this batch was a skipped bad record. Every rank must still run a step
+            # touching all trainable parameters, or DDP's gradient all-reduce would hang.
+            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         logits, extra = self.score_pairs(batch["inputs"])
         extra = {k: v.view(groups, group_size, *v.shape[1:]) for k, v in extra.items()}
         out = self.objective(logits.view(groups, group_size, 2), positives, **extra)
@@ -208,11 +214,14 @@ class RerankerModule(L.LightningModule):
         self.log("train/loss", out.loss, prog_bar=True, batch_size=groups)
         for key, value in out.stats.items():
             self.log(f"train/{key}", value, batch_size=groups)
-        self.log(
-            "train/filled_hard_negatives", float(batch["filled_hard"]), reduce_fx="sum", batch_size=groups
-        )
-        self.log("train/truncated_pairs", float(batch["truncated"]), reduce_fx="sum", batch_size=groups)
         pairs, tokens = batch["inputs"]["attention_mask"].shape
+        counters = {
+            "filled_hard_negatives": batch["filled_hard"],
+            "other_task_negatives": stream.get("other_task", 0),
+            "truncated_pairs": batch["truncated"],
+        }
+        for key, value in counters.items():
+            self.log(f"train/{key}", float(value), reduce_fx="sum", batch_size=groups)
         self.log("train/visual_tokens_per_pair", batch["visual_tokens"] / pairs, batch_size=groups)
         self.log("train/padded_tokens_per_pair", float(tokens), batch_size=groups)
         return out.loss

@@ -10,6 +10,7 @@ import torch
 
 from datamodules.datamodule import RerankDataModule
 from datamodules.metrics import evaluate_run
+from datamodules.stream import StreamBatch
 from lightning_modules.reranker import RerankerModule, count_parameters
 
 
@@ -27,6 +28,19 @@ def make_data(tiny_model_dir, demo_dir, **overrides) -> RerankDataModule:
     )
     kwargs.update(overrides)
     return RerankDataModule(**kwargs)
+
+
+def first_batch(data: RerankDataModule, count: int = 2, predicate=lambda group: True) -> dict:
+    """A collated training batch of the first ``count`` streamed groups that satisfy ``predicate``."""
+    data.setup("fit")
+    groups = []
+    for stream_batch in data.train_stream:
+        groups += [g for g in stream_batch.groups if predicate(g)]
+        if len(groups) >= count:
+            break
+    return data.collate_train(
+        StreamBatch(0, 0, 0, groups[:count], ids=[], group_size=data.hparams.num_negatives + 1)
+    )
 
 
 def test_lora_targets_only_the_language_model(tiny_model_dir):
@@ -47,9 +61,7 @@ def test_unmatched_lora_target_is_a_clear_error(tiny_model_dir):
 @pytest.mark.parametrize("objective", ["sft", "cl"])
 def test_training_steps_reduce_the_loss_on_a_fixed_batch(tiny_model_dir, demo_dir, objective):
     torch.manual_seed(0)
-    data = make_data(tiny_model_dir, demo_dir)
-    data.setup("fit")
-    batch = data.collate_train([data.train_data[i] for i in range(2)])
+    batch = first_batch(make_data(tiny_model_dir, demo_dir))
     module = RerankerModule(str(tiny_model_dir), objective=objective, lora_r=0, lr=1e-3)
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-3)
     module.log = lambda *args, **kwargs: None  # outside a Trainer
@@ -103,9 +115,7 @@ def test_validation_reports_every_task_and_the_retriever_exactly(tiny_model_dir,
 
 @pytest.mark.parametrize("mode", ["frozen", "label_rows", "full"])
 def test_lm_head_modes_train_only_what_they_say(tiny_model_dir, demo_dir, mode):
-    data = make_data(tiny_model_dir, demo_dir)
-    data.setup("fit")
-    batch = data.collate_train([data.train_data[0]])
+    batch = first_batch(make_data(tiny_model_dir, demo_dir), count=1)
     module = RerankerModule(str(tiny_model_dir), lora_r=4, lm_head=mode)
     module.log = lambda *args, **kwargs: None
     module.training_step(batch, 0).backward()
@@ -126,11 +136,9 @@ def test_lm_head_modes_train_only_what_they_say(tiny_model_dir, demo_dir, mode):
 @pytest.mark.parametrize("objective", ["cl", "sft"])
 def test_micro_batched_group_has_the_gradients_of_the_whole_group(tiny_model_dir, demo_dir, objective):
     """pairs_per_forward=1 (checkpointed two-pass) equals one forward over the group, fp64."""
-    data = make_data(tiny_model_dir, demo_dir, eval_tasks=None)
-    data.setup("fit")
-    # Two groups with images and text on both sides, so image slicing is exercised.
-    groups = [g for g in (data.train_data[i] for i in range(len(data.train_data))) if g.query.image][:2]
-    batch = data.collate_train(groups)
+    # Two groups with image queries, so image slicing is exercised.
+    batch = first_batch(make_data(tiny_model_dir, demo_dir), predicate=lambda group: group.query.image)
+    assert "pixel_values" in batch["inputs"]
     grads = {}
     for chunk in (0, 1, 3):
         torch.manual_seed(0)

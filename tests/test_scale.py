@@ -6,14 +6,12 @@ import pytest
 import torch
 
 from lightning_modules.reranker import RerankerModule
-from tests.test_reranker import make_data
+from tests.test_reranker import first_batch, make_data
 
 
 @pytest.fixture(scope="module")
 def batch(tiny_model_dir, demo_dir):
-    data = make_data(tiny_model_dir, demo_dir)
-    data.setup("fit")
-    return data.collate_train([data.train_data[i] for i in (0, 100)])
+    return first_batch(make_data(tiny_model_dir, demo_dir), count=3)
 
 
 def _lora_grads(tiny_model_dir, batch, **kwargs) -> dict[str, torch.Tensor]:

@@ -1,0 +1,668 @@
+"""Streaming training groups: exactly once per epoch over ranks × workers, equal batches, resumable.
+
+The training root holds JSONL / JSONL.gz shards (design.md §4), on local disk or behind any fsspec
+URL (``s3://``, ``gs://``, ``memory://``...). Nothing holds the dataset in memory: a cheap index
+pass (one line scan, no JSON parsing) counts the records of every shard and remembers a byte offset
+every ``block_size`` records of plain shards; that index is all that is kept.
+
+How one epoch is laid out (a pure function of the index, ``seed``, ``epoch``, ``world_size`` and
+``batch_size``; never of ``num_workers``)::
+
+    blocks      each plain shard is cut into blocks of block_size records (seekable); a gzip shard is
+                one block (gzip cannot seek)
+    sequence    the blocks in a seeded per-epoch order, concatenated: N records
+    window      a seeded per-epoch rotation of that sequence; the first R·M·B records are used
+    rank r      records [r·M·B, (r+1)·M·B) of the window, read in order and shuffled through a
+                bounded buffer (shuffle_buffer records): M batches of B groups
+    remainder   the last N − R·M·B (< R·B) records of the window are dropped for this epoch and
+                counted (``remainder_dropped``). The rotation changes every epoch, so no record is
+                always the one left out.
+
+M = N // (R·B) is the same on every rank, so DDP never waits on a rank that ran out of data.
+
+Workers: a rank's batch j is produced by DataLoader worker ``(j − start) mod K``. Every worker
+reads (but does not parse) the rank's records to run the same seeded shuffle; it parses, samples
+negatives for and collates only its own batches. The DataLoader returns the workers' outputs
+round-robin, so the main process receives batches 0, 1, 2, ... in order.
+
+Position: each batch carries ``(epoch, index)``. The main process calls :meth:`TrainStream.mark_consumed`
+for every batch the training loop actually uses (``on_before_batch_transfer``); batches that
+workers or Lightning prefetched but that never reached a training step are not counted. The
+checkpointed position is therefore exactly "batches consumed this epoch"; a resumed stream skips
+them and continues with the next unseen example (same ids, same negatives when ``num_workers``
+is unchanged). Bad records (``on_bad_record="skip"``) leave a hole in their batch and are counted;
+they never shift other examples, so positions stay exact.
+
+Epochs are the stream's own: one ends when its last batch is consumed. A partly consumed epoch
+(``limit_train_batches``, ``max_steps``, an interruption) is continued by the next iteration, never
+restarted. A batch whose groups were all skipped as bad records has 0 groups; every rank still gets
+it, so the training step must run (a zero loss touching the trainable parameters) to keep DDP in step.
+
+Random negatives come from a bounded per-task reservoir (:class:`~datamodules.groups.DocPool`)
+per worker: it is primed with the first ``pool_warmup`` records of the rank and then fed the
+documents of the worker's own groups.
+
+Why not Hugging Face ``datasets`` streaming or ``litdata``: ``split_dataset_by_node`` assigns whole
+shards when their number divides the world size and otherwise strides examples, neither of which
+gives equal batch counts for shards of unequal length; its resumable state needs torchdata's
+StatefulDataLoader to see worker positions and drops the shuffle buffer's content on resume
+(huggingface/datasets#7444), so examples are lost. ``litdata`` first converts the data into its own
+chunk format. Both would be wrapped so thickly that the wrapper would be the engine; the I/O layer
+that matters (local disk, object stores, gzip) is fsspec, which this module uses directly.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import posixpath
+import random
+from bisect import bisect_right
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from datamodules.formats import Doc, FormatError, TrainGroup, parse_train_group
+from datamodules.groups import DocPool, NegativeSampler, SampledGroup
+
+__all__ = [
+    "BAD_RECORD_POLICIES",
+    "StreamBatch",
+    "StreamIndex",
+    "StreamLoader",
+    "TrainStream",
+    "collate_stream_batch",
+    "list_shards",
+]
+
+log = logging.getLogger("rerank_lab.data")
+
+BAD_RECORD_POLICIES = ("error", "skip")
+SHARD_SUFFIXES = (".jsonl", ".jsonl.gz")
+_MAX_SKIP_WARNINGS = 20  # per worker and epoch; the counters hold the totals
+
+
+# ---- index ---------------------------------------------------------------------------------------
+def list_shards(root: str, storage_options: dict | None = None) -> tuple[Any, str, list[str]]:
+    """The filesystem of ``root``, its path there, and its JSONL / JSONL.gz shards (sorted paths)."""
+    fs, path = url_to_fs(str(root), **(storage_options or {}))
+    if fs.isfile(path):
+        if not path.endswith(SHARD_SUFFIXES):
+            raise FormatError(f"{root}: a training file must end in .jsonl or .jsonl.gz")
+        return fs, path, [path]
+    if not fs.isdir(path):
+        raise FormatError(f"{root}: training root not found")
+    shards = sorted(p for p in fs.find(path) if p.endswith(SHARD_SUFFIXES))
+    if not shards:
+        raise FormatError(f"{root}: no .jsonl or .jsonl.gz training files found")
+    return fs, path, shards
+
+
+@dataclass(frozen=True)
+class Block:
+    """``count`` consecutive records of one shard, starting at record ``first`` (line ``line``,
+    byte ``offset``; a gzip shard is a single block starting at byte 0)."""
+
+    file: int
+    first: int
+    count: int
+    offset: int
+    line: int
+
+
+def _scan_plain(handle, file_id: int, block_size: int) -> tuple[int, list[Block]]:
+    starts: list[tuple[int, int, int]] = []  # (first record, byte offset, line)
+    count = offset = 0
+    for lineno, raw in enumerate(handle, start=1):
+        if raw.strip():
+            if count % block_size == 0:
+                starts.append((count, offset, lineno))
+            count += 1
+        offset += len(raw)
+    ends = [first for first, _, _ in starts[1:]] + [count]
+    return count, [
+        Block(file_id, first, end - first, off, line)
+        for (first, off, line), end in zip(starts, ends, strict=True)
+    ]
+
+
+@dataclass
+class StreamIndex:
+    """Record counts and block offsets of every shard: O(shards + records / block_size) memory."""
+
+    root: str
+    block_size: int
+    files: list[str]  # paths as the filesystem names them (no protocol)
+    display: list[str]  # what messages call them (local path or URL)
+    records: list[int]
+    blocks: list[Block]
+    fingerprint: str
+    fs: Any = field(repr=False, default=None)
+
+    @property
+    def num_records(self) -> int:
+        return sum(self.records)
+
+    @classmethod
+    def build(cls, root: str, block_size: int = 128, storage_options: dict | None = None) -> StreamIndex:
+        """One pass over every shard: counts non-blank lines, notes block offsets (no JSON parsing)."""
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        fs, root_path, shards = list_shards(root, storage_options)
+        records: list[int] = []
+        blocks: list[Block] = []
+        digest = hashlib.sha1()
+        for file_id, path in enumerate(shards):
+            with fs.open(path, "rb") as handle:
+                if path.endswith(".gz"):
+                    with gzip.GzipFile(fileobj=handle, mode="rb") as unzipped:
+                        count = sum(1 for raw in unzipped if raw.strip())
+                    file_blocks = [Block(file_id, 0, count, 0, 1)] if count else []
+                else:
+                    count, file_blocks = _scan_plain(handle, file_id, block_size)
+            records.append(count)
+            blocks.extend(file_blocks)
+            name = posixpath.relpath(path, root_path) if path != root_path else posixpath.basename(path)
+            digest.update(f"{name}\0{count}\n".encode())
+        display = (
+            list(shards) if isinstance(fs, LocalFileSystem) else [fs.unstrip_protocol(p) for p in shards]
+        )
+        return cls(str(root), block_size, list(shards), display, records, blocks, digest.hexdigest(), fs)
+
+
+# ---- parsing of records behind a URL -------------------------------------------------------------
+def _remote_image(fs, base: str, relative: Any, where: str) -> str:
+    if not isinstance(relative, str) or not relative:
+        raise FormatError(f"{where}: image must be a non-empty relative path string")
+    if relative.startswith("/") or "://" in relative:
+        raise FormatError(f"{where}: image path {relative!r} is absolute; use a path relative to {base}")
+    joined = posixpath.normpath(posixpath.join(base, relative))
+    if not joined.startswith(base.rstrip("/") + "/"):
+        raise FormatError(f"{where}: image path {relative!r} escapes {base}; keep images inside it")
+    return fs.unstrip_protocol(joined)
+
+
+def _remote_doc(fs, obj: Any, base: str, where: str) -> Doc:
+    if not isinstance(obj, dict):
+        raise FormatError(f"{where}: expected an object with 'text' and/or 'image'")
+    text, image = obj.get("text"), obj.get("image")
+    if text is not None and not isinstance(text, str):
+        raise FormatError(f"{where}: 'text' must be a string")
+    if not text and not image:
+        raise FormatError(f"{where}: needs 'text' or 'image' (at least one, non-empty)")
+    return Doc(text=text or None, image=_remote_image(fs, base, image, where) if image else None)
+
+
+def _parse_remote_group(fs, record: dict, base: str, where: str) -> TrainGroup:
+    """:func:`formats.parse_train_group` for shards behind a URL: images become URLs under ``base``
+    (checked with POSIX path rules; object stores have no symlinks)."""
+    task, instruction = record.get("task"), record.get("instruction")
+    if not isinstance(task, str) or not task:
+        raise FormatError(f"{where}: 'task' must be a non-empty string")
+    if instruction is not None and not isinstance(instruction, str):
+        raise FormatError(f"{where}: 'instruction' must be a string")
+    positives, negatives = record.get("positives"), record.get("hard_negatives", [])
+    if not isinstance(positives, list) or not positives:
+        raise FormatError(f"{where}: 'positives' must be a non-empty list")
+    if not isinstance(negatives, list):
+        raise FormatError(f"{where}: 'hard_negatives' must be a list")
+    return TrainGroup(
+        task=task,
+        instruction=instruction or None,
+        query=_remote_doc(fs, record.get("query"), base, f"{where}: query"),
+        positives=tuple(
+            _remote_doc(fs, d, base, f"{where}: positives[{i}]") for i, d in enumerate(positives)
+        ),
+        hard_negatives=tuple(
+            _remote_doc(fs, d, base, f"{where}: hard_negatives[{i}]") for i, d in enumerate(negatives)
+        ),
+        source=where,
+    )
+
+
+# ---- the stream ----------------------------------------------------------------------------------
+@dataclass
+class StreamBatch:
+    """What a worker yields for one rank batch; :func:`collate_stream_batch` turns it into tensors.
+
+    ``ids`` and ``skipped_ids`` name examples as ``(shard index, record index in the shard)``.
+    """
+
+    epoch: int
+    index: int
+    rank: int
+    groups: list[SampledGroup]
+    ids: list[tuple[int, int]]
+    skipped: list[str] = field(default_factory=list)  # "file:line: reason"
+    skipped_ids: list[tuple[int, int]] = field(default_factory=list)
+    on_bad_record: str = "error"
+    group_size: int = 0
+
+    def info(self, groups: list[SampledGroup] | None = None, extra_skipped: int = 0) -> dict[str, int]:
+        """Position and counters of this batch (``groups``: those kept by the collate), carried into
+        the collated batch as ``batch["stream"]``."""
+        groups = self.groups if groups is None else groups
+        return {
+            "epoch": self.epoch,
+            "index": self.index,
+            "rank": self.rank,
+            "groups": len(groups),
+            "skipped": len(self.skipped) + extra_skipped,
+            "filled_hard": sum(g.filled_hard for g in groups),
+            "other_task": sum(g.other_task for g in groups),
+        }
+
+
+class TrainStream(IterableDataset):
+    """Training groups streamed from JSONL shards; see the module docstring for the layout.
+
+    Args:
+        root: folder (or single file) of JSONL / JSONL.gz shards; a local path or an fsspec URL.
+        batch_size: groups per batch (B). Batches are formed here; the DataLoader gets
+            ``batch_size=None`` (use :meth:`dataloader`).
+        rank: global rank of this process.
+        world_size: number of ranks (R).
+        num_negatives: N negatives per group (group size 1 + N).
+        hard_negative_ratio: share of N taken from the record's ``hard_negatives``.
+        task_instructions: instruction per task for records without one.
+        default_instruction: instruction for records and tasks that have none (else a bad record).
+        seed: seed of the block order, rotation, shuffle and negative sampling.
+        shuffle: shuffle blocks and records (False: shard order, no rotation, no buffer).
+        shuffle_buffer: records held by each worker's shuffle buffer.
+        block_size: records per seekable block of a plain shard (the unit of the block shuffle).
+        pool_capacity: random-negative reservoir size per task and worker (documents).
+        pool_warmup: records at the start of each rank's range that prime the reservoir.
+        on_bad_record: ``"error"`` raises ``file:line: reason``; ``"skip"`` drops the record from its
+            batch and counts it (never silently).
+        index: a prebuilt :class:`StreamIndex` of ``root`` (saves the index pass).
+        storage_options: passed to fsspec for URLs.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        num_negatives: int = 4,
+        hard_negative_ratio: float = 0.5,
+        task_instructions: dict[str, str] | None = None,
+        default_instruction: str | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        shuffle_buffer: int = 1024,
+        block_size: int = 128,
+        pool_capacity: int = 2048,
+        pool_warmup: int = 256,
+        on_bad_record: str = "error",
+        index: StreamIndex | None = None,
+        storage_options: dict | None = None,
+    ) -> None:
+        if on_bad_record not in BAD_RECORD_POLICIES:
+            raise ValueError(f"on_bad_record must be one of {BAD_RECORD_POLICIES}, got {on_bad_record!r}")
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(
+                f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}"
+            )
+        self.index = index or StreamIndex.build(str(root), block_size, storage_options)
+        self.root = str(root)
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.seed, self.shuffle = seed, shuffle
+        self.shuffle_buffer = shuffle_buffer if shuffle else 0
+        self.pool_capacity, self.pool_warmup = pool_capacity, pool_warmup
+        self.on_bad_record = on_bad_record
+        self.sampler = NegativeSampler(
+            num_negatives=num_negatives,
+            hard_negative_ratio=hard_negative_ratio,
+            task_instructions=task_instructions,
+            default_instruction=default_instruction,
+        )
+        n = self.index.num_records
+        self.batches_per_epoch = n // (world_size * batch_size)
+        if self.batches_per_epoch == 0:
+            raise FormatError(
+                f"{self.root}: {n} training record(s) cannot give one batch of {batch_size} group(s) to each of "
+                f"{world_size} rank(s); add data or lower batch_size"
+            )
+        self.remainder = n - self.batches_per_epoch * world_size * batch_size
+        self._local = isinstance(self.index.fs, LocalFileSystem)
+        # Position in the main process: what the training loop has consumed.
+        self.epoch = 0
+        self.consumed = 0
+        self.counters = {
+            k: 0 for k in ("groups", "skipped", "filled_hard", "other_task", "remainder_dropped")
+        }
+        self.counters["epochs_completed"] = 0
+
+    def __len__(self) -> int:
+        """Batches per epoch on every rank (a resumed epoch yields only the unconsumed ones)."""
+        return self.batches_per_epoch
+
+    # ---- position ------------------------------------------------------------------------------
+    def mark_consumed(self, batch: Any) -> None:
+        """Record that the training loop used ``batch`` (a collated dict with ``"stream"``, or a
+        :class:`StreamBatch`). Anything else (validation batches) is ignored."""
+        info = (
+            batch.info()
+            if isinstance(batch, StreamBatch)
+            else batch.get("stream")
+            if isinstance(batch, dict)
+            else None
+        )
+        if not info or info.get("rank") != self.rank:
+            return
+        if info["epoch"] != self.epoch or info["index"] != self.consumed:
+            raise RuntimeError(
+                f"stream position out of order: expected epoch {self.epoch} batch {self.consumed}, got epoch "
+                f"{info['epoch']} batch {info['index']} (mark_consumed must see every training batch once, in order)"
+            )
+        for key in ("groups", "skipped", "filled_hard", "other_task"):
+            self.counters[key] += int(info[key])
+        self.consumed += 1
+        if self.consumed == self.batches_per_epoch:
+            self.epoch += 1
+            self.consumed = 0
+            self.counters["epochs_completed"] += 1
+            self.counters["remainder_dropped"] += self.remainder
+
+    def _layout(self) -> dict[str, Any]:
+        return {
+            "world_size": self.world_size,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "shuffle_buffer": self.shuffle_buffer,
+            "block_size": self.index.block_size,
+            "num_records": self.index.num_records,
+            "fingerprint": self.index.fingerprint,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"epoch", "consumed_batches", "batches_per_epoch", "layout": {...}, "counters": {...}}``."""
+        return {
+            "version": 1,
+            "epoch": self.epoch,
+            "consumed_batches": self.consumed,
+            "batches_per_epoch": self.batches_per_epoch,
+            "layout": self._layout(),
+            "counters": dict(self.counters),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a saved position. Mid-epoch, the shards, seed, world size, batch size and
+        shuffle settings must be those of the saved run, else the position would be meaningless (an
+        error says what changed). At an epoch boundary anything may change. ``num_workers`` may
+        always change: the example order does not depend on it (the random negatives do)."""
+        if state.get("version") != 1:
+            raise ValueError(f"unknown stream state version {state.get('version')!r}")
+        saved, now = state["layout"], self._layout()
+        mid_epoch = bool(state["consumed_batches"])
+        if mid_epoch and (saved["fingerprint"], saved["num_records"]) != (
+            now["fingerprint"],
+            now["num_records"],
+        ):
+            raise ValueError(
+                f"{self.root}: the training shards changed since the checkpoint ({saved['num_records']} -> "
+                f"{now['num_records']} records); the mid-epoch position cannot be restored. Resume with the "
+                "original data, or from an end-of-epoch checkpoint"
+            )
+        if mid_epoch and saved != now:
+            changed = sorted(k for k in now if saved.get(k) != now[k])
+            raise ValueError(
+                f"cannot resume mid-epoch (batch {state['consumed_batches']} of epoch {state['epoch']}) with different "
+                f"{', '.join(changed)} (saved {[saved.get(k) for k in changed]}, now {[now[k] for k in changed]}); "
+                "resume with the saved settings or from an end-of-epoch checkpoint"
+            )
+        self.epoch = int(state["epoch"])
+        self.consumed = int(state["consumed_batches"])
+        self.counters.update(state.get("counters", {}))
+
+    # ---- epoch plan ----------------------------------------------------------------------------
+    def _plan(self, epoch: int) -> tuple[list[int], list[int], int]:
+        """Block order, cumulative record starts along it, and the rotation offset of ``epoch``."""
+        order = list(range(len(self.index.blocks)))
+        offset = 0
+        if self.shuffle:
+            rng = random.Random(f"plan:{self.seed}:{epoch}")
+            rng.shuffle(order)
+            offset = rng.randrange(self.index.num_records)
+        starts, total = [], 0
+        for block_id in order:
+            starts.append(total)
+            total += self.index.blocks[block_id].count
+        return order, starts, offset
+
+    def remainder_ids(self, epoch: int) -> list[tuple[int, int]]:
+        """The examples this epoch drops (the remainder policy), as ``(shard, record)`` ids."""
+        used = self.batches_per_epoch * self.world_size * self.batch_size
+        return [(f, r) for f, r, _, _ in self._window(epoch, used, self.remainder, read=False)]
+
+    def _window(
+        self, epoch: int, start: int, length: int, read: bool = True
+    ) -> Iterator[tuple[int, int, int, bytes]]:
+        """Records ``start .. start+length`` of the epoch's rotated sequence: (shard, record, line, raw)."""
+        order, starts, offset = self._plan(epoch)
+        n = self.index.num_records
+        position = (offset + start) % n
+        k = bisect_right(starts, position) - 1
+        skip = position - starts[k]
+        remaining = length
+        while remaining > 0:
+            block = self.index.blocks[order[k]]
+            take = min(block.count - skip, remaining)
+            if read:
+                yield from self._read_block(block, skip, take)
+            else:
+                for r in range(block.first + skip, block.first + skip + take):
+                    yield block.file, r, 0, b""
+            remaining -= take
+            skip = 0
+            k = (k + 1) % len(order)
+
+    def _read_block(self, block: Block, skip: int, take: int) -> Iterator[tuple[int, int, int, bytes]]:
+        path = self.index.files[block.file]
+        with self.index.fs.open(path, "rb") as raw_handle:
+            handle = gzip.GzipFile(fileobj=raw_handle, mode="rb") if path.endswith(".gz") else raw_handle
+            if block.offset:
+                handle.seek(block.offset)
+            record, line, end = block.first, block.line, block.first + skip + take
+            for raw in handle:
+                if raw.strip():
+                    if record >= block.first + skip:
+                        yield block.file, record, line, raw
+                    record += 1
+                    if record == end:
+                        return
+                line += 1
+        raise FormatError(
+            f"{self.index.display[block.file]}: shard changed since it was indexed (expected at least {end} "
+            "records); rebuild the stream"
+        )
+
+    # ---- parsing and sampling ------------------------------------------------------------------
+    def _parse(self, file_id: int, line: int, raw: bytes) -> TrainGroup:
+        where = f"{self.index.display[file_id]}:{line}"
+        try:
+            record = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            detail = (
+                f"{err.msg} at column {err.colno}" if isinstance(err, json.JSONDecodeError) else "not UTF-8"
+            )
+            raise FormatError(f"{where}: invalid JSON ({detail})") from None
+        if not isinstance(record, dict):
+            raise FormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        path = self.index.files[file_id]
+        if self._local:
+            group = parse_train_group(record, Path(path).parent, where)
+        else:
+            group = _parse_remote_group(self.index.fs, record, posixpath.dirname(path), where)
+        return group
+
+    # ---- iteration -----------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[StreamBatch]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.iter_worker(self.epoch, self.consumed, worker, num_workers)
+
+    def iter_worker(self, epoch: int, start: int, worker: int, num_workers: int) -> Iterator[StreamBatch]:
+        """The batches ``j >= start`` of this rank with ``(j - start) % num_workers == worker``, in order."""
+        B, M, K = self.batch_size, self.batches_per_epoch, num_workers
+        mine = range(start + worker, M, K)
+        if not mine:
+            return
+        # The reservoir of batch j's worker holds the warm-up records plus the groups of the earlier
+        # batches of the same residue class j mod K; a resumed worker replays those to rebuild it.
+        residue = (start + worker) % K
+        pool = DocPool(self.pool_capacity, seed=f"{self.seed}:{epoch}:{self.rank}:{residue}:{K}")
+        primed: dict[int, TrainGroup] = {}
+        warmup = min(self.pool_warmup, M * B)
+        for position, (file_id, _, line, raw) in enumerate(self._window(epoch, self.rank * M * B, warmup)):
+            try:
+                primed[position] = self._parse(file_id, line, raw)
+            except FormatError:
+                continue  # reported (or raised) by the worker that owns the record
+            pool.add_group(primed[position])
+
+        records = enumerate(self._window(epoch, self.rank * M * B, M * B))
+        shuffled = self._buffer_shuffle(records, random.Random(f"shuffle:{self.seed}:{epoch}:{self.rank}"))
+        current: StreamBatch | None = None
+        warned = 0
+        for out, (position, (file_id, record, line, raw)) in enumerate(shuffled):
+            j = out // B
+            if j > mine[-1]:
+                return
+            own = j >= start and (j - start) % K == worker
+            if not own and not (j < start and j % K == residue):
+                continue
+            if own and current is None:
+                current = StreamBatch(
+                    epoch,
+                    j,
+                    self.rank,
+                    [],
+                    [],
+                    on_bad_record=self.on_bad_record,
+                    group_size=1 + self.sampler.num_negatives,
+                )
+            problem: FormatError | None = None
+            try:
+                group = primed.get(position) or self._parse(file_id, line, raw)
+            except FormatError as err:
+                group, problem = None, err
+            if own and group is not None:
+                try:
+                    rng = random.Random(f"neg:{self.seed}:{epoch}:{file_id}:{record}")
+                    current.groups.append(self.sampler.sample(group, rng, pool))
+                    current.ids.append((file_id, record))
+                except FormatError as err:  # e.g. no instruction for the record's task
+                    problem = err
+            if group is not None and position not in primed:
+                pool.add_group(group)  # whatever the sampling outcome, so that a replay agrees
+            if own and problem is not None:
+                if self.on_bad_record == "error":
+                    raise problem
+                current.skipped.append(str(problem))
+                current.skipped_ids.append((file_id, record))
+                if warned < _MAX_SKIP_WARNINGS:
+                    warned += 1
+                    log.warning("skipping bad training record: %s", problem)
+            if own and out % B == B - 1:
+                yield current
+                current = None
+
+    def _buffer_shuffle(self, items: Iterator, rng: random.Random) -> Iterator:
+        """Shuffle through a buffer of ``shuffle_buffer`` items (the order depends only on ``rng``)."""
+        if self.shuffle_buffer <= 0:
+            yield from items
+            return
+        buffer: list = []
+        for item in items:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(item)
+                continue
+            slot = rng.randrange(len(buffer))
+            yield buffer[slot]
+            buffer[slot] = item
+        rng.shuffle(buffer)
+        yield from buffer
+
+    # ---- loader --------------------------------------------------------------------------------
+    def dataloader(self, collate_fn=None, num_workers: int = 0, **kwargs) -> StreamLoader:
+        """A :class:`StreamLoader` over this stream (``batch_size=None``: batches are formed here)."""
+        return StreamLoader(self, collate_fn=collate_fn, num_workers=num_workers, **kwargs)
+
+
+def _as_is(batch: StreamBatch) -> StreamBatch:
+    return batch
+
+
+class StreamLoader(DataLoader):
+    """DataLoader over a :class:`TrainStream` that Lightning sees as resumable (``state_dict`` /
+    ``load_state_dict`` forward to the stream), with ``len()`` = batches per epoch per rank."""
+
+    def __init__(self, dataset: TrainStream, collate_fn=None, num_workers: int = 0, **kwargs) -> None:
+        if kwargs.get("persistent_workers"):
+            raise ValueError(
+                "persistent_workers=True is not supported: workers must see the stream position of each epoch"
+            )
+        kwargs.pop("batch_size", None)
+        kwargs.pop("shuffle", None)
+        super().__init__(
+            dataset, batch_size=None, collate_fn=collate_fn or _as_is, num_workers=num_workers, **kwargs
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dataset.load_state_dict(state)
+
+
+# ---- collation -----------------------------------------------------------------------------------
+_ENCODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+
+
+def collate_stream_batch(encoder, batch: StreamBatch) -> dict[str, Any]:
+    """Encode a :class:`StreamBatch` with a :class:`~lightning_modules.encoding.PairEncoder`.
+
+    A group whose images are missing, undecodable or oversized (or that cannot fit ``max_length``)
+    raises ``file:line: reason`` with ``on_bad_record="error"``; with ``"skip"`` it leaves the batch
+    and is counted. The result has the keys of ``RerankDataModule.collate_train`` plus ``"stream"``
+    (position and counters, for :meth:`TrainStream.mark_consumed` and logging). ``inputs`` is
+    ``None`` and ``positives`` has 0 rows when every group of the batch was skipped.
+    """
+    pairs, kept, skipped = [], [], []
+    for group in batch.groups:
+        try:
+            encoded = encoder.encode_group(
+                group.instruction, group.query, group.documents, where=group.source
+            )
+        except _ENCODE_ERRORS as err:
+            message = str(err) if str(err).startswith(group.source) else f"{group.source}: {err}"
+            if batch.on_bad_record == "error":
+                raise FormatError(message) from err
+            skipped.append(message)
+            log.warning("skipping bad training record: %s", message)
+            continue
+        pairs.extend(encoded)
+        kept.append(group)
+    positives = torch.tensor([g.positives for g in kept], dtype=torch.bool)
+    return {
+        "inputs": encoder.collate(pairs) if pairs else None,
+        "positives": positives.view(len(kept), batch.group_size),
+        "tasks": [g.task for g in kept],
+        "filled_hard": sum(g.filled_hard for g in kept),
+        "truncated": sum(p.truncated for p in pairs),
+        "visual_tokens": sum(p.input_ids.count(encoder.image_token_id) for p in pairs),
+        "stream": batch.info(kept, extra_skipped=len(skipped)),
+        "skipped_records": batch.skipped + skipped,
+    }
