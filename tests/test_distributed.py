@@ -42,3 +42,31 @@ def test_two_process_validation_equals_one_process(tiny_model_dir, demo_dir, tmp
     lines = (runs / "stdlib-docs.trec").read_text().splitlines()
     pairs = [(line.split()[0], line.split()[2]) for line in lines]
     assert len(pairs) == len(set(pairs))
+
+
+def test_two_process_training_equals_one_process_on_the_same_global_batch(tiny_model_dir, demo_dir, tmp_path):
+    import torch
+
+    results = {}
+    for devices in (1, 2):
+        out = tmp_path / f"train-{devices}" / "state.pt"
+        out.parent.mkdir(parents=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        script = SCRIPT.with_name("ddp_train.py")
+        result = subprocess.run(
+            [sys.executable, str(script), str(tiny_model_dir), str(demo_dir), str(out), str(devices)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        results[devices] = torch.load(out)
+    single, double = results[1], results[2]
+    assert (
+        len(single["losses"]) == 2 and single["losses"][1] != single["losses"][0]
+    )  # the step changed something
+    assert double["losses"] == pytest.approx(single["losses"], abs=1e-5)
+    for name, value in single["lora"].items():
+        torch.testing.assert_close(double["lora"][name], value, atol=1e-5, rtol=0, msg=name)
