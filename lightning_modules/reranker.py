@@ -139,6 +139,7 @@ class RerankerModule(L.LightningModule):
         self._val_values: dict[str, dict[str, tuple[float, float]]] = {}
         self.strict_loading = False  # checkpoints hold trainable weights only (on_save_checkpoint)
         self._weights_seen: dict[str, list[torch.Tensor]] = {"pos": [], "neg": []}
+        self._resume_rng: dict | None = None  # generator states of a checkpoint being resumed
 
     # ---- scoring ---------------------------------------------------------------------------
     def _score_chunk(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,14 +189,29 @@ class RerankerModule(L.LightningModule):
         checkpoint["rerank_lab"] = {
             "base_model": self.hparams.model_name_or_path,
             "trainable": sorted(trainable),
+            # Dropout masks after a resume then match those of an uninterrupted run.
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        missing = set(checkpoint.get("rerank_lab", {}).get("trainable", [])) - set(checkpoint["state_dict"])
+        info = checkpoint.get("rerank_lab", {})
+        missing = set(info.get("trainable", [])) - set(checkpoint["state_dict"])
         if missing:
             raise ValueError(
                 f"checkpoint lacks trainable weights {sorted(missing)[:3]}; was it written by rerank-lab?"
             )
+        self._resume_rng = info if "rng" in info else None
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Restored here rather than at load time: creating the resumed run's DataLoader iterator
+        # draws from the global generator, which the uninterrupted run did long before this step.
+        info, self._resume_rng = self._resume_rng, None
+        if info is not None:
+            torch.set_rng_state(info["rng"])
+            cuda = info.get("cuda_rng")
+            if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda)
 
     # ---- training --------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -177,3 +177,54 @@ def test_checkpoint_holds_only_trainable_weights_and_resumes_them(tiny_model_dir
     restored = RerankerModule.load_from_checkpoint(path)
     for name, value in checkpoint["state_dict"].items():
         torch.testing.assert_close(restored.state_dict()[name], value)
+
+
+class _Losses(L.Callback):
+    """Records the training losses; with ``stop_at`` it interrupts the run after that step."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.losses: list[float] = []
+        self.stop_at = stop_at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(outputs["loss"].item())
+        if trainer.global_step == self.stop_at:
+            trainer.should_stop = True
+
+
+def _fit(tiny_model_dir, demo_dir, root, max_steps, ckpt_path=None, every=None, stop_at=None):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    L.seed_everything(0, verbose=False)
+    data = make_data(tiny_model_dir, demo_dir, eval_root=None, num_workers=0)
+    module = RerankerModule(str(tiny_model_dir), lora_r=4, lr=1e-2)  # LoRA dropout stays on
+    recorder = _Losses(stop_at)
+    callbacks = [recorder]
+    if every:
+        callbacks.append(
+            ModelCheckpoint(dirpath=root, every_n_train_steps=every, save_top_k=-1, filename="{step}")
+        )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=bool(every),
+        limit_val_batches=0,
+        callbacks=callbacks,
+        default_root_dir=root,
+    )
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    return recorder.losses
+
+
+def test_resume_from_checkpoint_continues_with_the_same_losses(tiny_model_dir, demo_dir, tmp_path):
+    uninterrupted = _fit(tiny_model_dir, demo_dir, tmp_path / "a", max_steps=4)
+    first = _fit(tiny_model_dir, demo_dir, tmp_path / "b", max_steps=4, every=2, stop_at=2)  # interrupted
+    resumed = _fit(
+        tiny_model_dir, demo_dir, tmp_path / "c", max_steps=4, ckpt_path=tmp_path / "b" / "step=2.ckpt"
+    )
+    assert first == pytest.approx(uninterrupted[:2], abs=1e-6)
+    assert len(resumed) == 2
+    assert resumed == pytest.approx(uninterrupted[2:], abs=1e-6)
