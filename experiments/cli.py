@@ -88,6 +88,13 @@ class RunConfigSaver(SaveConfigCallback):
             path = run_dir / "config.yaml"
             if not path.exists():  # validate-before-fit and fit share one run folder
                 self.parser.save(self.config, path, skip_none=False, multifile=False)
+                for logger in trainer.loggers:
+                    if type(logger).__name__ == "WandbLogger":
+                        import wandb
+
+                        artifact = wandb.Artifact(f"config-{logger.experiment.id}", type="config")
+                        artifact.add_file(str(path))
+                        logger.experiment.log_artifact(artifact)
         config = self.config.as_dict()
         trainable, total = count_parameters(pl_module)
         for logger in trainer.loggers:
@@ -169,6 +176,9 @@ class RerankCLI(LightningCLI):
             logger.init_args.name = name
             if os.environ.get("WANDB_MODE") == "offline":
                 logger.init_args.offline = True
+                logger.init_args.log_model = (
+                    False  # checkpoints stay in the run folder; W&B cannot take them offline
+                )
 
     def _point_checkpoints_at_run(self) -> None:
         for callback in self.trainer.callbacks:

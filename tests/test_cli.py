@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from experiments.cli import build_cli, flatten, run_name
-from tests.wandb_reader import history
+from tests.wandb_reader import artifacts, history
 
 
 def _fit_args(tiny_model_dir, demo_dir, runs_dir, *extra):
@@ -57,6 +57,7 @@ def test_offline_fit_writes_run_folder_and_wandb_history(
     assert len(steps_with_weights) >= 4  # one per training step (log_every_n_steps=1)
     assert all(0.0 <= r["train/weight_pos_mean"] <= 1.0 for r in steps_with_weights)
     assert any("val/mrb_avg" in r for r in rows) and any("val/retriever_avg" in r for r in rows)
+    assert any(kind == "config" for _, kind in artifacts(wandb_file))
 
 
 def test_two_runs_in_one_directory_do_not_collide(tiny_model_dir, demo_dir, tmp_path):

@@ -56,3 +56,16 @@ def history(path: str | Path) -> list[dict]:
                 }
             )
     return rows
+
+
+def artifacts(path: str | Path) -> list[tuple[str, str]]:
+    """(name, type) of every artifact the run logged."""
+    from wandb.proto import wandb_internal_pb2
+
+    found = []
+    for raw in _records(Path(path).read_bytes()):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "artifact":
+            found.append((record.artifact.name, record.artifact.type))
+    return found
