@@ -28,12 +28,12 @@ $(STAMP): pyproject.toml
 	  if command -v nvidia-smi >/dev/null 2>&1; then $(PYTHON) -m venv --system-site-packages $(VENV); \
 	  else $(PYTHON) -m venv $(VENV); fi; \
 	fi
-	@if ! $(PY) -c "import torch" 2>/dev/null; then \
+	@if ! $(PY) -W ignore -c "import torch" 2>/dev/null; then \
 	  if command -v nvidia-smi >/dev/null 2>&1; then echo "installing CUDA torch"; $(PIP) install torch 2>&1 | grep -v "^WARNING: Location" || true; \
 	  else echo "installing CPU torch ($(TORCH_SPEC))"; $(PIP) install "$(TORCH_SPEC)" 2>&1 | grep -v "^WARNING: Location" || true; fi; \
 	fi
-	@$(PY) -c "import torch" || { echo "torch failed to install"; exit 1; }
-	@$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
+	@$(PY) -W ignore -c "import torch" || { echo "torch failed to install"; exit 1; }
+	@$(PY) -W ignore -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
 	@echo "installing rerank-lab and its dependencies (pinned to $$(cat $(VENV)/constraints.txt))"
 	@set -o pipefail; $(PIP) install -c $(VENV)/constraints.txt -e ".[dev]" 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@if ! command -v nvidia-smi >/dev/null 2>&1; then \

@@ -228,3 +228,20 @@ def test_resume_from_checkpoint_continues_with_the_same_losses(tiny_model_dir, d
     assert first == pytest.approx(uninterrupted[:2], abs=1e-6)
     assert len(resumed) == 2
     assert resumed == pytest.approx(uninterrupted[2:], abs=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_score_fusion_extremes(tiny_model_dir, demo_dir, tmp_path, alpha):
+    """alpha=0 ranks by the retriever alone; alpha=1 by the reranker alone (min-max keeps the order)."""
+    data = make_data(tiny_model_dir, demo_dir, eval_tasks=["faces-i2i", "stdlib-docs"], eval_top_k=10)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    fused = trainer.validate(
+        RerankerModule(str(tiny_model_dir), lora_r=0, fusion_alpha=alpha), datamodule=data, verbose=False
+    )[0]
+    if alpha == 0.0:
+        assert fused["val/mrb_avg"] == pytest.approx(fused["val/retriever_avg"], abs=1e-9)
+    else:
+        plain = trainer.validate(
+            RerankerModule(str(tiny_model_dir), lora_r=0), datamodule=data, verbose=False
+        )[0]
+        assert fused["val/mrb_avg"] == pytest.approx(plain["val/mrb_avg"], abs=1e-9)
