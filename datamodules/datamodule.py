@@ -7,6 +7,7 @@ micro-batches so that padding stays small.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -63,6 +64,11 @@ class EvalQueries(IterableDataset):
 
     def __iter__(self) -> Iterator[EvalQuery]:
         return iter(self.shard())
+
+
+# The training stream's __len__ is exact per rank (batches are formed inside it, equal on every
+# rank), so Lightning's generic caution about IterableDataset lengths does not apply.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
 class RerankDataModule(L.LightningDataModule):

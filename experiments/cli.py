@@ -134,6 +134,20 @@ class LocalMetrics(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
             self._write(trainer, "train/")
+            if trainer.progress_bar_callback is None and trainer.is_global_zero:  # a heartbeat instead
+                metrics = trainer.callback_metrics
+                total = trainer.max_steps if trainer.max_steps > 0 else "?"
+                parts = [f"step {trainer.global_step}/{total}"] + [
+                    f"{key.split('/')[-1]} {float(metrics[key]):.4f}"
+                    for key in (
+                        "train/loss",
+                        "train/group_accuracy",
+                        "train/weight_pos_mean",
+                        "train/weight_neg_sum",
+                    )
+                    if key in metrics
+                ]
+                print("  ".join(parts), flush=True)
 
     def on_validation_end(self, trainer: Trainer, pl_module) -> None:
         self._write(trainer, "val/")
