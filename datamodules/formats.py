@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import gzip
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,8 +122,15 @@ def resolve_inside(base: Path, relative: str, where: str) -> Path:
     return resolved
 
 
-def parse_doc(obj: Any, base: Path, where: str) -> Doc:
-    """Parse ``{"text": ..., "image": ...}`` (at least one present) with its image under ``base``."""
+ImageResolver = Callable[[Any, str], str]  # (relative image path, where) -> absolute path or URL
+
+
+def parse_doc(obj: Any, base: Path, where: str, resolve_image: ImageResolver | None = None) -> Doc:
+    """Parse ``{"text": ..., "image": ...}`` (at least one present) with its image under ``base``.
+
+    ``resolve_image`` maps the relative image path to where it is read from (default: a local path
+    checked by :func:`resolve_inside`; the training stream passes one for fsspec URLs).
+    """
     if not isinstance(obj, dict):
         raise FormatError(f"{where}: expected an object with 'text' and/or 'image'")
     text, image = obj.get("text"), obj.get("image")
@@ -131,7 +138,10 @@ def parse_doc(obj: Any, base: Path, where: str) -> Doc:
         raise FormatError(f"{where}: 'text' must be a string")
     if not text and not image:
         raise FormatError(f"{where}: needs 'text' or 'image' (at least one, non-empty)")
-    image_path = str(resolve_inside(base, image, where)) if image else None
+    if resolve_image is None:
+        image_path = str(resolve_inside(base, image, where)) if image else None
+    else:
+        image_path = resolve_image(image, where) if image else None
     return Doc(text=text or None, image=image_path)
 
 
@@ -211,8 +221,10 @@ def load_task(task_dir: str | Path) -> MRBTask:
     return MRBTask(meta, task_dir, queries, corpus, qrels, candidates)
 
 
-def parse_train_group(record: dict[str, Any], base: Path, where: str) -> TrainGroup:
-    """Parse one training JSONL record (design.md §4)."""
+def parse_train_group(
+    record: dict[str, Any], base: Path, where: str, resolve_image: ImageResolver | None = None
+) -> TrainGroup:
+    """Parse one training JSONL record (design.md §4); ``resolve_image`` as in :func:`parse_doc`."""
     task = record.get("task")
     if not isinstance(task, str) or not task:
         raise FormatError(f"{where}: 'task' must be a non-empty string")
@@ -228,10 +240,13 @@ def parse_train_group(record: dict[str, Any], base: Path, where: str) -> TrainGr
     return TrainGroup(
         task=task,
         instruction=instruction or None,
-        query=parse_doc(record.get("query"), base, f"{where}: query"),
-        positives=tuple(parse_doc(d, base, f"{where}: positives[{i}]") for i, d in enumerate(positives)),
+        query=parse_doc(record.get("query"), base, f"{where}: query", resolve_image),
+        positives=tuple(
+            parse_doc(d, base, f"{where}: positives[{i}]", resolve_image) for i, d in enumerate(positives)
+        ),
         hard_negatives=tuple(
-            parse_doc(d, base, f"{where}: hard_negatives[{i}]") for i, d in enumerate(negatives)
+            parse_doc(d, base, f"{where}: hard_negatives[{i}]", resolve_image)
+            for i, d in enumerate(negatives)
         ),
         source=where,
     )

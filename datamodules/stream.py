@@ -71,7 +71,7 @@ from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from datamodules.formats import Doc, FormatError, TrainGroup, parse_train_group
+from datamodules.formats import FormatError, TrainGroup, parse_train_group
 from datamodules.groups import DocPool, NegativeSampler, SampledGroup
 
 __all__ = [
@@ -191,41 +191,11 @@ def _remote_image(fs, base: str, relative: Any, where: str) -> str:
     return fs.unstrip_protocol(joined)
 
 
-def _remote_doc(fs, obj: Any, base: str, where: str) -> Doc:
-    if not isinstance(obj, dict):
-        raise FormatError(f"{where}: expected an object with 'text' and/or 'image'")
-    text, image = obj.get("text"), obj.get("image")
-    if text is not None and not isinstance(text, str):
-        raise FormatError(f"{where}: 'text' must be a string")
-    if not text and not image:
-        raise FormatError(f"{where}: needs 'text' or 'image' (at least one, non-empty)")
-    return Doc(text=text or None, image=_remote_image(fs, base, image, where) if image else None)
-
-
 def _parse_remote_group(fs, record: dict, base: str, where: str) -> TrainGroup:
     """:func:`formats.parse_train_group` for shards behind a URL: images become URLs under ``base``
     (checked with POSIX path rules; object stores have no symlinks)."""
-    task, instruction = record.get("task"), record.get("instruction")
-    if not isinstance(task, str) or not task:
-        raise FormatError(f"{where}: 'task' must be a non-empty string")
-    if instruction is not None and not isinstance(instruction, str):
-        raise FormatError(f"{where}: 'instruction' must be a string")
-    positives, negatives = record.get("positives"), record.get("hard_negatives", [])
-    if not isinstance(positives, list) or not positives:
-        raise FormatError(f"{where}: 'positives' must be a non-empty list")
-    if not isinstance(negatives, list):
-        raise FormatError(f"{where}: 'hard_negatives' must be a list")
-    return TrainGroup(
-        task=task,
-        instruction=instruction or None,
-        query=_remote_doc(fs, record.get("query"), base, f"{where}: query"),
-        positives=tuple(
-            _remote_doc(fs, d, base, f"{where}: positives[{i}]") for i, d in enumerate(positives)
-        ),
-        hard_negatives=tuple(
-            _remote_doc(fs, d, base, f"{where}: hard_negatives[{i}]") for i, d in enumerate(negatives)
-        ),
-        source=where,
+    return parse_train_group(
+        record, base, where, resolve_image=lambda image, at: _remote_image(fs, base, image, at)
     )
 
 

@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from datamodules.datamodule import RerankDataModule
+from experiments.keys import flatten
 from lightning_modules.reranker import RerankerModule, count_parameters
 
 RUN_DIR_ENV = "RERANK_LAB_RUN_DIR"
@@ -64,18 +65,6 @@ def run_name(config) -> str:
     seed = config.get("seed_everything")
     parts.append(f"s{seed if isinstance(seed, int) else 'r'}")
     return "-".join(parts)
-
-
-def flatten(tree, prefix: str = "") -> dict:
-    """Nested dicts to the dotted keys the CLI and sweeps use (``model.objective_args.weight``)."""
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 class RunConfigSaver(SaveConfigCallback):

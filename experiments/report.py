@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from experiments.keys import flatten
+
 FAMILIES = ("T2T", "I2I", "T2I", "I2T", "T2VD", "T2IT", "IT2T", "IT2I", "IT2IT")
 ORDER = {"sft": 0, "cl": 1, "url": 2, "constant": 3, "tau_mask": 4, "multi_token": 5, "projection": 6}
 # Config keys that never make two runs different experiments (names, folders, loggers, the seed).
@@ -96,16 +98,6 @@ def read_jsonl(path: Path) -> list[dict]:
             except ValueError:
                 continue  # a line cut short by a run still writing
     return rows
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def find_run_folders(root: Path) -> list[Path]:

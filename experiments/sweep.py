@@ -58,6 +58,8 @@ from urllib.parse import urlparse
 
 import yaml
 
+from experiments.keys import flatten
+
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 LOCAL_METHODS = ("grid", "random")
 PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -540,14 +542,6 @@ class LocalRunner:
 
 
 # ---- demo assets -------------------------------------------------------------------------------
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def prepare_demo(config: dict) -> None:
