@@ -220,7 +220,15 @@ def build_cli(args: list[str] | None = None) -> RerankCLI:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console-script entry point (``rerank-lab``), same as ``python -m experiments.cli``."""
+    """Console-script entry point (``rerank-lab``), same as ``python -m experiments.cli``.
+
+    ``rerank-lab export --ckpt ... --out ...`` merges a checkpoint into a plain Hugging Face folder.
+    """
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["export"]:
+        from lightning_modules.export import main as export_main
+
+        sys.exit(export_main(argv[1:]))
     build_cli(args)
 
 

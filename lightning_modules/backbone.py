@@ -131,7 +131,7 @@ class LabelScorer(nn.Module):
         if not bool(attention_mask[:, -1].all()):
             raise ValueError("batches must be left padded: the answer position is the last column")
         inputs = {key: value for key, value in batch.items() if key != "image_counts"}
-        if "pixel_values" not in inputs:
+        if "pixel_values" not in inputs and "position_ids" not in inputs:
             # Text-only batches: without explicit positions some VLMs count from the first (padding)
             # column, so a left-padded row would see different rotary positions than it would alone.
             inputs["position_ids"] = text_position_ids(attention_mask)

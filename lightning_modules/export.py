@@ -118,7 +118,18 @@ def base_fingerprint(model: nn.Module, samples: int = 4096) -> str | None:
 
 def config_sha256(config) -> str:
     """SHA-256 of a model config's architecture (``to_dict`` without bookkeeping keys), sorted JSON."""
-    volatile = {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "architectures"}
+    volatile = {  # bookkeeping and run-time switches, not the architecture
+        "transformers_version",
+        "_name_or_path",
+        "dtype",
+        "torch_dtype",
+        "architectures",
+        "quantization_config",
+        "use_cache",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+    }
 
     def clean(value):
         if isinstance(value, dict):
@@ -313,9 +324,12 @@ def _model_card(config: dict, merged: int, untied: bool) -> str:
         "```",
         "",
         "Without rerank-lab: load with `AutoModelForImageTextToText.from_pretrained` (plain weights),",
-        "render the prompt above with the tokenizer's chat template, left-pad, and compute the score",
-        f"from the logits of {', '.join(f'`{w}`' for w in config['label_tokens'][:2])} at the last position"
-        + (" and the linear head in `score_head.safetensors`." if score == "projection" else "."),
+        "render the prompt above with the tokenizer's chat template, left-pad, and compute the score at",
+        (
+            "the last position from the last hidden state with the linear head in `score_head.safetensors`."
+            if score == "projection"
+            else f"the last position from the logits of {', '.join(f'`{w}`' for w in config['label_tokens'])}."
+        ),
         "",
     ]
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from datamodules.metrics import Summary, TaskResult, format_table, query_metric,
 from datamodules.trec import write_run
 from lightning_modules.backbone import LabelScorer, Scores, load_backbone
 from lightning_modules.encoding import slice_batch
+from lightning_modules.export import base_fingerprint, config_sha256
 
 # Checkpoints hold trainable weights only; Lightning's notice about the (frozen) rest is expected.
 warnings.filterwarnings(
@@ -100,9 +101,15 @@ class RerankerModule(L.LightningModule):
         from transformers import AutoTokenizer
 
         model = load_backbone(model_name_or_path, dtype, trust_remote_code, attn_implementation, quantization)
+        # Identity of the base weights, stored in checkpoints: export refuses to merge the adapters
+        # into a different base (a silent accuracy loss otherwise).
+        self._base_ids = {
+            "base_fingerprint": base_fingerprint(model),
+            "base_config_sha256": config_sha256(model.config),
+        }
         model.train()  # from_pretrained returns eval mode; LoRA/backbone dropout belongs to training
         if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         if optimizer not in ("adamw", "adamw8bit"):
             raise ValueError(f"model.optimizer {optimizer!r} is not one of ['adamw', 'adamw8bit']")
         model.requires_grad_(False)
@@ -189,6 +196,7 @@ class RerankerModule(L.LightningModule):
         checkpoint["rerank_lab"] = {
             "base_model": self.hparams.model_name_or_path,
             "trainable": sorted(trainable),
+            **self._base_ids,
             # Dropout masks after a resume then match those of an uninterrupted run.
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
