@@ -121,8 +121,9 @@ def test_demo_probe_expands_to_the_2x2_grid_with_exact_command_lines(tmp_path):
         "--model.objective_args.weight=sft",
         "--model.objective_args.direction=cl",
         "--seed_everything=0",
-        "--trainer.max_steps=150",
-        "--trainer.val_check_interval=150",
+        "--data.num_negatives=7",
+        "--trainer.max_steps=200",
+        "--trainer.val_check_interval=200",
         f"--runs_dir={tmp_path / 'url-Wsft-Dcl'}",
         "--run_name=url-Wsft-Dcl",
     ]
