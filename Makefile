@@ -65,8 +65,10 @@ format: install ## Apply ruff formatting and safe fixes
 sweep: install ## Run a sweep: make sweep SWEEP=experiments/sweeps/demo_probe.yaml [COUNT=n]
 	$(PY) -m experiments.sweep $(SWEEP) $(if $(COUNT),--count $(COUNT),)
 
-bench: install ## Speed/memory benchmark against a naive baseline (writes runs/bench/)
-	$(PY) -m experiments.bench --out runs/bench
+bench: install ## Speed/memory vs a naive baseline, data stream and evaluator speed (writes runs/bench/)
+	OMP_NUM_THREADS=1 $(PY) -m experiments.bench --out runs/bench
+	OMP_NUM_THREADS=1 $(PY) -m experiments.bench_data --json runs/bench/data.json
+	OMP_NUM_THREADS=1 $(PY) -m experiments.bench_eval --json runs/bench/eval.json
 
 clean: ## Remove caches (keeps .venv and runs/)
 	rm -rf .pytest_cache .ruff_cache $$(find . -name __pycache__ -not -path './.venv/*')

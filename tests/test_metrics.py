@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import time
 
 import numpy as np
 import pytest
@@ -238,25 +237,3 @@ def test_task_result_from_per_query_and_summary_errors() -> None:
         summarize([])
     with pytest.raises(ValueError, match="non-finite"):
         summarize([TaskResult("t", "T2T", "ndcg@10", math.nan, 1)])
-
-
-def benchmark(n_tasks: int = 40, n_queries: int = 1000, n_candidates: int = 100, seed: int = 0) -> float:
-    """Seconds to score ``n_tasks`` x ``n_queries`` x ``n_candidates`` with nDCG@10 (not a test)."""
-    rng = np.random.default_rng(seed)
-    tasks = []
-    for _ in range(n_tasks):
-        run, qrels = {}, {}
-        for q in range(n_queries):
-            ids = [f"doc{i}" for i in rng.choice(100_000, n_candidates, replace=False)]
-            run[f"q{q}"] = dict(zip(ids, rng.normal(size=n_candidates).tolist(), strict=True))
-            judged = [ids[i] for i in rng.choice(n_candidates, 3, replace=False)] + [f"doc{q}x"]
-            qrels[f"q{q}"] = dict(zip(judged, rng.integers(0, 4, size=4).tolist(), strict=True))
-        tasks.append((run, qrels))
-    start = time.perf_counter()
-    for run, qrels in tasks:
-        evaluate_run(run, qrels, "ndcg@10")
-    return time.perf_counter() - start
-
-
-if __name__ == "__main__":
-    print(f"40 tasks x 1000 queries x 100 candidates, ndcg@10: {benchmark():.2f} s")
