@@ -7,6 +7,7 @@ micro-batches so that padding stays small.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -202,6 +203,16 @@ class RerankDataModule(L.LightningDataModule):
 
     # ---- loaders ---------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
+        overfit = self.trainer.overfit_batches if self.trainer is not None else 0
+        if overfit:
+            # Overfitting replays the same first batches every epoch, while the stream would move
+            # on to new data; they are collated once and are no stream progress (no "stream" key).
+            count = int(overfit) if overfit >= 1 else 1
+            loader = self.train_stream.dataloader(collate_fn=self.collate_train, num_workers=0)
+            batches = list(itertools.islice(iter(loader), count))
+            for batch in batches:
+                batch.pop("stream", None)
+            return DataLoader(batches, batch_size=None, shuffle=False)
         return self.train_stream.dataloader(
             collate_fn=self.collate_train, num_workers=self.hparams.num_workers
         )
