@@ -14,12 +14,19 @@ SCRIPT = Path(__file__).with_name("ddp_validate.py")
 ROOT = SCRIPT.parent.parent
 
 
-def _validate(tiny_model_dir, demo_dir, tmp_path, devices: int) -> dict:
-    out = tmp_path / f"metrics-{devices}" / "metrics.json"
+def _run(script: str, tiny_model_dir, demo_dir, out: Path, devices: int) -> None:
+    """Run a helper script on ``devices`` CPU processes; it writes its result to ``out``."""
     out.parent.mkdir(parents=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tiny_model_dir), str(demo_dir), str(out), str(devices)],
+        [
+            sys.executable,
+            str(SCRIPT.with_name(script)),
+            str(tiny_model_dir),
+            str(demo_dir),
+            str(out),
+            str(devices),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -27,6 +34,11 @@ def _validate(tiny_model_dir, demo_dir, tmp_path, devices: int) -> dict:
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _validate(tiny_model_dir, demo_dir, tmp_path, devices: int) -> dict:
+    out = tmp_path / f"metrics-{devices}" / "metrics.json"
+    _run("ddp_validate.py", tiny_model_dir, demo_dir, out, devices)
     return json.loads(out.read_text())
 
 
@@ -50,18 +62,7 @@ def test_two_process_training_equals_one_process_on_the_same_global_batch(tiny_m
     results = {}
     for devices in (1, 2):
         out = tmp_path / f"train-{devices}" / "state.pt"
-        out.parent.mkdir(parents=True)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        script = SCRIPT.with_name("ddp_train.py")
-        result = subprocess.run(
-            [sys.executable, str(script), str(tiny_model_dir), str(demo_dir), str(out), str(devices)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
+        _run("ddp_train.py", tiny_model_dir, demo_dir, out, devices)
         results[devices] = torch.load(out)
     single, double = results[1], results[2]
     assert (
