@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 import objectives
 from datamodules.metrics import Summary, TaskResult, format_table, query_metric, summarize
 from datamodules.trec import write_run
-from lightning_modules.backbone import LabelScorer, Scores, load_backbone
+from lightning_modules.backbone import LabelScorer, load_backbone
 from lightning_modules.encoding import slice_batch
 from lightning_modules.export import base_fingerprint, config_sha256
 
@@ -31,7 +31,6 @@ warnings.filterwarnings(
 )
 
 DEFAULT_LORA_TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-PRESETS = {"sft": ("sft", {}), "cl": ("cl", {"temperature": 1.0})}
 
 
 def label_token_id(tokenizer, word: str) -> int:
@@ -136,12 +135,12 @@ class RerankerModule(L.LightningModule):
         self.objective = objectives.build(objective, hidden_size=hidden_size, **(objective_args or {}))
         tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
         positive_words, negative_words = self.objective.label_tokens
-        words = ["yes", "no"] + [w for w in (*positive_words, *negative_words)]
-        self.token_words = list(dict.fromkeys(words))
+        # yes/no always come first (the objectives' logits); extra label words follow, deduplicated.
+        self.token_words = list(dict.fromkeys(["yes", "no", *positive_words, *negative_words]))
         self.scorer = LabelScorer(model, [label_token_id(tokenizer, w) for w in self.token_words], lm_head)
         self._token_columns = [self.token_words.index(w) for w in (*positive_words, *negative_words)]
-        # Per-task metric state lives in torchmetrics objects so that DDP reduces it correctly.
-        # Per rank: reranked scores per task/query, and per-query metric values (reranked, retriever).
+        # Per rank: reranked scores per task/query, and per-query metric values (reranked, retriever);
+        # gathered over ranks at the end of an evaluation (each query lives on exactly one rank).
         self._val_runs: dict[str, dict[str, dict[str, float]]] = {}
         self._val_values: dict[str, dict[str, tuple[float, float]]] = {}
         self.strict_loading = False  # checkpoints hold trainable weights only (on_save_checkpoint)
@@ -176,13 +175,12 @@ class RerankerModule(L.LightningModule):
             hidden = torch.cat([hidden for _, hidden in parts])
         else:
             label_logits, hidden = self._score_chunk(inputs)
-        scores = Scores(label_logits, hidden)
         extra = {}
         if "hidden" in self.objective.needs:
-            extra["hidden"] = scores.hidden.float()
+            extra["hidden"] = hidden.float()
         if "token_logits" in self.objective.needs:
-            extra["token_logits"] = scores.label_logits[:, self._token_columns]
-        return scores.label_logits[:, :2], extra
+            extra["token_logits"] = label_logits[:, self._token_columns]
+        return label_logits[:, :2], extra
 
     # ---- checkpoints -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
