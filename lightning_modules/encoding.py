@@ -18,6 +18,7 @@ Truncation cuts document text first, then query text; never image tokens, never 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,22 +266,23 @@ class PairEncoder:
         return batch
 
 
-def slice_batch(batch: dict[str, torch.Tensor], start: int, end: int) -> dict[str, torch.Tensor]:
-    """Rows ``start:end`` of a collated batch, with their images, and left padding trimmed."""
-    attention_mask = batch["attention_mask"][start:end]
+def select_rows(batch: dict[str, torch.Tensor], rows: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Some rows of a collated batch (in the given order), with their images, left padding trimmed."""
+    index = torch.as_tensor(list(rows), dtype=torch.long)
+    attention_mask = batch["attention_mask"][index]
     first = int(attention_mask.any(dim=0).nonzero()[0])  # columns before it are padding in every row
-    out = {
-        "input_ids": batch["input_ids"][start:end, first:],
-        "attention_mask": attention_mask[:, first:],
-    }
+    out = {"input_ids": batch["input_ids"][index, first:], "attention_mask": attention_mask[:, first:]}
     if "pixel_values" in batch:
-        counts = batch["image_counts"]
-        image_start, image_end = int(counts[:start].sum()), int(counts[:end].sum())
-        patches = batch["image_grid_thw"].prod(dim=-1)
-        patch_start, patch_end = int(patches[:image_start].sum()), int(patches[:image_end].sum())
-        if image_end > image_start:
-            out["pixel_values"] = batch["pixel_values"][patch_start:patch_end]
-            out["image_grid_thw"] = batch["image_grid_thw"][image_start:image_end]
-            out["mm_token_type_ids"] = batch["mm_token_type_ids"][start:end, first:]
-            out["image_counts"] = counts[start:end]
+        counts = batch["image_counts"].tolist()
+        image_starts = [0, *itertools.accumulate(counts)]
+        patches = batch["image_grid_thw"].prod(dim=-1).tolist()
+        patch_starts = [0, *itertools.accumulate(patches)]
+        images = [i for row in rows for i in range(image_starts[row], image_starts[row + 1])]
+        if images:
+            out["pixel_values"] = torch.cat(
+                [batch["pixel_values"][patch_starts[i] : patch_starts[i + 1]] for i in images]
+            )
+            out["image_grid_thw"] = batch["image_grid_thw"][torch.as_tensor(images, dtype=torch.long)]
+            out["mm_token_type_ids"] = batch["mm_token_type_ids"][index, first:]
+            out["image_counts"] = batch["image_counts"][index]
     return out

@@ -22,7 +22,7 @@ import objectives
 from datamodules.metrics import Summary, TaskResult, format_table, query_metric, summarize
 from datamodules.trec import write_run
 from lightning_modules.backbone import LabelScorer, load_backbone
-from lightning_modules.encoding import slice_batch
+from lightning_modules.encoding import select_rows
 from lightning_modules.export import base_fingerprint, config_sha256
 
 # Checkpoints hold trainable weights only; Lightning's notice about the (frozen) rest is expected.
@@ -163,16 +163,17 @@ class RerankerModule(L.LightningModule):
         """
         rows, chunk = inputs["input_ids"].shape[0], self.hparams.pairs_per_forward
         if torch.is_grad_enabled() and 0 < chunk < rows:
+            # Micro-batches of similar lengths pad less; scores go back to the batch's row order.
+            order = sorted(range(rows), key=lambda row: int(inputs["attention_mask"][row].sum()))
             parts = [
                 checkpoint(
-                    self._score_chunk,
-                    slice_batch(inputs, start, min(start + chunk, rows)),
-                    use_reentrant=False,
+                    self._score_chunk, select_rows(inputs, order[start : start + chunk]), use_reentrant=False
                 )
                 for start in range(0, rows, chunk)
             ]
-            label_logits = torch.cat([logits for logits, _ in parts])
-            hidden = torch.cat([hidden for _, hidden in parts])
+            restore = torch.argsort(torch.as_tensor(order, device=inputs["input_ids"].device))
+            label_logits = torch.cat([logits for logits, _ in parts])[restore]
+            hidden = torch.cat([hidden for _, hidden in parts])[restore]
         else:
             label_logits, hidden = self._score_chunk(inputs)
         extra = {}

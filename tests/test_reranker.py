@@ -139,6 +139,8 @@ def test_micro_batched_group_has_the_gradients_of_the_whole_group(tiny_model_dir
     # Two groups with image queries, so image slicing is exercised.
     batch = first_batch(make_data(tiny_model_dir, demo_dir), predicate=lambda group: group.query.image)
     assert "pixel_values" in batch["inputs"]
+    lengths = batch["inputs"]["attention_mask"].sum(dim=1).tolist()
+    assert lengths != sorted(lengths)  # micro-batches are length-sorted, so the row order is exercised
     grads = {}
     for chunk in (0, 1, 3):
         torch.manual_seed(0)
