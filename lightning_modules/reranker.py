@@ -31,6 +31,9 @@ warnings.filterwarnings(
 )
 
 DEFAULT_LORA_TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# The vision tower's attention and MLP linears across Qwen2-VL, Qwen2.5-VL and Qwen3-VL naming.
+VISION_LORA_TARGET = r".*visual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2|gate_proj|up_proj|down_proj|linear_fc1|linear_fc2))"
+MERGER_NAMES = ("visual.merger", "visual.deepstack_merger")
 
 
 def label_token_id(tokenizer, word: str) -> int:
@@ -57,6 +60,8 @@ class RerankerModule(L.LightningModule):
         lora_alpha: LoRA scaling numerator.
         lora_dropout: dropout on the LoRA path.
         lora_target: regex of module names that get LoRA (default: the language model's linears).
+        lora_vision: also put LoRA on the vision tower's attention and MLP linears.
+        train_merger: train the vision-language merger (patch merger / projector) in full.
         quantization: ``null`` or ``4bit`` (QLoRA).
         lm_head: ``frozen`` (default), ``label_rows`` or ``full`` (the paper's unfreezing probe).
         pairs_per_forward: training micro-batch in pairs (0: the whole batch in one forward). Bounds
@@ -84,6 +89,8 @@ class RerankerModule(L.LightningModule):
         lora_alpha: int = 32,
         lora_dropout: float = 0.05,
         lora_target: str = DEFAULT_LORA_TARGET,
+        lora_vision: bool = False,
+        train_merger: bool = False,
         quantization: str | None = None,
         lm_head: str = "frozen",
         pairs_per_forward: int = 0,
@@ -115,8 +122,9 @@ class RerankerModule(L.LightningModule):
         if lora_r > 0:
             from peft import LoraConfig, inject_adapter_in_model
 
+            target = f"(?:{lora_target})|(?:{VISION_LORA_TARGET})" if lora_vision else lora_target
             config = LoraConfig(
-                r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=lora_target
+                r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target
             )
             try:
                 inject_adapter_in_model(config, model)
@@ -124,6 +132,12 @@ class RerankerModule(L.LightningModule):
                 raise ValueError(
                     f"model.lora_target {lora_target!r} matched no module of {model_name_or_path}: {err}"
                 ) from None
+            if train_merger:
+                merger = [p for n, p in model.named_parameters() if any(m in n for m in MERGER_NAMES)]
+                if not merger:
+                    raise ValueError(f"model.train_merger: {model_name_or_path} has no vision merger")
+                for param in merger:
+                    param.requires_grad_(True)
             # Adapters train in float32 even on a bf16 base: bf16 weights would swallow small Adam
             # updates late in the schedule.
             for param in model.parameters():

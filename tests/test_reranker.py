@@ -247,3 +247,18 @@ def test_score_fusion_extremes(tiny_model_dir, demo_dir, tmp_path, alpha):
             RerankerModule(str(tiny_model_dir), lora_r=0), datamodule=data, verbose=False
         )[0]
         assert fused["val/mrb_avg"] == pytest.approx(plain["val/mrb_avg"], abs=1e-9)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_vision_lora_and_merger_options_reach_every_family(tmp_path, family):
+    from lightning_modules.tiny import build_tiny
+
+    folder = build_tiny(tmp_path / family, family=family)
+    plain = RerankerModule(str(folder), lora_r=4)
+    assert not any("visual" in n for n, p in plain.named_parameters() if p.requires_grad)
+    module = RerankerModule(str(folder), lora_r=4, lora_vision=True, train_merger=True)
+    trainable = [n for n, p in module.named_parameters() if p.requires_grad]
+    assert any("visual.blocks" in n and "lora_" in n for n in trainable)
+    assert any("merger" in n and "lora_" not in n for n in trainable)
+    assert any("language_model" in n and "lora_" in n for n in trainable)
+    assert all(p.dtype == torch.float32 for p in module.parameters() if p.requires_grad)
