@@ -62,9 +62,8 @@ into each batch. ``prefix_cache="auto"`` (default) uses it when the shared prefi
 ``experiments.bench`` (CPU, 1 thread) measured 2.0-2.4x over plain batching on the 2B-proportioned
 model (prefix 40-75% of ~140-token pairs, text and image queries) and 1.3x (text queries) to 2.2x
 (image queries) on the tiny model with ~200-token pairs; text queries over long image documents
-save little. It needs ``LabelScorer`` to pass caller-given ``position_ids`` through (checked once
-by behaviour); where it does not, or for backbones without multimodal-RoPE helpers, the plain path
-runs (with one warning).
+save little. ``LabelScorer`` passes caller-given ``position_ids`` through; for multimodal backbones
+without multimodal-RoPE helpers the plain path runs (with one warning).
 """
 
 from __future__ import annotations
@@ -174,10 +173,6 @@ def single_token_id(tokenizer, word: str) -> int:
     if len(ids) != 1:
         raise ValueError(f"label word {word!r} is {len(ids)} tokens in this tokenizer; it must be one")
     return ids[0]
-
-
-class _ProbeDone(Exception):
-    """Stops a probing forward pass early."""
 
 
 @dataclass
@@ -391,40 +386,10 @@ class Reranker:
         """Whether this backbone and LabelScorer can run the shared-prefix path (checked once)."""
         if self._prefix_supported is None:
             multimodal = getattr(self.scorer.model.config, "vision_config", None) is not None
-            self._prefix_supported = (
-                not multimodal or hasattr(self.scorer.decoder, "get_rope_index")
-            ) and self._scorer_keeps_position_ids()
+            self._prefix_supported = not multimodal or hasattr(self.scorer.decoder, "get_rope_index")
             if not self._prefix_supported:
                 log.warning("prefix_cache: not supported by this backbone / LabelScorer; scoring without it")
         return self._prefix_supported
-
-    def _scorer_keeps_position_ids(self) -> bool:
-        """Whether LabelScorer hands caller-given ``position_ids`` to the decoder unchanged.
-
-        The prefix path needs it for text-only candidate batches. Checked by behaviour, not by
-        version: a pre-hook on the decoder records what it receives and stops the forward at once.
-        """
-        seen: dict[str, Any] = {}
-
-        def hook(module, args, kwargs):
-            seen["position_ids"] = kwargs.get("position_ids")
-            raise _ProbeDone
-
-        marker = torch.full((1, 1), 3, dtype=torch.long, device=self.device)
-        handle = self.scorer.decoder.register_forward_pre_hook(hook, with_kwargs=True)
-        try:
-            self.scorer(
-                {
-                    "input_ids": torch.zeros_like(marker),
-                    "attention_mask": torch.ones_like(marker),
-                    "position_ids": marker,
-                }
-            )
-        except _ProbeDone:
-            pass
-        finally:
-            handle.remove()
-        return seen.get("position_ids") is marker
 
     def _positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """3-D RoPE positions ``[3, B, L]`` of a left-padded batch as if each row started at 0."""
