@@ -39,7 +39,6 @@ class EvalQueries(IterableDataset):
     """
 
     def __init__(self, tasks: list[MRBTask], top_k: int = 100, rank: int = 0, world_size: int = 1) -> None:
-        self.tasks = {task.name: task for task in tasks}
         self.items: list[EvalQuery] = []
         for task in tasks:
             for qid in sorted(set(task.qrels) | set(task.candidates)):
@@ -121,6 +120,7 @@ class RerankDataModule(L.LightningDataModule):
         self._encoder: PairEncoder | None = None
         self.train_stream: TrainStream | None = None
         self.eval_tasks_loaded: list[MRBTask] | None = None
+        self._tasks_by_name: dict[str, MRBTask] = {}
 
     @property
     def encoder(self) -> PairEncoder:
@@ -148,6 +148,7 @@ class RerankDataModule(L.LightningDataModule):
                 raise ValueError("data.eval_root is not set; point it at an MRB folder to validate or test")
             folders = list_tasks(self.hparams.eval_root, self.hparams.eval_tasks)
             self.eval_tasks_loaded = [load_task(folder) for folder in folders]
+            self._tasks_by_name = {task.name: task for task in self.eval_tasks_loaded}
         return self.eval_tasks_loaded
 
     def setup(self, stage: str) -> None:
@@ -176,7 +177,8 @@ class RerankDataModule(L.LightningDataModule):
 
     def collate_eval(self, items: list[EvalQuery]) -> dict:
         (item,) = items  # one query per batch: its candidates are cut into micro-batches below
-        task = self._eval_tasks_by_name()[item.task]
+        self._eval_tasks()
+        task = self._tasks_by_name[item.task]
         query = task.queries[item.qid]
         documents = [task.corpus[d] for d in item.doc_ids]
         pairs = (
@@ -197,9 +199,6 @@ class RerankDataModule(L.LightningDataModule):
             "relevance": item.relevance,
             "chunks": [self.encoder.collate([pairs[i] for i in chunk]) for chunk in chunks],
         }
-
-    def _eval_tasks_by_name(self) -> dict[str, MRBTask]:
-        return {task.name: task for task in self._eval_tasks()}
 
     # ---- loaders ---------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:

@@ -10,7 +10,7 @@ import functools
 import gzip
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,6 @@ class MRBTask:
     corpus: dict[str, Doc]
     qrels: Qrels
     candidates: Run
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

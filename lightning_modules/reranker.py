@@ -157,6 +157,7 @@ class RerankerModule(L.LightningModule):
         # gathered over ranks at the end of an evaluation (each query lives on exactly one rank).
         self._val_runs: dict[str, dict[str, dict[str, float]]] = {}
         self._val_values: dict[str, dict[str, tuple[float, float]]] = {}
+        self._metas: dict = {}  # the evaluation tasks' TaskMeta by name, set at each epoch start
         self.strict_loading = False  # checkpoints hold trainable weights only (on_save_checkpoint)
         self._weights_seen: dict[str, list[torch.Tensor]] = {"pos": [], "neg": []}
         self._resume_rng: dict | None = None  # generator states of a checkpoint being resumed
@@ -317,14 +318,10 @@ class RerankerModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- evaluation ------------------------------------------------------------------------
-    def _task_metas(self):
-        datamodule = self.trainer.datamodule
-        return {meta.name: meta for meta in datamodule.task_metas}
-
     def on_validation_epoch_start(self) -> None:
-        names = self._task_metas()
-        self._val_runs = {name: {} for name in names}
-        self._val_values = {name: {} for name in names}
+        self._metas = {meta.name: meta for meta in self.trainer.datamodule.task_metas}
+        self._val_runs = {name: {} for name in self._metas}
+        self._val_values = {name: {} for name in self._metas}
 
     on_test_epoch_start = on_validation_epoch_start
 
@@ -350,7 +347,7 @@ class RerankerModule(L.LightningModule):
         return reranked.tolist()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        metas = self._task_metas()
+        metas = self._metas
         task, relevance = batch["task"], batch["relevance"]
         scores = self.rerank_query(batch)
         self._val_runs[task][batch["qid"]] = dict(zip(batch["doc_ids"], scores, strict=True))
@@ -364,8 +361,7 @@ class RerankerModule(L.LightningModule):
 
     test_step = validation_step
 
-    def on_predict_epoch_start(self) -> None:
-        self._val_runs = {name: {} for name in self._task_metas()}
+    on_predict_epoch_start = on_validation_epoch_start
 
     def predict_step(self, batch: dict, batch_idx: int) -> None:
         self._val_runs[batch["task"]][batch["qid"]] = dict(
@@ -392,7 +388,7 @@ class RerankerModule(L.LightningModule):
         """Exact task means from every rank's per-query values (float64, same on every rank)."""
         values = self._gather(self._val_values)
         reranked, retriever = [], []
-        for name, meta in self._task_metas().items():
+        for name, meta in self._metas.items():
             per_query = values[name]
             if not per_query:  # partial validation (fast_dev_run, limit_val_batches) never reached it
                 continue

@@ -35,7 +35,6 @@ def test_gradient_checkpointing_with_lora_gives_the_same_gradients(tiny_model_di
 
 
 def test_qlora_4bit_trains_lora_on_a_quantized_base(tiny_model_dir, batch):
-    pytest.importorskip("bitsandbytes")
     module = RerankerModule(str(tiny_model_dir), lora_r=4, quantization="4bit", optimizer="adamw8bit")
     quantized = [m for m in module.modules() if type(m).__name__ == "Linear4bit"]
     assert quantized, "the language model's linears should be 4-bit"
