@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import lightning as L
 import pytest
 import torch
 from safetensors import safe_open
@@ -14,6 +13,7 @@ from datamodules.datamodule import RerankDataModule
 from lightning_modules.export import ExportParityError, base_fingerprint, config_sha256, export
 from lightning_modules.inference import Reranker
 from lightning_modules.reranker import RerankerModule
+from tests.test_reranker import cpu_trainer
 
 BUDGETS = {"max_length": 512, "min_pixels": 3136, "max_pixels": 3136}
 
@@ -32,16 +32,7 @@ def fit_checkpoint(folder, base, demo_dir, **module_kwargs):
     """Two optimizer steps through the real Trainer and checkpoint code (LoRA B becomes non-zero)."""
     torch.manual_seed(0)
     module = RerankerModule(str(base), lora_r=4, lr=1e-2, **module_kwargs)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=folder,
-        enable_checkpointing=False,
-    )
+    trainer = cpu_trainer(folder, max_steps=2, limit_val_batches=0)
     trainer.fit(module, datamodule=make_data(None, demo_dir, base=base))
     path = folder / "last.ckpt"
     trainer.save_checkpoint(path)

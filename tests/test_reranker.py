@@ -30,6 +30,19 @@ def make_data(tiny_model_dir, demo_dir, **overrides) -> RerankDataModule:
     return RerankDataModule(**kwargs)
 
 
+def cpu_trainer(root, **overrides) -> L.Trainer:
+    """A quiet CPU Trainer for tests: no logger, bar, summary or checkpoints unless overridden."""
+    kwargs = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=root,
+    )
+    return L.Trainer(**{**kwargs, **overrides})
+
+
 def first_batch(data: RerankDataModule, count: int = 2, predicate=lambda group: True) -> dict:
     """A collated training batch of the first ``count`` streamed groups that satisfy ``predicate``."""
     data.setup("fit")
@@ -79,13 +92,7 @@ def test_training_steps_reduce_the_loss_on_a_fixed_batch(tiny_model_dir, demo_di
 def test_validation_reports_every_task_and_the_retriever_exactly(tiny_model_dir, demo_dir, tmp_path):
     data = make_data(tiny_model_dir, demo_dir)
     module = RerankerModule(str(tiny_model_dir), lora_r=0)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
-        inference_mode=False,
-    )
+    trainer = cpu_trainer(tmp_path, inference_mode=False)
     (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
     tasks = data.task_metas
     assert len(tasks) >= 6
@@ -159,16 +166,7 @@ def test_micro_batched_group_has_the_gradients_of_the_whole_group(tiny_model_dir
 def test_checkpoint_holds_only_trainable_weights_and_resumes_them(tiny_model_dir, demo_dir, tmp_path):
     data = make_data(tiny_model_dir, demo_dir)
     module = RerankerModule(str(tiny_model_dir), lora_r=4, lm_head="label_rows")
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-        enable_checkpointing=False,
-    )
+    trainer = cpu_trainer(tmp_path, max_steps=2, limit_val_batches=0)
     trainer.fit(module, datamodule=data)
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path)
@@ -206,16 +204,8 @@ def _fit(tiny_model_dir, demo_dir, root, max_steps, ckpt_path=None, every=None, 
         callbacks.append(
             ModelCheckpoint(dirpath=root, every_n_train_steps=every, save_top_k=-1, filename="{step}")
         )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=max_steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=bool(every),
-        limit_val_batches=0,
-        callbacks=callbacks,
-        default_root_dir=root,
+    trainer = cpu_trainer(
+        root, max_steps=max_steps, enable_checkpointing=bool(every), limit_val_batches=0, callbacks=callbacks
     )
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return recorder.losses
@@ -236,7 +226,7 @@ def test_resume_from_checkpoint_continues_with_the_same_losses(tiny_model_dir, d
 def test_score_fusion_extremes(tiny_model_dir, demo_dir, tmp_path, alpha):
     """alpha=0 ranks by the retriever alone; alpha=1 by the reranker alone (min-max keeps the order)."""
     data = make_data(tiny_model_dir, demo_dir, eval_tasks=["faces-i2i", "stdlib-docs"], eval_top_k=10)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer = cpu_trainer(tmp_path)
     fused = trainer.validate(
         RerankerModule(str(tiny_model_dir), lora_r=0, fusion_alpha=alpha), datamodule=data, verbose=False
     )[0]
