@@ -463,8 +463,9 @@ def train_worker(
     import torch
 
     import objectives
+    from lightning_modules.backbone import label_token_id
     from lightning_modules.encoding import PairEncoder
-    from lightning_modules.reranker import DEFAULT_LORA_TARGET, RerankerModule, label_token_id
+    from lightning_modules.reranker import DEFAULT_LORA_TARGET, RerankerModule
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = "bfloat16" if device.type == "cuda" else "float32"

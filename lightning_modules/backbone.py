@@ -75,6 +75,23 @@ def load_backbone(
     return auto_class.from_pretrained(name_or_path, **kwargs)
 
 
+def label_words(objective) -> list[str]:
+    """Label words whose logits are read, in LabelScorer column order: yes, no, then the
+    objective's extra positive and negative words, duplicates dropped."""
+    positive, negative = objective.label_tokens
+    return list(dict.fromkeys(["yes", "no", *positive, *negative]))
+
+
+def label_token_id(tokenizer, word: str) -> int:
+    """The single vocabulary id of a label word, or a clear error if it splits into several."""
+    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(
+            f"label word {word!r} is {len(ids)} tokens in this tokenizer; label words must be single tokens"
+        )
+    return ids[0]
+
+
 @dataclass
 class Scores:
     """Label-token logits and the answer-position hidden state of a batch of pairs."""

@@ -52,16 +52,18 @@ class EncodedPair:
     truncated: bool = False
 
 
-def load_image(path: str) -> Image.Image:
-    """Open an image as RGB, refusing decompression-bomb sized files with a clear error."""
-    with Image.open(path) as image:
-        width, height = image.size
-        if width * height > MAX_DECODED_PIXELS:
-            raise ValueError(
-                f"{path}: image is {width}x{height} pixels, over the {MAX_DECODED_PIXELS:,} pixel safety "
-                "limit; downscale it before training"
-            )
+def load_image(image: str | Image.Image) -> Image.Image:
+    """An image (a path, or an in-memory PIL image) as RGB, refusing decompression-bomb sizes."""
+    width, height = image.size if isinstance(image, Image.Image) else Image.open(image).size
+    if width * height > MAX_DECODED_PIXELS:
+        raise ValueError(
+            f"{image if isinstance(image, str) else 'in-memory image'}: image is {width}x{height} pixels, over "
+            f"the {MAX_DECODED_PIXELS:,} pixel safety limit; downscale it before training"
+        )
+    if isinstance(image, Image.Image):
         return image.convert("RGB")
+    with Image.open(image) as opened:
+        return opened.convert("RGB")
 
 
 def build_messages(instruction: str, query: Doc, document: Doc, system_prompt: str = SYSTEM_PROMPT) -> list:

@@ -52,7 +52,7 @@ from torch import nn
 
 from datamodules.formats import Doc
 from lightning_modules.encoding import SYSTEM_PROMPT, EncodedPair, PairEncoder
-from lightning_modules.inference import RERANK_CONFIG, SCORE_HEAD, Reranker, _Encoder, as_doc
+from lightning_modules.inference import RERANK_CONFIG, SCORE_HEAD, Reranker, as_doc
 
 FORMAT = "rerank-lab/1"
 PARITY_TOLERANCE = 1e-4
@@ -225,7 +225,7 @@ def encode_all(encoder: PairEncoder, triples: Sequence[tuple[str, Doc, Doc]]) ->
 
 
 @torch.no_grad()
-def module_scores(module, pairs: Sequence[EncodedPair], encoder: _Encoder) -> torch.Tensor:
+def module_scores(module, pairs: Sequence[EncodedPair], encoder: PairEncoder) -> torch.Tensor:
     """Scores of encoded pairs by the training module (its own scoring path), one pair per forward."""
     scores = []
     for pair in pairs:
@@ -263,7 +263,7 @@ SCORE_TEXT = {
 # ---- export ----------------------------------------------------------------------------------
 
 
-def _copy_base_files(base: str, staging: Path, encoder: _Encoder) -> None:
+def _copy_base_files(base: str, staging: Path, encoder: PairEncoder) -> None:
     folder = Path(base)
     if folder.is_dir():
         for path in sorted(folder.iterdir()):
@@ -396,7 +396,7 @@ def export(
         "min_pixels": min_pixels or data_hparams.get("min_pixels"),
         "max_pixels": max_pixels or data_hparams.get("max_pixels"),
     }
-    encoder = _Encoder.from_pretrained(
+    encoder = PairEncoder.from_pretrained(
         base,
         trust_remote_code=hparams.trust_remote_code,
         **{k: v for k, v in budgets.items() if v is not None},

@@ -28,7 +28,7 @@ Same code path as training. Pairs are rendered, tokenised and image-processed by
 :class:`~lightning_modules.encoding.PairEncoder` (left padding, the chat layout, the truncation
 rule) and scored by :class:`~lightning_modules.backbone.LabelScorer` (label-token rows only, fp32)
 followed by the objective's own ``score``. PIL images go through the very same
-``PairEncoder.process_image`` (they are handed to it as an in-memory lossless PNG, so the pixel
+``PairEncoder.process_images`` (``encoding.load_image`` takes them as they are, so the pixel
 limits and the decompression-bomb check are the training ones).
 
 Batching. All pairs of a call are encoded first, sorted by token length (image tokens included;
@@ -68,7 +68,6 @@ without multimodal-RoPE helpers the plain path runs (with one warning).
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -81,7 +80,7 @@ from PIL import Image
 
 import objectives
 from datamodules.formats import Doc
-from lightning_modules.backbone import DTYPES, LabelScorer, load_backbone
+from lightning_modules.backbone import DTYPES, LabelScorer, label_token_id, label_words, load_backbone
 from lightning_modules.encoding import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
@@ -138,43 +137,6 @@ def as_doc(item: DocLike, what: str = "document") -> Doc:
     return doc
 
 
-def _as_file(image):
-    """A PIL image as an in-memory lossless PNG that ``load_image`` opens like a file; paths as is."""
-    if not isinstance(image, Image.Image):
-        return image
-    if image.mode not in ("RGB", "RGBA", "L", "LA", "P", "1"):
-        image = image.convert("RGB")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=0)
-    buffer.seek(0)
-    return buffer
-
-
-class _Encoder(PairEncoder):
-    """``PairEncoder`` that also takes PIL images (as a lossless in-memory PNG, same processing)."""
-
-    def process_images(self, paths):  # type: ignore[override]
-        return super().process_images([_as_file(path) for path in paths])
-
-
-def label_words(objective: objectives.Objective) -> list[str]:
-    """The label words read from the LM head, in LabelScorer column order (yes, no, then extras).
-
-    The same rule as ``RerankerModule``: ``yes`` and ``no`` first, then the objective's positive and
-    negative label words, duplicates dropped.
-    """
-    positive, negative = objective.label_tokens
-    return list(dict.fromkeys(["yes", "no", *positive, *negative]))
-
-
-def single_token_id(tokenizer, word: str) -> int:
-    """The single vocabulary id of ``word`` (a clear error when it splits into several tokens)."""
-    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise ValueError(f"label word {word!r} is {len(ids)} tokens in this tokenizer; it must be one")
-    return ids[0]
-
-
 @dataclass
 class _Prefix:
     """A query's shared prefix: its length in tokens, the next RoPE position and its KV tensors."""
@@ -219,7 +181,7 @@ class Reranker:
         self.encoder = encoder
         self.objective = objective.to(device).eval()
         self.words = label_words(objective)
-        ids = [single_token_id(encoder.tokenizer, word) for word in self.words]
+        ids = [label_token_id(encoder.tokenizer, word) for word in self.words]
         self.scorer = LabelScorer(model, ids, lm_head="frozen").to(device).eval()
         positive, negative = objective.label_tokens
         self._token_columns = [self.words.index(w) for w in (*positive, *negative)]
@@ -293,7 +255,7 @@ class Reranker:
                 )
             system_prompt = config.get("system_prompt", SYSTEM_PROMPT)
         config_or_empty = config or {}
-        encoder = _Encoder.from_pretrained(
+        encoder = PairEncoder.from_pretrained(
             path,
             trust_remote_code=trust_remote_code,
             max_length=max_length or config_or_empty.get("max_length") or DEFAULT_MAX_LENGTH,

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 import objectives
 from datamodules.metrics import Summary, TaskResult, format_table, query_metric, summarize
 from datamodules.trec import write_run
-from lightning_modules.backbone import LabelScorer, load_backbone
+from lightning_modules.backbone import LabelScorer, label_token_id, label_words, load_backbone
 from lightning_modules.encoding import select_rows
 from lightning_modules.export import base_fingerprint, config_sha256
 
@@ -34,16 +34,6 @@ DEFAULT_LORA_TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_pr
 # The vision tower's attention and MLP linears across Qwen2-VL, Qwen2.5-VL and Qwen3-VL naming.
 VISION_LORA_TARGET = r".*visual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2|gate_proj|up_proj|down_proj|linear_fc1|linear_fc2))"
 MERGER_NAMES = ("visual.merger", "visual.deepstack_merger")
-
-
-def label_token_id(tokenizer, word: str) -> int:
-    """The single vocabulary id of a label word, or a clear error if it splits into several."""
-    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise ValueError(
-            f"label word {word!r} is {len(ids)} tokens in this tokenizer; label words must be single tokens"
-        )
-    return ids[0]
 
 
 class RerankerModule(L.LightningModule):
@@ -149,8 +139,7 @@ class RerankerModule(L.LightningModule):
         self.objective = objectives.build(objective, hidden_size=hidden_size, **(objective_args or {}))
         tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
         positive_words, negative_words = self.objective.label_tokens
-        # yes/no always come first (the objectives' logits); extra label words follow, deduplicated.
-        self.token_words = list(dict.fromkeys(["yes", "no", *positive_words, *negative_words]))
+        self.token_words = label_words(self.objective)
         self.scorer = LabelScorer(model, [label_token_id(tokenizer, w) for w in self.token_words], lm_head)
         self._token_columns = [self.token_words.index(w) for w in (*positive_words, *negative_words)]
         # Per rank: reranked scores per task/query, and per-query metric values (reranked, retriever);
