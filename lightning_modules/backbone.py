@@ -148,17 +148,18 @@ class LabelScorer(nn.Module):
         if not bool(attention_mask[:, -1].all()):
             raise ValueError("batches must be left padded: the answer position is the last column")
         inputs = {key: value for key, value in batch.items() if key != "image_counts"}
-        if "pixel_values" not in inputs and "position_ids" not in inputs:
+        if "image_grid_thw" not in inputs and "position_ids" not in inputs:
             # Text-only batches: without explicit positions some VLMs count from the first (padding)
             # column, so a left-padded row would see different rotary positions than it would alone.
             inputs["position_ids"] = text_position_ids(attention_mask)
         out = self.decoder(**inputs, use_cache=False, return_dict=True)
         hidden = out.last_hidden_state[:, -1]
         head = self.lm_head
-        rows = head.weight[self.label_token_ids].float()
+        dtype = torch.promote_types(hidden.dtype, torch.float32)  # fp32, or fp64 for fp64 models
+        rows = head.weight[self.label_token_ids].to(dtype)
         if self.row_delta is not None:
             rows = rows + self.row_delta
-        logits = hidden.float() @ rows.T
+        logits = hidden.to(dtype) @ rows.T
         if getattr(head, "bias", None) is not None:
-            logits = logits + head.bias[self.label_token_ids].float()
+            logits = logits + head.bias[self.label_token_ids].to(dtype)
         return Scores(label_logits=logits, hidden=hidden)

@@ -18,7 +18,6 @@ Truncation cuts document text first, then query text; never image tokens, never 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +83,11 @@ def build_messages(instruction: str, query: Doc, document: Doc, system_prompt: s
     return [{"role": "system", "content": system_prompt}, {"role": "user", "content": content}]
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id that pads batches: the tokenizer's pad token, else its end-of-sequence token."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 class PairEncoder:
     """Renders, tokenises and image-processes pairs; collates them into left-padded batches.
 
@@ -117,9 +121,7 @@ class PairEncoder:
         self.system_prompt = system_prompt
         self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-        self.pad_token_id = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        )
+        self.pad_token_id = pad_token_id(tokenizer)
         self.merge_size = getattr(image_processor, "merge_size", 1) if image_processor is not None else 1
 
     @classmethod
@@ -249,42 +251,41 @@ class PairEncoder:
     # ---- batching --------------------------------------------------------------------------
     def collate(self, pairs: Sequence[EncodedPair]) -> dict[str, torch.Tensor]:
         """Left-pad pairs into one batch; the answer position of every row is index -1."""
-        length = max(len(p.input_ids) for p in pairs)
-        input_ids = torch.full((len(pairs), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(pairs), length), dtype=torch.long)
-        for row, pair in enumerate(pairs):
-            n = len(pair.input_ids)
-            input_ids[row, length - n :] = torch.tensor(pair.input_ids, dtype=torch.long)
-            attention_mask[row, length - n :] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        pixel_values = [p for pair in pairs for p in pair.pixel_values]
-        if pixel_values:
-            batch["pixel_values"] = torch.cat(pixel_values)
-            batch["image_grid_thw"] = torch.stack([g for pair in pairs for g in pair.image_grid_thw])
-            batch["mm_token_type_ids"] = (input_ids == self.image_token_id).long()
-            batch["image_counts"] = torch.tensor(
-                [len(pair.image_grid_thw) for pair in pairs], dtype=torch.long
-            )
-        return batch
+        return collate_pairs(pairs, self.pad_token_id, self.image_token_id)
 
 
-def select_rows(batch: dict[str, torch.Tensor], rows: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Some rows of a collated batch (in the given order), with their images, left padding trimmed."""
-    index = torch.as_tensor(list(rows), dtype=torch.long)
-    attention_mask = batch["attention_mask"][index]
-    first = int(attention_mask.any(dim=0).nonzero()[0])  # columns before it are padding in every row
-    out = {"input_ids": batch["input_ids"][index, first:], "attention_mask": attention_mask[:, first:]}
+def collate_pairs(
+    pairs: Sequence[EncodedPair], pad_token_id: int, image_token_id: int
+) -> dict[str, torch.Tensor]:
+    """Left-pad pairs into one batch (see :meth:`PairEncoder.collate`)."""
+    length = max(len(p.input_ids) for p in pairs)
+    input_ids = torch.full((len(pairs), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(pairs), length), dtype=torch.long)
+    for row, pair in enumerate(pairs):
+        n = len(pair.input_ids)
+        input_ids[row, length - n :] = torch.tensor(pair.input_ids, dtype=torch.long)
+        attention_mask[row, length - n :] = 1
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    pixel_values = [p for pair in pairs for p in pair.pixel_values]
+    if pixel_values:
+        batch["pixel_values"] = torch.cat(pixel_values)
+        batch["image_grid_thw"] = torch.stack([g for pair in pairs for g in pair.image_grid_thw])
+        batch["mm_token_type_ids"] = (input_ids == image_token_id).long()
+        batch["image_counts"] = torch.tensor([len(pair.image_grid_thw) for pair in pairs], dtype=torch.long)
+    return batch
+
+
+def unbatch(batch: dict[str, torch.Tensor]) -> list[EncodedPair]:
+    """The pairs of a collated batch (the inverse of :func:`collate_pairs`; pixels are views)."""
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    rows = batch["input_ids"].tolist()
+    pairs = [EncodedPair(ids[len(ids) - n :]) for ids, n in zip(rows, lengths, strict=True)]
     if "pixel_values" in batch:
-        counts = batch["image_counts"].tolist()
-        image_starts = [0, *itertools.accumulate(counts)]
-        patches = batch["image_grid_thw"].prod(dim=-1).tolist()
-        patch_starts = [0, *itertools.accumulate(patches)]
-        images = [i for row in rows for i in range(image_starts[row], image_starts[row + 1])]
-        if images:
-            out["pixel_values"] = torch.cat(
-                [batch["pixel_values"][patch_starts[i] : patch_starts[i + 1]] for i in images]
-            )
-            out["image_grid_thw"] = batch["image_grid_thw"][torch.as_tensor(images, dtype=torch.long)]
-            out["mm_token_type_ids"] = batch["mm_token_type_ids"][index, first:]
-            out["image_counts"] = batch["image_counts"][index]
-    return out
+        grids = list(batch["image_grid_thw"])
+        pixels = torch.split(batch["pixel_values"], batch["image_grid_thw"].prod(dim=-1).tolist())
+        start = 0
+        for pair, count in zip(pairs, batch["image_counts"].tolist(), strict=True):
+            pair.pixel_values = list(pixels[start : start + count])
+            pair.image_grid_thw = grids[start : start + count]
+            start += count
+    return pairs

@@ -44,25 +44,19 @@ evaluation dtype; bfloat16 is faster on GPUs but can flip near-ties).
 
 Shared query prefix (KV cache). Every candidate of a query starts with the same tokens: the system
 prompt, the instruction and the query (its image included). The prefix is run once per query and
-its keys/values are reused by every candidate batch (expanded, not copied, over the batch). This is
-exact for Qwen2-VL / Qwen2.5-VL / Qwen3-VL multimodal RoPE in transformers 5: a token's 3-D
-position depends only on the tokens before it, so a candidate's positions are those of its own
-part (``get_rope_index`` on the suffix) shifted by the prefix's next position, and attention over
-[cached prefix; suffix] is attention over the whole sequence; deep-stack features of a query image
-(Qwen3-VL) are injected in the prefix pass. Measured on the tiny Qwen2-VL, Qwen2.5-VL and Qwen3-VL
-checkpoints: max |score difference| to the plain path 1e-7 (tests require 1e-4). Where the shared
-prefix ends is read off the token ids (longest common prefix of the group, at least one token
-left to each candidate), cut before any document image token, so BPE merges across the
-query/document boundary or equal-sized document images cannot make it wrong.
+its keys/values are reused by every candidate batch (expanded, not copied, over the batch), through
+the same code as training (:mod:`lightning_modules.prefix`, which explains why it is exact and
+where the prefix ends). Measured on the tiny Qwen2-VL, Qwen2.5-VL and Qwen3-VL checkpoints: max
+|score difference| to the plain path 1e-7 (tests require 1e-4).
 
 When it pays: the saving is the prefix's share of each pair's tokens, plus the query image's
 vision-tower pass (once per query instead of once per candidate), minus copying the prefix KV
 into each batch. ``prefix_cache="auto"`` (default) uses it when the shared prefix is at least
-``PREFIX_MIN_SHARE`` (30%) of the mean pair length; ``True`` forces it, ``False`` disables it.
+``prefix.PREFIX_MIN_SHARE`` (30%) of the mean pair length; ``True`` forces it, ``False`` disables it.
 ``experiments.bench`` (CPU, 1 thread) measured 2.0-2.4x over plain batching on the 2B-proportioned
 model (prefix 40-75% of ~140-token pairs, text and image queries) and 1.3x (text queries) to 2.2x
 (image queries) on the tiny model with ~200-token pairs; text queries over long image documents
-save little. ``LabelScorer`` passes caller-given ``position_ids`` through; for multimodal backbones
+save little. For multimodal backbones
 without multimodal-RoPE helpers the plain path runs (with one warning).
 """
 
@@ -71,7 +65,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +81,8 @@ from lightning_modules.encoding import (
     EncodedPair,
     PairEncoder,
 )
+from lightning_modules.prefix import PrefixKV, pays, prefix_usable, run_prefix, shared_prefix, split
+from lightning_modules.prefix import score as score_after_prefix
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +90,6 @@ RERANK_CONFIG = "rerank_config.json"
 SCORE_HEAD = "score_head.safetensors"
 DEFAULT_INSTRUCTION = "Given the query, judge whether the document is relevant to it."
 DEFAULT_MAX_LENGTH = 3200
-# prefix_cache="auto" uses the shared prefix when it is at least this share of the mean pair length.
-PREFIX_MIN_SHARE = 0.3
 
 DocLike = str | Mapping[str, Any] | Doc
 
@@ -137,16 +130,6 @@ def as_doc(item: DocLike, what: str = "document") -> Doc:
     return doc
 
 
-@dataclass
-class _Prefix:
-    """A query's shared prefix: its length in tokens, the next RoPE position and its KV tensors."""
-
-    length: int
-    next_position: int
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-
-
 class Reranker:
     """Scores (instruction, query, document) pairs with a label-token reranker.
 
@@ -162,7 +145,7 @@ class Reranker:
         batch_size: pairs per forward pass (halved on out-of-memory).
         config: the exported ``rerank_config.json``, if any.
         prefix_cache: reuse the KV cache of the query prefix across a query's candidates: ``"auto"``
-            (default: when the shared prefix is at least ``PREFIX_MIN_SHARE`` of the mean pair
+            (default: when the shared prefix is at least ``prefix.PREFIX_MIN_SHARE`` of the mean pair
             length, which is where it pays), ``True`` (always) or ``False`` (never).
     """
 
@@ -286,9 +269,8 @@ class Reranker:
         docs = [as_doc(d, f"document {i}") for i, d in enumerate(documents)]
         pairs = self.encoder.encode_group(instruction, query_doc, docs, where="rerank")
         if len(pairs) > 1 and self.prefix_cache is not False and self._prefix_cache_available():
-            length, images = self._shared_prefix(pairs, has_query_image=query_doc.image is not None)
-            mean_length = sum(len(p.input_ids) for p in pairs) / len(pairs)
-            if length > 0 and (self.prefix_cache is True or length >= PREFIX_MIN_SHARE * mean_length):
+            length, images = shared_prefix(pairs, self.encoder.image_token_id, self.encoder.merge_size)
+            if length > 0 and (self.prefix_cache is True or pays(length, pairs)):
                 return self.score_encoded_with_prefix(pairs, length, images)
         return self.score_encoded(pairs)
 
@@ -345,100 +327,28 @@ class Reranker:
 
     # ---- shared-prefix path ----------------------------------------------------------------
     def _prefix_cache_available(self) -> bool:
-        """Whether this backbone and LabelScorer can run the shared-prefix path (checked once)."""
+        """Whether this backbone can run the shared-prefix path (checked once)."""
         if self._prefix_supported is None:
-            multimodal = getattr(self.scorer.model.config, "vision_config", None) is not None
-            self._prefix_supported = not multimodal or hasattr(self.scorer.decoder, "get_rope_index")
+            self._prefix_supported = prefix_usable(self.scorer)
             if not self._prefix_supported:
-                log.warning("prefix_cache: not supported by this backbone / LabelScorer; scoring without it")
+                log.warning("prefix_cache: not supported by this backbone; scoring without it")
         return self._prefix_supported
-
-    def _positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """3-D RoPE positions ``[3, B, L]`` of a left-padded batch as if each row started at 0."""
-        mask = batch["attention_mask"]
-        if "image_grid_thw" in batch and hasattr(self.scorer.decoder, "get_rope_index"):
-            positions, _ = self.scorer.decoder.get_rope_index(
-                batch["input_ids"],
-                mm_token_type_ids=batch["mm_token_type_ids"],
-                image_grid_thw=batch["image_grid_thw"],
-                attention_mask=mask,
-            )
-            return positions
-        text = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        if getattr(self.scorer.model.config, "vision_config", None) is None:
-            return text
-        return text.unsqueeze(0).expand(3, -1, -1)
-
-    def _shared_prefix(self, pairs: Sequence[EncodedPair], has_query_image: bool) -> tuple[int, int]:
-        """(prefix length in tokens, number of images in it), cut before any document image."""
-        first = pairs[0].input_ids
-        length = min(len(p.input_ids) for p in pairs) - 1  # the answer position stays in the suffix
-        for pair in pairs[1:]:
-            ids = pair.input_ids
-            common = 0
-            while common < length and ids[common] == first[common]:
-                common += 1
-            length = common
-        image_id = self.encoder.image_token_id
-        runs, inside = 0, False
-        for index in range(length):
-            is_image = first[index] == image_id
-            if is_image and not inside:
-                runs += 1
-                if runs > int(has_query_image):  # a document image starts here: the prefix ends before it
-                    return index, runs - 1
-            inside = is_image
-        if inside:  # ends inside the query image's tokens: step back before it
-            while length > 0 and first[length - 1] == image_id:
-                length -= 1
-            runs -= 1
-        return length, runs
-
-    @torch.inference_mode()
-    def _encode_prefix(self, pair: EncodedPair, length: int, images: int) -> _Prefix:
-        from transformers import DynamicCache
-
-        prefix = EncodedPair(
-            pair.input_ids[:length], pair.pixel_values[:images], pair.image_grid_thw[:images]
-        )
-        batch = self._to_device(self.encoder.collate([prefix]))
-        positions = self._positions(batch)
-        cache = DynamicCache(config=self.scorer.model.config)
-        self.scorer({**batch, "position_ids": positions, "past_key_values": cache})
-        keys = [layer.keys for layer in cache.layers]
-        values = [layer.values for layer in cache.layers]
-        return _Prefix(length, int(positions.max()) + 1, keys, values)
 
     def score_encoded_with_prefix(
         self, pairs: Sequence[EncodedPair], length: int, images: int
     ) -> list[float]:
         """Scores of one query's encoded pairs whose first ``length`` tokens (holding ``images``
         images) are shared, computing that prefix once and reusing its keys/values (exact)."""
-        prefix = self._encode_prefix(pairs[0], length, images)
-        suffixes = [
-            EncodedPair(p.input_ids[length:], p.pixel_values[images:], p.image_grid_thw[images:])
-            for p in pairs
-        ]
+        with torch.inference_mode():
+            head = split(pairs[0], length, images)[0]
+            prefix = run_prefix(self.scorer, self._to_device(self.encoder.collate([head])))
+        suffixes = [split(pair, length, images)[1] for pair in pairs]
         order = sorted(range(len(pairs)), key=lambda i: (len(pairs[i].input_ids), i))
         return self._run_batches(
             order, lambda chunk: self._score_suffixes([suffixes[i] for i in chunk], prefix)
         )
 
     @torch.inference_mode()
-    def _score_suffixes(self, suffixes: Sequence[EncodedPair], prefix: _Prefix) -> list[float]:
-        from transformers import DynamicCache
-
-        batch = self._to_device(self.encoder.collate(suffixes))
-        rows = batch["input_ids"].shape[0]
-        positions = self._positions(batch) + prefix.next_position
-        cache = DynamicCache(
-            ddp_cache_data=[
-                (k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
-                for k, v in zip(prefix.keys, prefix.values, strict=True)
-            ],
-            config=self.scorer.model.config,
-        )
-        ones = torch.ones(rows, prefix.length, dtype=batch["attention_mask"].dtype, device=self.device)
-        batch["attention_mask"] = torch.cat([ones, batch["attention_mask"]], dim=1)
-        out = self.scorer({**batch, "position_ids": positions, "past_key_values": cache})
+    def _score_suffixes(self, suffixes: Sequence[EncodedPair], prefix: PrefixKV) -> list[float]:
+        out = score_after_prefix(self.scorer, self._to_device(self.encoder.collate(suffixes)), prefix)
         return self._objective_scores(out.label_logits, out.hidden)

@@ -22,8 +22,18 @@ import objectives
 from datamodules.metrics import Summary, TaskResult, format_table, query_metric, summarize
 from datamodules.trec import write_run
 from lightning_modules.backbone import LabelScorer, label_token_id, label_words, load_backbone
-from lightning_modules.encoding import select_rows
+from lightning_modules.encoding import EncodedPair, collate_pairs, pad_token_id, unbatch
 from lightning_modules.export import base_fingerprint, config_sha256
+from lightning_modules.prefix import (
+    image_features,
+    pays,
+    prefix_usable,
+    run_prefix,
+    shared_prefix,
+    split,
+    vision_frozen,
+)
+from lightning_modules.prefix import score as score_suffixes
 
 # Checkpoints hold trainable weights only; Lightning's notice about the (frozen) rest is expected.
 warnings.filterwarnings(
@@ -54,8 +64,12 @@ class RerankerModule(L.LightningModule):
         train_merger: train the vision-language merger (patch merger / projector) in full.
         quantization: ``null`` or ``4bit`` (QLoRA).
         lm_head: ``frozen`` (default), ``label_rows`` or ``full`` (the paper's unfreezing probe).
-        pairs_per_forward: training micro-batch in pairs (0: the whole batch in one forward). Bounds
+        pairs_per_forward: training micro-batch in pairs (0: a whole group per forward). Bounds
             activation memory independently of the group size, with exact gradients.
+        share_prefix: run the tokens a group's pairs share (system prompt, instruction, query and
+            its image) once per training group, and once per evaluated query where it pays,
+            instead of once per pair (exact; off by itself in training under
+            ``gradient_checkpointing``, which drops KV caches in transformers).
         fusion_alpha: if set, rank by α·reranker + (1−α)·retriever (each min-max normalised per
             query) in validation, test and predict.
         gradient_checkpointing: recompute decoder layers in backward (non-reentrant, so it works
@@ -84,6 +98,7 @@ class RerankerModule(L.LightningModule):
         quantization: str | None = None,
         lm_head: str = "frozen",
         pairs_per_forward: int = 0,
+        share_prefix: bool = True,
         fusion_alpha: float | None = None,
         gradient_checkpointing: bool = False,
         optimizer: str = "adamw",
@@ -131,7 +146,7 @@ class RerankerModule(L.LightningModule):
             # Adapters train in float32 even on a bf16 base: bf16 weights would swallow small Adam
             # updates late in the schedule.
             for param in model.parameters():
-                if param.requires_grad:
+                if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
                     param.data = param.data.float()
         else:
             model.requires_grad_(True)
@@ -141,6 +156,10 @@ class RerankerModule(L.LightningModule):
         positive_words, negative_words = self.objective.label_tokens
         self.token_words = label_words(self.objective)
         self.scorer = LabelScorer(model, [label_token_id(tokenizer, w) for w in self.token_words], lm_head)
+        # What re-collating a group's prefix and suffixes needs (the PairEncoder's conventions).
+        self._pad_token_id = pad_token_id(tokenizer)
+        self._image_token_id = getattr(model.config, "image_token_id", None)
+        self._merge_size = getattr(getattr(model.config, "vision_config", None), "spatial_merge_size", 1)
         self._token_columns = [self.token_words.index(w) for w in (*positive_words, *negative_words)]
         # Per rank: reranked scores per task/query, and per-query metric values (reranked, retriever);
         # gathered over ranks at the end of an evaluation (each query lives on exactly one rank).
@@ -152,40 +171,81 @@ class RerankerModule(L.LightningModule):
         self._resume_rng: dict | None = None  # generator states of a checkpoint being resumed
 
     # ---- scoring ---------------------------------------------------------------------------
-    def _score_chunk(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = self.scorer(inputs)
-        return scores.label_logits, scores.hidden
-
-    def score_pairs(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        """Label logits [n, 2] (yes, no) plus the extra inputs the objective needs.
-
-        With gradients on and ``pairs_per_forward`` set, the pairs are scored in micro-batches,
-        each under non-reentrant activation checkpointing: the forward keeps no activations, the
-        objective sees the scores of the whole group (so group-coupled weights such as CL's
-        softmax are exact), and backward recomputes one micro-batch at a time. Peak activation
-        memory is that of ``pairs_per_forward`` pairs, whatever the group size (design.md §6).
-        """
-        rows, chunk = inputs["input_ids"].shape[0], self.hparams.pairs_per_forward
-        if torch.is_grad_enabled() and 0 < chunk < rows:
-            # Micro-batches of similar lengths pad less; scores go back to the batch's row order.
-            order = sorted(range(rows), key=lambda row: int(inputs["attention_mask"][row].sum()))
-            parts = [
-                checkpoint(
-                    self._score_chunk, select_rows(inputs, order[start : start + chunk]), use_reentrant=False
-                )
-                for start in range(0, rows, chunk)
-            ]
-            restore = torch.argsort(torch.as_tensor(order, device=inputs["input_ids"].device))
-            label_logits = torch.cat([logits for logits, _ in parts])[restore]
-            hidden = torch.cat([hidden for _, hidden in parts])[restore]
-        else:
-            label_logits, hidden = self._score_chunk(inputs)
+    def _extras(self, label_logits: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, dict]:
         extra = {}
         if "hidden" in self.objective.needs:
             extra["hidden"] = hidden.float()
         if "token_logits" in self.objective.needs:
             extra["token_logits"] = label_logits[:, self._token_columns]
         return label_logits[:, :2], extra
+
+    def score_pairs(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """Label logits [n, 2] (yes, no) of a collated batch in one forward, plus the extra inputs
+        the objective needs (evaluation and export; training goes through :meth:`score_groups`)."""
+        scores = self.scorer(inputs)
+        return self._extras(scores.label_logits, scores.hidden)
+
+    def _collate(self, pairs: list[EncodedPair], device: torch.device) -> dict[str, torch.Tensor]:
+        batch = collate_pairs(pairs, self._pad_token_id, self._image_token_id)
+        return {key: value.to(device) for key, value in batch.items()}
+
+    def score_groups(self, inputs: dict[str, torch.Tensor], group_size: int) -> tuple[torch.Tensor, dict]:
+        """Label logits [n, 2] and the objective's extras for a training batch of whole groups.
+
+        Group by group, exactly (lightning_modules/prefix.py): the tokens all pairs of a group
+        share (system prompt, instruction, query and its image) run once and each document's
+        remaining tokens are scored against their keys/values; images go through a frozen vision
+        tower once. With ``pairs_per_forward`` set, a group's suffixes are scored in length-sorted
+        micro-batches of that many pairs, each under non-reentrant activation checkpointing
+        except the batch's last, a full one of the longest suffixes (backward starts with it, so
+        keeping its activations adds no peak and saves recomputing the most expensive pairs): the
+        forward keeps no activations, the objective sees the scores of the whole group (so
+        group-coupled weights such as CL's softmax are exact), and backward recomputes one
+        micro-batch at a time. Peak activation memory is that of ``pairs_per_forward`` pairs plus
+        the groups' prefixes, whatever the number of negatives (design.md §6).
+        """
+        pairs = unbatch(inputs)
+        device, rows = inputs["input_ids"].device, len(pairs)
+        per_forward = self.hparams.pairs_per_forward
+        checkpointed = torch.is_grad_enabled() and 0 < per_forward < rows
+        size = per_forward if per_forward > 0 else group_size
+        share = self.hparams.share_prefix and group_size > 1 and prefix_usable(self.scorer)
+        frozen = vision_frozen(self.scorer)
+
+        def features(items: list[EncodedPair]):
+            images = [image for p in items for image in zip(p.pixel_values, p.image_grid_thw, strict=True)]
+            return image_features(self.scorer, images).pick(range(len(images))) if frozen and images else None
+
+        def run(batch, prefix, image_feats) -> tuple[torch.Tensor, torch.Tensor]:
+            out = score_suffixes(self.scorer, batch, prefix, image_feats)
+            return out.label_logits, out.hidden
+
+        parts, order = [], []
+        for start in range(0, rows, group_size):
+            group = pairs[start : start + group_size]
+            length, images = shared_prefix(group, self._image_token_id, self._merge_size) if share else (0, 0)
+            prefix = None
+            if length > 0:
+                head = split(group[0], length, images)[0]
+                prefix = run_prefix(self.scorer, self._collate([head], device), features([head]))
+            suffixes = [split(pair, length, images)[1] for pair in group]
+            ranked = sorted(range(len(group)), key=lambda i: (len(suffixes[i].input_ids), i))
+            # Full micro-batches from the longest suffixes down, the remainder first: the batch's last
+            # micro-batch (kept, not recomputed) is then a full one of the longest suffixes.
+            chunks = [ranked[max(0, end - size) : end] for end in range(len(ranked), 0, -size)][::-1]
+            for number, chunk in enumerate(chunks):
+                items = [suffixes[i] for i in chunk]
+                args = (self._collate(items, device), prefix, features(items))
+                last = start + group_size >= rows and number == len(chunks) - 1
+                if checkpointed and not last:
+                    parts.append(checkpoint(run, *args, use_reentrant=False))
+                else:
+                    parts.append(run(*args))
+                order += [start + i for i in chunk]
+        restore = torch.argsort(torch.as_tensor(order, device=device))
+        label_logits = torch.cat([logits for logits, _ in parts])[restore]
+        hidden = torch.cat([hidden for _, hidden in parts])[restore]
+        return self._extras(label_logits, hidden)
 
     # ---- checkpoints -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -234,7 +294,7 @@ class RerankerModule(L.LightningModule):
             # Every group of this batch was a skipped bad record. Every rank must still run a step
             # touching all trainable parameters, or DDP's gradient all-reduce would hang.
             return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
-        logits, extra = self.score_pairs(batch["inputs"])
+        logits, extra = self.score_groups(batch["inputs"], group_size)
         extra = {k: v.view(groups, group_size, *v.shape[1:]) for k, v in extra.items()}
         out = self.objective(logits.view(groups, group_size, 2), positives, **extra)
         self._remember_weights(out.weights.detach(), positives)
@@ -322,8 +382,7 @@ class RerankerModule(L.LightningModule):
         min-max normalised over the query's candidates.
         """
         scores = []
-        for chunk in batch["chunks"]:
-            logits, extra = self.score_pairs(chunk)
+        for logits, extra in self._score_query_chunks(batch["chunks"]):
             extra = {k: v.unsqueeze(0) for k, v in extra.items()}
             scores.append(self.objective.score(logits.unsqueeze(0), **extra)[0].double())
         if not scores:
@@ -334,6 +393,27 @@ class RerankerModule(L.LightningModule):
             retriever = torch.tensor(batch["first_stage"], dtype=torch.float64, device=reranked.device)
             reranked = alpha * _minmax(reranked) + (1 - alpha) * _minmax(retriever)
         return reranked.tolist()
+
+    def _score_query_chunks(self, chunks: list[dict[str, torch.Tensor]]):
+        """(label logits, extras) of each chunk of one query's candidates; the query's shared
+        prefix runs once when it pays (``prefix.pays``), as in ``Reranker.score``."""
+        pairs = [pair for chunk in chunks for pair in unbatch(chunk)] if self.hparams.share_prefix else []
+        if len(pairs) < 2 or not prefix_usable(self.scorer):
+            yield from (self.score_pairs(chunk) for chunk in chunks)
+            return
+        length, images = shared_prefix(pairs, self._image_token_id, self._merge_size)
+        if not pays(length, pairs):
+            yield from (self.score_pairs(chunk) for chunk in chunks)
+            return
+        device = chunks[0]["input_ids"].device
+        prefix = run_prefix(self.scorer, self._collate([split(pairs[0], length, images)[0]], device))
+        start = 0
+        for chunk in chunks:
+            rows = chunk["input_ids"].shape[0]
+            suffixes = [split(pair, length, images)[1] for pair in pairs[start : start + rows]]
+            out = score_suffixes(self.scorer, self._collate(suffixes, device), prefix)
+            yield self._extras(out.label_logits, out.hidden)
+            start += rows
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         metas = self._metas

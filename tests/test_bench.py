@@ -25,9 +25,11 @@ def test_quick_bench_writes_the_report(tiny_model_dir, tmp_path):
     assert set(train) == {f"{m}/n{n}" for m in TRAIN_METHODS for n in TRAIN_NEGATIVES}
     for result in train.values():
         assert result["pairs_per_s"] > 0 and result["tokens_per_pair"] > 0
+    for result in train.values():  # one step per family of the quick workload
+        assert set(result["families"]) == {"T2T", "I2T"}
     inference = saved["models"]["tiny"]["inference"]
-    for name in ("text_queries", "image_queries"):
-        assert inference[name]["loop_pairs_per_s"] > 0 and inference[name]["batched_pairs_per_s"] > 0
-        assert inference[name]["batched_vs_loop_max_abs_diff"] < 1e-4
+    assert set(inference["families"]) == {"T2T", "I2T"}
+    assert inference["loop_pairs_per_s"] > 0 and inference["default_pairs_per_s"] > 0
+    assert inference["max_abs_diff_default_vs_loop"] < 1e-4
     markdown = (tmp_path / "bench" / "bench.md").read_text()
     assert saved["device"] in markdown and "| tiny | 16 | rerank-lab |" in markdown

@@ -9,7 +9,6 @@ from PIL import Image
 
 from datamodules.formats import Doc
 from lightning_modules.backbone import LabelScorer
-from lightning_modules.encoding import EncodedPair
 from lightning_modules.inference import Reranker, as_doc
 
 INSTRUCTION = "Find the match."
@@ -121,19 +120,6 @@ def test_input_forms_are_checked():
         as_doc({"txt": "a"})
     with pytest.raises(ValueError, match="expected a str"):
         as_doc(3)
-
-
-def test_shared_prefix_stops_before_document_images(reranker):
-    image = reranker.encoder.image_token_id
-    # Text query, image-only documents of equal size: token ids agree into the document image.
-    pairs = [EncodedPair([1, 2, 3, 9, image, image, 8, 7]), EncodedPair([1, 2, 3, 9, image, image, 8, 6])]
-    assert reranker._shared_prefix(pairs, has_query_image=False) == (4, 0)
-    # Image query: its image run stays in the prefix, a document image after it does not.
-    pairs = [EncodedPair([1, image, image, 5, 9, image, 7]), EncodedPair([1, image, image, 5, 9, image, 6])]
-    assert reranker._shared_prefix(pairs, has_query_image=True) == (5, 1)
-    # The answer position always stays in the suffix.
-    pairs = [EncodedPair([1, 2, 3]), EncodedPair([1, 2, 3])]
-    assert reranker._shared_prefix(pairs, has_query_image=False) == (2, 0)
 
 
 @pytest.mark.parametrize("query_kind", ["image", "text", "image+text"])

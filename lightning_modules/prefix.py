@@ -1,0 +1,227 @@
+"""Shared query prefixes and once-per-image vision features: the exact shortcuts of scoring a group.
+
+Every pair of a query group starts with the same tokens: the system prompt, the instruction and
+the query (its image included). This module finds that prefix on the token ids, runs it once,
+keeping its keys/values (with their autograd graph when gradients are on), and scores each
+candidate's remaining tokens, its *suffix*, against them. Training (``RerankerModule``, one
+prefix per group of 1 + N documents) and inference (``Reranker``, one per query) both use it.
+
+Why it is exact, for Qwen2-VL / Qwen2.5-VL / Qwen3-VL in transformers 5 and for text-only
+decoders: a causal decoder's keys/values at a position depend only on the tokens up to it, and a
+token's multimodal RoPE position depends only on the tokens before it. So a suffix's positions
+are those of the suffix alone (``get_rope_index`` on it) shifted by the prefix's next position,
+and attention over [prefix keys/values; suffix] is attention over the whole pair. Suffixes of
+different lengths are left padded between prefix and suffix, and the padding is masked out.
+Deep-stack features of a query image (Qwen3-VL) are injected in the prefix pass. With gradients,
+every suffix batch reads the same prefix tensors (expanded over its rows, not copied), so autograd
+sums their gradients and runs the prefix's backward once.
+
+Where the prefix ends is read off the token ids: the longest common token prefix of the group,
+leaving at least one token to every suffix (the answer position), never ending inside an image,
+and holding an image only when its pixels and grid are identical in every pair. So BPE merges
+across the query/document boundary, or documents whose images have the query image's size,
+cannot make it wrong.
+
+Vision once: :func:`image_features` runs the vision tower over a list of images in one call, and
+the result goes to the decoder as ``mm_encoder_outputs`` instead of pixels. An image is then
+encoded once per step even when its pair is scored twice (checkpointed micro-batches), and a
+query image once per group. Exact while the vision tower is frozen (the default LoRA setup; it is
+run without gradients); with a trainable vision tower callers pass pixels as before.
+
+Not available under Hugging Face gradient checkpointing in training: transformers drops the KV
+cache inside checkpointed layers, so :func:`prefix_usable` says no and callers score whole pairs.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from lightning_modules.backbone import LabelScorer, Scores, text_position_ids
+from lightning_modules.encoding import EncodedPair
+
+Image = tuple[torch.Tensor, torch.Tensor]  # (pixel patches, grid t/h/w) of one processed image
+# Without gradients (evaluation, inference) the prefix's keys/values are copied into every batch,
+# so sharing pays from this share of the mean pair length on (measured by experiments.bench).
+PREFIX_MIN_SHARE = 0.3
+
+
+def pays(length: int, pairs: Sequence[EncodedPair]) -> bool:
+    """Whether a ``length``-token shared prefix is worth caching for scoring ``pairs``."""
+    return length > 0 and length >= PREFIX_MIN_SHARE * sum(len(p.input_ids) for p in pairs) / len(pairs)
+
+
+@dataclass
+class PrefixKV:
+    """A group's shared prefix: its length in tokens, the next RoPE position, its keys/values."""
+
+    length: int
+    next_position: int
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+
+def prefix_usable(scorer: LabelScorer) -> bool:
+    """Whether the backbone can score suffixes against a cached prefix exactly (see module doc)."""
+    model = scorer.model
+    if getattr(model.config, "vision_config", None) is not None and not hasattr(
+        scorer.decoder, "get_rope_index"
+    ):
+        return False
+    layers_checkpointed = model.training and getattr(model, "is_activation_checkpointing", False)
+    return not layers_checkpointed
+
+
+def vision_frozen(scorer: LabelScorer) -> bool:
+    """Whether images can be encoded once and passed as features (frozen vision tower, new API)."""
+    visual = getattr(scorer.decoder, "visual", None)
+    if visual is None or not hasattr(scorer.decoder, "get_image_features"):
+        return False
+    if "mm_encoder_outputs" not in inspect.signature(scorer.decoder.forward).parameters:
+        return False
+    return not any(param.requires_grad for param in visual.parameters())
+
+
+def shared_prefix(pairs: Sequence[EncodedPair], image_token_id: int, merge_size: int) -> tuple[int, int]:
+    """(length in tokens, number of images) of the prefix that every pair shares exactly.
+
+    Args:
+        pairs: the encoded pairs of one query (at least one).
+        image_token_id: the image placeholder token.
+        merge_size: the processor's spatial merge (visual tokens per image = t·h·w / merge²).
+    """
+    first = pairs[0]
+    length = min(len(p.input_ids) for p in pairs) - 1  # the answer position stays in the suffix
+    for pair in pairs[1:]:
+        common = 0
+        while common < length and pair.input_ids[common] == first.input_ids[common]:
+            common += 1
+        length = common
+    index = image = 0
+    while index < length:
+        if first.input_ids[index] != image_token_id:
+            index += 1
+            continue
+        end = index + int(first.image_grid_thw[image].prod()) // merge_size**2
+        same = all(
+            torch.equal(p.image_grid_thw[image], first.image_grid_thw[image])
+            and torch.equal(p.pixel_values[image], first.pixel_values[image])
+            for p in pairs[1:]
+        )
+        if end > length or not same:
+            return index, image
+        index, image = end, image + 1
+    return length, image
+
+
+def split(pair: EncodedPair, length: int, images: int) -> tuple[EncodedPair, EncodedPair]:
+    """(prefix, suffix) of a pair cut after ``length`` tokens holding its first ``images`` images."""
+    return (
+        EncodedPair(pair.input_ids[:length], pair.pixel_values[:images], pair.image_grid_thw[:images]),
+        EncodedPair(pair.input_ids[length:], pair.pixel_values[images:], pair.image_grid_thw[images:]),
+    )
+
+
+def positions(scorer: LabelScorer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """RoPE positions of a left-padded batch as if each row started at 0 (``[3, B, L]`` for VLMs)."""
+    mask = batch["attention_mask"]
+    if "image_grid_thw" in batch:
+        found, _ = scorer.decoder.get_rope_index(
+            batch["input_ids"],
+            mm_token_type_ids=batch["mm_token_type_ids"],
+            image_grid_thw=batch["image_grid_thw"],
+            attention_mask=mask,
+        )
+        return found
+    text = text_position_ids(mask)
+    if getattr(scorer.model.config, "vision_config", None) is None:
+        return text
+    return text.unsqueeze(0).expand(3, -1, -1)
+
+
+@dataclass
+class ImageFeatures:
+    """Vision-tower outputs of some images, one entry per image, selectable by index."""
+
+    output_type: type
+    pooled: list[torch.Tensor]
+    deepstack: list[list[torch.Tensor]] | None  # per image, per deep-stack layer (Qwen3-VL)
+
+    def pick(self, indices: Sequence[int]):
+        """``mm_encoder_outputs["image"]`` for the images at ``indices``, in that order."""
+        fields = {"pooler_output": tuple(self.pooled[i] for i in indices)}
+        if self.deepstack is not None:
+            layers = len(self.deepstack[0]) if self.deepstack else 0
+            fields["deepstack_features"] = [
+                tuple(self.deepstack[i][k] for i in indices) for k in range(layers)
+            ]
+        return self.output_type(**fields)
+
+
+@torch.no_grad()
+def image_features(scorer: LabelScorer, images: Sequence[Image]) -> ImageFeatures:
+    """Run the (frozen) vision tower once over ``images``."""
+    device = next(scorer.decoder.parameters()).device
+    pixel_values = torch.cat([pixels for pixels, _ in images]).to(device)
+    grids = torch.stack([grid for _, grid in images]).to(device)
+    out = scorer.decoder.get_image_features(pixel_values, grids, return_dict=True)
+    deepstack = getattr(out, "deepstack_features", None)
+    return ImageFeatures(
+        output_type=type(out),
+        pooled=list(out.pooler_output),
+        deepstack=[list(feats) for feats in zip(*deepstack, strict=True)] if deepstack else None,
+    )
+
+
+def _decoder_inputs(batch: dict[str, torch.Tensor], features) -> dict:
+    inputs = {key: value for key, value in batch.items() if key != "image_counts"}
+    if features is not None:
+        inputs.pop("pixel_values", None)
+        inputs["mm_encoder_outputs"] = {"image": features}
+    return inputs
+
+
+def run_prefix(scorer: LabelScorer, batch: dict[str, torch.Tensor], features=None) -> PrefixKV:
+    """Run a one-row prefix batch and keep its keys/values (with their graph if grad is on)."""
+    from transformers import DynamicCache
+
+    position_ids = positions(scorer, batch)
+    cache = DynamicCache(config=scorer.model.config)
+    scorer.decoder(
+        **_decoder_inputs(batch, features), position_ids=position_ids, past_key_values=cache, use_cache=True
+    )
+    return PrefixKV(
+        length=batch["input_ids"].shape[1],
+        next_position=int(position_ids.max()) + 1,
+        keys=[layer.keys for layer in cache.layers],
+        values=[layer.values for layer in cache.layers],
+    )
+
+
+def score(
+    scorer: LabelScorer, batch: dict[str, torch.Tensor], prefix: PrefixKV | None = None, features=None
+) -> Scores:
+    """Label logits of a left-padded batch of pairs, or of suffixes after ``prefix``.
+
+    ``features`` (from :meth:`ImageFeatures.pick`) replace the batch's pixels when given.
+    """
+    inputs = _decoder_inputs(batch, features)
+    if prefix is not None:
+        from transformers import DynamicCache
+
+        rows = batch["input_ids"].shape[0]
+        inputs["position_ids"] = positions(scorer, batch) + prefix.next_position
+        inputs["past_key_values"] = DynamicCache(
+            ddp_cache_data=[
+                (k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
+                for k, v in zip(prefix.keys, prefix.values, strict=True)
+            ],
+            config=scorer.model.config,
+        )
+        mask = batch["attention_mask"]
+        ones = torch.ones(rows, prefix.length, dtype=mask.dtype, device=mask.device)
+        inputs["attention_mask"] = torch.cat([ones, mask], dim=1)
+    return scorer(inputs)

@@ -1,0 +1,87 @@
+"""Shared query prefixes and once-per-image vision features in training: exact, and really used."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_modules.encoding import EncodedPair, unbatch
+from lightning_modules.prefix import shared_prefix
+from lightning_modules.reranker import RerankerModule
+from tests.test_reranker import first_batch, make_data
+
+IMAGE = 99  # the image token id of the hand-made pairs below
+
+
+def _pair(ids: list[int], images: list[torch.Tensor]) -> EncodedPair:
+    return EncodedPair(ids, list(images), [torch.tensor([1, 1, 2])] * len(images))  # 2 tokens an image
+
+
+def test_prefix_keeps_the_query_image_and_stops_before_document_images():
+    query, doc_a, doc_b = torch.zeros(4, 3), torch.ones(4, 3), torch.full((4, 3), 2.0)
+    # Text query, image documents of the query's size: ids agree into the document image, pixels do not.
+    pairs = [
+        _pair([1, 2, 3, 9, IMAGE, IMAGE, 8, 7], [doc_a]),
+        _pair([1, 2, 3, 9, IMAGE, IMAGE, 8, 6], [doc_b]),
+    ]
+    assert shared_prefix(pairs, IMAGE, merge_size=1) == (4, 0)
+    # Image query: its image (same pixels in every pair) is shared, the document image after it is not.
+    pairs = [
+        _pair([1, IMAGE, IMAGE, 5, 9, IMAGE, IMAGE, 7], [query, doc_a]),
+        _pair([1, IMAGE, IMAGE, 5, 9, IMAGE, IMAGE, 6], [query, doc_b]),
+    ]
+    assert shared_prefix(pairs, IMAGE, merge_size=1) == (5, 1)
+    # Equal ids but different first images (not a query image): nothing from the image on is shared.
+    pairs = [_pair([1, IMAGE, IMAGE, 5, 6], [doc_a]), _pair([1, IMAGE, IMAGE, 5, 7], [doc_b])]
+    assert shared_prefix(pairs, IMAGE, merge_size=1) == (1, 0)
+    # The answer position always stays in the suffix.
+    assert shared_prefix([_pair([1, 2, 3], []), _pair([1, 2, 3], [])], IMAGE, merge_size=1) == (2, 0)
+
+
+def _step(folder, batch, **kwargs) -> tuple[float, dict[str, torch.Tensor], int]:
+    """(loss, gradients, images encoded by the vision tower) of one fp64 training step."""
+    torch.manual_seed(0)
+    module = RerankerModule(str(folder), dtype="float64", lora_dropout=0.0, **kwargs)
+    for name, param in module.named_parameters():  # LoRA B starts at 0: give it values so A gets grads
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    module.log = lambda *args, **kw: None
+    encoded = []
+    module.scorer.decoder.visual.register_forward_pre_hook(
+        lambda _, args, kw: encoded.append(len(kw["grid_thw"])), with_kwargs=True
+    )
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    return loss.item(), {n: p.grad for n, p in module.named_parameters() if p.grad is not None}, sum(encoded)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_shared_prefix_training_has_the_gradients_of_whole_pairs(tmp_path, demo_dir, tiny_model_dir, family):
+    """fp64: prefix sharing + image features computed once == every pair run whole, to 1e-6."""
+    from lightning_modules.tiny import build_tiny
+
+    folder = tiny_model_dir if family == "qwen2_vl" else build_tiny(tmp_path / family, family=family)
+    data = make_data(folder, demo_dir, num_negatives=3)
+    image_query = first_batch(data, count=1, predicate=lambda g: g.query.image)
+    text_query = first_batch(data, count=1, predicate=lambda g: not g.query.image)
+    merge = data.encoder.merge_size
+    group = unbatch(image_query["inputs"])
+    length, images = shared_prefix(group, data.encoder.image_token_id, merge)
+    assert images == 1 and length > 0.3 * min(len(p.input_ids) for p in group)  # the query image is shared
+    length, images = shared_prefix(unbatch(text_query["inputs"]), data.encoder.image_token_id, merge)
+    assert images == 0 and length > 20  # system prompt, instruction and query text
+    for batch in (image_query, text_query):
+        images = len(batch["inputs"].get("image_grid_thw", []))  # every pair's images, query's included
+        for lora_r in (4, 0):  # LoRA: frozen vision tower, features once; full: pixels in every forward
+            loss, reference, seen = _step(folder, batch, lora_r=lora_r, share_prefix=False)
+            assert seen == images
+            for per_forward in (0, 1, 3):
+                shared_loss, grads, seen = _step(
+                    folder, batch, lora_r=lora_r, share_prefix=True, pairs_per_forward=per_forward
+                )
+                if lora_r and batch is image_query:  # the query image once, not once per pair (4 pairs)
+                    assert seen == images - 3
+                assert shared_loss == pytest.approx(loss, abs=1e-9)
+                assert grads.keys() == reference.keys() and len(grads) > 10
+                for name, grad in reference.items():
+                    torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=0, msg=name)
