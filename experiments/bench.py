@@ -42,7 +42,8 @@ timed steps minus the RSS before them is reported. Both are the step's transient
 activations, logits, gradients) above the resident model and optimizer state. ``--quick`` (the
 smoke test) runs its configurations in-process, measured the same way.
 
-Timing: one step per family after one warm-up step; inference after one warm-up call.
+Timing: after one warm-up step (call), the fastest of ``Workload.repeats`` timings of each family's
+step (inference call), so that one busy moment of the machine does not decide a ratio.
 """
 
 from __future__ import annotations
@@ -156,18 +157,23 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def _timed_steps(step, batches: Sequence[dict], device) -> tuple[list[float], float]:
-    """Warm up on the first batch, then time one step per remaining batch; (times, peak MiB)."""
+def _timed_steps(step, batches: Sequence[dict], device, repeats: int = 2) -> tuple[list[float], float]:
+    """Warm up on the first batch, then time each batch ``repeats`` times and keep the fastest
+    (a step is a few seconds on a CPU, so one timing is at the mercy of other processes);
+    (times, peak MiB over all timed steps)."""
     step(batches[0])
     memory = PeakMemory(device)
     memory.start()
     times = []
-    for batch in batches[1:]:
-        _sync(device)
-        start = time.perf_counter()
-        step(batch)
-        _sync(device)
-        times.append(time.perf_counter() - start)
+    for batch in batches:
+        best = float("inf")
+        for _ in range(repeats):
+            _sync(device)
+            start = time.perf_counter()
+            step(batch)
+            _sync(device)
+            best = min(best, time.perf_counter() - start)
+        times.append(best)
     return times, memory.peak_mib()
 
 
@@ -274,7 +280,7 @@ def train_worker(
         optimizer.zero_grad(set_to_none=True)
 
     try:
-        times, peak = _timed_steps(step, [batches[0], *batches], device)  # warm up on the first family
+        times, peak = _timed_steps(step, batches, device, repeats=work.repeats)
     except torch.OutOfMemoryError:
         return {"arch": arch, "method": method, "negatives": negatives, "oom": True}
     families = [b["family"] for b in batches]
@@ -326,11 +332,14 @@ def infer_worker(arch: str, folder: Path, data_dir: Path, work: Workload) -> dic
         return [reranker._score_batch([encode(INSTRUCTION, query, doc)])[0] for doc in docs]
 
     def timed(fn, *args) -> tuple[float, list[float]]:
-        _sync(device)
-        start = time.perf_counter()
-        scores = fn(*args)
-        _sync(device)
-        return time.perf_counter() - start, scores
+        best = float("inf")
+        for _ in range(work.repeats):  # the fastest of a few calls, as for training steps
+            _sync(device)
+            start = time.perf_counter()
+            scores = fn(*args)
+            _sync(device)
+            best = min(best, time.perf_counter() - start)
+        return best, scores
 
     _, query, docs = groups[0]
     loop(query, docs[:2]), batched(query, docs[:4], "auto")  # warm-up

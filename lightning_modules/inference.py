@@ -46,18 +46,16 @@ Shared query prefix (KV cache). Every candidate of a query starts with the same 
 prompt, the instruction and the query (its image included). The prefix is run once per query and
 its keys/values are reused by every candidate batch (expanded, not copied, over the batch), through
 the same code as training (:mod:`lightning_modules.prefix`, which explains why it is exact and
-where the prefix ends). Measured on the tiny Qwen2-VL, Qwen2.5-VL and Qwen3-VL checkpoints: max
-|score difference| to the plain path 1e-7 (tests require 1e-4).
+where the prefix ends). Tests: scores equal the plain path to 1e-4 (measured 1e-7) for text, image
+and image+text queries; training gradients through the same code equal whole pairs for Qwen2-VL,
+Qwen2.5-VL and Qwen3-VL.
 
-When it pays: the saving is the prefix's share of each pair's tokens, plus the query image's
-vision-tower pass (once per query instead of once per candidate), minus copying the prefix KV
-into each batch. ``prefix_cache="auto"`` (default) uses it when the shared prefix is at least
-``prefix.PREFIX_MIN_SHARE`` (30%) of the mean pair length; ``True`` forces it, ``False`` disables it.
-``experiments.bench`` (CPU, 1 thread) measured 2.0-2.4x over plain batching on the 2B-proportioned
-model (prefix 40-75% of ~140-token pairs, text and image queries) and 1.3x (text queries) to 2.2x
-(image queries) on the tiny model with ~200-token pairs; text queries over long image documents
-save little. For multimodal backbones
-without multimodal-RoPE helpers the plain path runs (with one warning).
+When it pays: the saving is the prefix's share of each pair's tokens plus the query image's
+vision-tower pass (once per query instead of once per candidate); copying the prefix keys/values
+into each batch costs far less. ``prefix_cache="auto"`` (default) uses it when the shared prefix is
+at least ``prefix.PREFIX_MIN_SHARE`` (10%) of the mean pair length; ``True`` forces it, ``False``
+disables it. Figures per MRB task family: ``make bench`` (``runs/bench/bench.md``). For multimodal
+backbones without multimodal-RoPE helpers the plain path runs (with one warning).
 """
 
 from __future__ import annotations
@@ -181,7 +179,7 @@ class Reranker:
         path: str | Path,
         device: str | torch.device | None = None,
         dtype: str = "float32",
-        batch_size: int = 32,
+        batch_size: int | None = None,
         max_length: int | None = None,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
@@ -196,7 +194,8 @@ class Reranker:
             device: ``"cuda"``, ``"cpu"``, ...; default CUDA when available, else CPU.
             dtype: model weights dtype, ``float32`` (default, the documented evaluation dtype) or
                 ``bfloat16``; scores are float32 either way.
-            batch_size: pairs per forward pass.
+            batch_size: pairs per forward pass; default 32 on CUDA and 4 on CPU (where padding costs
+                more than batching gains: ``experiments.bench`` measured 4 fastest of 1/4/16).
             max_length: per-pair token cap; default from the export, else 3200.
             min_pixels: per-image minimum pixels; default from the export, else 4·28².
             max_pixels: per-image maximum pixels; default from the export, else 1280·28².
@@ -216,6 +215,7 @@ class Reranker:
         config = None
         if (folder / RERANK_CONFIG).is_file():
             config = json.loads((folder / RERANK_CONFIG).read_text(encoding="utf-8"))
+        batch_size = batch_size or (32 if device.type == "cuda" else 4)
         model = load_backbone(str(path), dtype, trust_remote_code, attn_implementation)
         model.requires_grad_(False)
         hidden_size = model.get_output_embeddings().weight.shape[1]
