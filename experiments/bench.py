@@ -34,13 +34,14 @@ left out, the same P for every method, so MFU compares useful work).
 
 Memory. CUDA: ``torch.cuda.max_memory_allocated`` over the timed steps minus the memory allocated
 before them, one fresh subprocess per configuration. CPU (tracemalloc does not see torch's
-allocations): one fresh forked process per configuration with glibc's mmap threshold fixed at
-64 KiB (``mallopt(M_MMAP_THRESHOLD)``, i.e. ``MALLOC_MMAP_THRESHOLD_``: every tensor buffer is its own
-mapping, returned to the OS when freed, so RSS follows live tensors); after a warm-up step the
-process's peak-RSS mark is reset (``/proc/self/clear_refs`` <- 5) and the peak (``VmHWM``) over the
-timed steps minus the RSS before them is reported. Both are the step's transient memory (inputs,
-activations, logits, gradients) above the resident model and optimizer state. ``--quick`` (the
-smoke test) runs its configurations in-process, measured the same way.
+allocations): a second fresh forked process per configuration, with glibc's mmap threshold fixed
+at 64 KiB (``mallopt(M_MMAP_THRESHOLD)``, i.e. ``MALLOC_MMAP_THRESHOLD_``: every tensor buffer is its
+own mapping, returned to the OS when freed, so RSS follows live tensors); after a warm-up step the
+process's peak-RSS mark is reset (``/proc/self/clear_refs`` <- 5) and the peak (``VmHWM``) over one
+step per family minus the RSS before them is reported. Timings come from the first process, with
+the normal allocator (a mapping per buffer costs page faults, and not equally for every method).
+Both are the step's transient memory (inputs, activations, logits, gradients) above the resident
+model and optimizer state. ``--quick`` (the smoke test) runs its configurations in-process.
 
 Timing: after one warm-up step (call), the fastest of ``Workload.repeats`` timings of each family's
 step (inference call), so that one busy moment of the machine does not decide a ratio.
@@ -207,9 +208,19 @@ def _mix_summary(pairs: dict[str, int], tokens: dict[str, float], seconds: dict[
 
 
 def train_worker(
-    arch: str, folder: Path, data_dir: Path, method: str, negatives: int, work: Workload
+    arch: str,
+    folder: Path,
+    data_dir: Path,
+    method: str,
+    negatives: int,
+    work: Workload,
+    measure: str = "both",
 ) -> dict:
-    """Measure one training configuration in this process: one step per task family."""
+    """Measure one training configuration in this process: one step per task family.
+
+    ``measure``: ``time`` (pairs/s), ``memory`` (peak step memory: one step per family, under the
+    mmap threshold set by the caller) or ``both`` (CUDA, where measuring memory costs no speed).
+    """
     import torch
 
     import objectives
@@ -280,7 +291,7 @@ def train_worker(
         optimizer.zero_grad(set_to_none=True)
 
     try:
-        times, peak = _timed_steps(step, batches, device, repeats=work.repeats)
+        times, peak = _timed_steps(step, batches, device, repeats=1 if measure == "memory" else work.repeats)
     except torch.OutOfMemoryError:
         return {"arch": arch, "method": method, "negatives": negatives, "oom": True}
     families = [b["family"] for b in batches]
@@ -294,11 +305,14 @@ def train_worker(
         "method": method,
         "negatives": negatives,
         "pairs_per_step": 1 + negatives,
-        **mix,
-        "peak_mib": peak,
         "oom": False,
     }
-    if device.type == "cuda":
+    if measure in ("time", "both"):
+        result.update(mix)
+    if measure in ("memory", "both"):
+        result["peak_mib"] = peak
+        result.setdefault("tokens_per_pair", mix["tokens_per_pair"])
+    if device.type == "cuda" and measure != "memory":
         result["mfu"] = 6 * flop_params(model) * mix["tokens_per_s"] / peak_flops()
     return result
 
@@ -394,7 +408,7 @@ def _run_worker(spec: dict, mode: str, threads: int) -> dict:
         return _run_forked(spec, threads)
     env = {
         **os.environ,
-        "MALLOC_MMAP_THRESHOLD_": "65536",
+        **({"MALLOC_MMAP_THRESHOLD_": "65536"} if spec.get("measure") == "memory" else {}),
         "OMP_NUM_THREADS": str(threads),
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": "1",
@@ -462,13 +476,22 @@ def fix_mmap_threshold(threshold: int = 65536) -> None:
 def _dispatch(spec: dict, threads: int) -> dict:
     import torch
 
-    fix_mmap_threshold()
+    if spec.get("measure") == "memory":
+        fix_mmap_threshold()  # RSS then follows live tensors (costs speed: timings run without it)
     torch.set_num_threads(threads)
     use_random_backbones()
     work = Workload(**{key: tuple(v) if isinstance(v, list) else v for key, v in spec["work"].items()})
     folder, data_dir = Path(spec["folder"]), Path(spec["data"])
     if spec["kind"] == "train":
-        return train_worker(spec["arch"], folder, data_dir, spec["method"], spec["negatives"], work)
+        return train_worker(
+            spec["arch"],
+            folder,
+            data_dir,
+            spec["method"],
+            spec["negatives"],
+            work,
+            spec.get("measure", "both"),
+        )
     return infer_worker(spec["arch"], folder, data_dir, work)
 
 
@@ -540,12 +563,12 @@ def run(
         "memory_method": (
             "torch.cuda.max_memory_allocated minus allocated before the timed steps"
             if cuda
-            else "peak RSS (VmHWM after clear_refs reset) minus RSS before the timed steps, "
+            else "peak RSS (VmHWM after clear_refs reset) minus RSS before the measured steps, "
             "glibc mmap threshold 64 KiB, "
             + {
                 "in-process": "configurations run one after another in one process",
-                "fork": "a fresh forked process per configuration",
-                "subprocess": "a fresh subprocess per configuration",
+                "fork": "a fresh forked process per configuration, separate from the timing process",
+                "subprocess": "a fresh subprocess per configuration, separate from the timing process",
             }[mode]
         ),
         "models": {},
@@ -562,7 +585,14 @@ def run(
             for negatives in TRAIN_NEGATIVES:
                 for method in ARCHS[arch].get("methods", TRAIN_METHODS):
                     spec = {**base, "kind": "train", "method": method, "negatives": negatives}
-                    train[f"{method}/n{negatives}"] = _run_worker(spec, mode, threads)
+                    if cuda or quick:  # CUDA's allocator statistics cost no speed; quick is a smoke test
+                        result = _run_worker({**spec, "measure": "both"}, mode, threads)
+                    else:  # CPU: time with the normal allocator, measure memory in a second process
+                        result = _run_worker({**spec, "measure": "time"}, mode, threads)
+                        if not result.get("oom"):
+                            memory = _run_worker({**spec, "measure": "memory"}, mode, threads)
+                            result["peak_mib"] = memory.get("peak_mib")
+                    train[f"{method}/n{negatives}"] = result
                     print(
                         f"bench: {arch} train {method} N={negatives}: {_short(train[f'{method}/n{negatives}'])}",
                         flush=True,

@@ -85,3 +85,28 @@ def test_shared_prefix_training_has_the_gradients_of_whole_pairs(tmp_path, demo_
                 assert grads.keys() == reference.keys() and len(grads) > 10
                 for name, grad in reference.items():
                     torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=0, msg=name)
+
+
+def test_validation_scores_with_the_shared_prefix_equal_whole_pairs(tiny_model_dir, demo_dir):
+    """Evaluation runs each query's prefix once (where it pays); scores equal whole pairs (1e-5)."""
+    from lightning_modules.prefix import pays
+
+    data = make_data(tiny_model_dir, demo_dir, eval_pairs_per_batch=4)
+    data.setup("validate")
+    shared = RerankerModule(str(tiny_model_dir), lora_r=0).eval()
+    plain = RerankerModule(str(tiny_model_dir), lora_r=0, share_prefix=False).eval()
+    used = 0
+    for index, batch in enumerate(data.val_dataloader()):
+        if index % 7:  # a spread of tasks (text, image and image+text queries) keeps the test short
+            continue
+        pairs = [p for chunk in batch["chunks"] for p in unbatch(chunk)]
+        length, _ = shared_prefix(pairs, data.encoder.image_token_id, data.encoder.merge_size)
+        used += pays(length, pairs) and len(batch["chunks"]) > 1
+        with torch.no_grad():
+            torch.testing.assert_close(
+                torch.tensor(shared.rerank_query(batch)),
+                torch.tensor(plain.rerank_query(batch)),
+                atol=1e-5,
+                rtol=0,
+            )
+    assert used >= 3  # the prefix path really ran, across several micro-batches per query
