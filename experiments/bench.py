@@ -70,6 +70,8 @@ from experiments.bench_mix import (
     GPU_WORKLOAD,
     INSTRUCTION,
     QUICK_WORKLOAD,
+    TRAIN_METHODS,
+    TRAIN_NEGATIVES,
     Workload,
     make_groups,
     weighted_rate,
@@ -82,9 +84,8 @@ from experiments.bench_models import (
     prepare_arch,
     use_random_backbones,
 )
+from experiments.bench_report import markdown, short, train_summary
 
-TRAIN_NEGATIVES = (4, 16)
-TRAIN_METHODS = ("rerank-lab", "naive", "naive-gc")
 INFERENCE_ARCHS = ("scaled2b", "tiny", "qwen2_vl_2b", "qwen2_5_vl_3b", "qwen2_5_vl_7b")
 LORA_R = 16
 # vocab152k: the real vocabulary's logits are slow on a CPU, so two families (text and image queries).
@@ -495,10 +496,6 @@ def _dispatch(spec: dict, threads: int) -> dict:
     return infer_worker(spec["arch"], folder, data_dir, work)
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None or b == 0 else a / b
-
-
 def _device_name() -> str:
     import platform
 
@@ -594,15 +591,15 @@ def run(
                             result["peak_mib"] = memory.get("peak_mib")
                     train[f"{method}/n{negatives}"] = result
                     print(
-                        f"bench: {arch} train {method} N={negatives}: {_short(train[f'{method}/n{negatives}'])}",
+                        f"bench: {arch} train {method} N={negatives}: {short(train[f'{method}/n{negatives}'])}",
                         flush=True,
                     )
-            entry = {"train": train, "summary": _train_summary(train)}
+            entry = {"train": train, "summary": train_summary(train)}
             with contextlib.suppress(Exception):
                 entry["head_flops_per_decoder_flops"] = head_ratio(arch, folder)
             if arch in INFERENCE_ARCHS:
                 entry["inference"] = _run_worker({**base, "kind": "infer"}, mode, threads)
-                print(f"bench: {arch} inference: {_short(entry['inference'])}", flush=True)
+                print(f"bench: {arch} inference: {short(entry['inference'])}", flush=True)
             report["models"][arch] = entry
     headline = report["models"][plan[0][0]]
     summary = headline["summary"]
@@ -632,160 +629,6 @@ def run(
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out / "bench.md").write_text(markdown(report), encoding="utf-8")
     return report
-
-
-def _short(result: dict) -> str:
-    if result.get("oom"):
-        return "out of memory"
-    if "speedup" in result:
-        return (
-            f"Reranker.score {result['default_pairs_per_s']:.1f} pairs/s (no prefix cache "
-            f"{result['batched_pairs_per_s']:.1f}) vs one pair per forward {result['loop_pairs_per_s']:.1f}"
-        )
-    return f"{result['pairs_per_s']:.1f} pairs/s, peak {result['peak_mib']:.0f} MiB"
-
-
-def _train_summary(train: dict) -> dict:
-    def get(method: str, negatives: int, key: str):
-        result = train.get(f"{method}/n{negatives}", {})
-        return None if result.get("oom") else result.get(key)
-
-    def speedups(baseline: str) -> dict[int, float | None]:
-        return {
-            n: _ratio(get("rerank-lab", n, "pairs_per_s"), get(baseline, n, "pairs_per_s"))
-            for n in TRAIN_NEGATIVES
-        }
-
-    def mean(values) -> float | None:
-        known = [v for v in values if v is not None]
-        return statistics.geometric_mean(known) if known else None
-
-    naive, naive_gc = speedups("naive"), speedups("naive-gc")
-    growth = {
-        method: _ratio(get(method, 16, "peak_mib"), get(method, 4, "peak_mib")) for method in TRAIN_METHODS
-    }
-    return {
-        "train_speedup": mean(naive.values()),
-        "train_speedup_n4": naive[4],
-        "train_speedup_n16": naive[16],
-        "train_speedup_vs_naive_gc": mean(naive_gc.values()),
-        "memory_growth_n4_to_n16": growth["rerank-lab"],
-        "naive_memory_growth_n4_to_n16": growth["naive"],
-        "naive_gc_memory_growth_n4_to_n16": growth["naive-gc"],
-    }
-
-
-def _fmt(value, digits: int = 1, unit: str = "") -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.{digits}f}{unit}"
-
-
-def _met(ok: bool) -> str:
-    return "met" if ok else "NOT met"
-
-
-def markdown(report: dict) -> str:
-    """``bench.md``: the device, the training and inference tables, targets and the method notes."""
-    weights = ", ".join(f"{family} {count}" for family, (count, _, _) in FAMILIES.items())
-    lines = [
-        "# rerank-lab benchmark",
-        "",
-        f"Device: **{report['device']}**, {report['threads']} torch thread(s). Objective CL, LoRA "
-        f"r={report['lora_r']} on the language model, AdamW. Reproduce: `python -m experiments.bench`.",
-        f"Memory: {report['memory_method']}.",
-        f"Workload: one query group per MRB task family, throughput of MRB's 40-dataset mix "
-        f"(Σ w·pairs ÷ Σ w·seconds, w = datasets per family: {weights}); per-family figures in bench.json.",
-        "",
-        "## Training (one optimizer step: forward + backward + AdamW)",
-        "",
-        "rerank-lab: `RerankerModule.training_step` (label-token rows, the group's shared prefix run once, "
-        "images through the frozen vision tower once, checkpointed length-sorted micro-batches). naive: "
-        "`model(**inputs).logits` (all positions, full vocabulary), right padding + gather, the whole group "
-        "in one forward. naive-gc: naive + Hugging Face gradient checkpointing.",
-        "",
-        "| model | N | method | pairs/step | tokens/pair | pairs/s | peak step MiB | MFU |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for arch, entry in report["models"].items():
-        for key, result in entry["train"].items():
-            method, negatives = key.split("/n")
-            if result.get("oom"):
-                lines.append(f"| {arch} | {negatives} | {method} | | | OOM | OOM | |")
-                continue
-            mfu = f"{100 * result['mfu']:.1f}%" if "mfu" in result else ""
-            lines.append(
-                f"| {arch} | {negatives} | {method} | {result['pairs_per_step']} | {result['tokens_per_pair']} | "
-                f"{result['pairs_per_s']:.2f} | {result['peak_mib']:.0f} | {mfu} |"
-            )
-    lines += [
-        "",
-        "| model | head ÷ decoder FLOPs | speed-up vs naive N=4 / N=16 | vs naive-gc | memory growth 4→16: "
-        "rerank-lab / naive / naive-gc |",
-        "|---|---|---|---|---|",
-    ]
-    for arch, entry in report["models"].items():
-        s = entry["summary"]
-        lines.append(
-            f"| {arch} | {_fmt(entry.get('head_flops_per_decoder_flops'), 2)} | "
-            f"{_fmt(s['train_speedup_n4'], 2, 'x')} / {_fmt(s['train_speedup_n16'], 2, 'x')} | "
-            f"{_fmt(s['train_speedup_vs_naive_gc'], 2, 'x')} | {_fmt(s['memory_growth_n4_to_n16'], 2, 'x')} / "
-            f"{_fmt(s['naive_memory_growth_n4_to_n16'], 2, 'x')} / "
-            f"{_fmt(s['naive_gc_memory_growth_n4_to_n16'], 2, 'x')} |"
-        )
-    lines += [
-        "",
-        "## Inference (end to end: encoding + scoring, one query's candidates per call)",
-        "",
-        "one pair per forward: each pair encoded and scored alone (same label-token scorer, so only batching "
-        "and sharing differ). Reranker.score: all pairs encoded, length-sorted, batched, with the shared "
-        'query prefix\'s KV cache where it pays (`prefix_cache="auto"`, the default); also shown without it.',
-        "",
-        "| model | family | MRB datasets | pairs | tokens/pair | one pair per forward | Reranker.score, no prefix cache "
-        "| Reranker.score |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for arch, entry in report["models"].items():
-        result = entry.get("inference")
-        if not result:
-            continue
-        for family, row in result["families"].items():
-            lines.append(
-                f"| {arch} | {family} | {FAMILIES[family][0]} | {row['pairs']} | {row['tokens_per_pair']} | "
-                f"{row['loop_pairs_per_s']:.1f} | {row['batched_pairs_per_s']:.1f} | {row['default_pairs_per_s']:.1f} |"
-            )
-        lines.append(
-            f"| {arch} | **MRB mix** | 40 | | {result['tokens_per_pair']} | {result['loop_pairs_per_s']:.1f} | "
-            f"{result['batched_pairs_per_s']:.1f} | {result['default_pairs_per_s']:.1f} |"
-        )
-        lines.append("")
-        lines.append(
-            f"Largest |score difference| Reranker.score vs one pair per forward: "
-            f"{result['max_abs_diff_default_vs_loop']:.1e} (float reduction order only)."
-        )
-    targets = report["targets"]
-    lines += [
-        "",
-        f"## Headline ({report['headline_model']})",
-        "",
-        f"- training speed-up over naive (geometric mean of N=4 and N=16): {_fmt(report['train_speedup'], 2)}x "
-        f"(target >= 2x: {_met(targets['train_speedup>=2'])}); over naive-gc: "
-        f"{_fmt(report['train_speedup_vs_naive_gc'], 2)}x",
-        f"- rerank-lab peak step memory N=4 → N=16: {_fmt(report['memory_growth_n4_to_n16'], 2)}x "
-        f"(target < 1.3x: {_met(targets['memory_growth<1.3'])}); naive: "
-        f"{_fmt(report['naive_memory_growth_n4_to_n16'], 2)}x, naive-gc: "
-        f"{_fmt(report['naive_gc_memory_growth_n4_to_n16'], 2)}x",
-        f"- inference speed-up of Reranker.score over one pair per forward, MRB mix: "
-        f"{_fmt(report['inference_speedup'], 2)}x (target >= 5x: {_met(targets['inference_speedup>=5'])}); "
-        f"of which the shared-prefix cache: {_fmt(report['prefix_cache_speedup'], 2)}x",
-        "",
-        "Head ÷ decoder FLOPs is the LM head's share of per-token compute, which is what skipping the",
-        "full-vocabulary logits saves. Real checkpoints: Qwen2-VL-2B 0.18, Qwen2.5-VL-7B 0.08. `scaled2b` keeps",
-        "the 2B proportions (the honest CPU comparison); `vocab152k` (Qwen's real vocabulary on a hidden-256",
-        "decoder) gives the head a far larger share than real models, so its speed-ups overstate.",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

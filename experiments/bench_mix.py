@@ -21,6 +21,8 @@ from pathlib import Path
 from datamodules.formats import Doc
 
 INSTRUCTION = "Find the document that best matches the query."
+TRAIN_NEGATIVES = (4, 16)  # N hard negatives per group in the training measurements
+TRAIN_METHODS = ("rerank-lab", "naive", "naive-gc")
 
 # family: (MRB datasets, query kind, document kind); the counts sum to MRB's 40 test sets.
 FAMILIES: dict[str, tuple[int, str, str]] = {

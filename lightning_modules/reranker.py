@@ -9,6 +9,7 @@ score and reports the task's own metric next to the retriever's.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from lightning_modules.prefix import (
     vision_frozen,
 )
 from lightning_modules.prefix import score as score_suffixes
+
+log = logging.getLogger(__name__)
 
 # Checkpoints hold trainable weights only; Lightning's notice about the (frozen) rest is expected.
 warnings.filterwarnings(
@@ -169,6 +172,7 @@ class RerankerModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold trainable weights only (on_save_checkpoint)
         self._weights_seen: dict[str, list[torch.Tensor]] = {"pos": [], "neg": []}
         self._resume_rng: dict | None = None  # generator states of a checkpoint being resumed
+        self._told_no_prefix = False
 
     # ---- scoring ---------------------------------------------------------------------------
     def _extras(self, label_logits: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -210,6 +214,14 @@ class RerankerModule(L.LightningModule):
         checkpointed = torch.is_grad_enabled() and 0 < per_forward < rows
         size = per_forward if per_forward > 0 else group_size
         share = self.hparams.share_prefix and group_size > 1 and prefix_usable(self.scorer)
+        if self.hparams.share_prefix and group_size > 1 and not share and not self._told_no_prefix:
+            self._told_no_prefix = True
+            log.info(
+                "model.share_prefix: off for training (%s); every pair runs whole",
+                "gradient_checkpointing drops KV caches in transformers"
+                if self.hparams.gradient_checkpointing
+                else "this backbone has no multimodal RoPE helper",
+            )
         frozen = vision_frozen(self.scorer)
 
         def features(items: list[EncodedPair]):
