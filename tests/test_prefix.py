@@ -70,7 +70,8 @@ def test_shared_prefix_training_has_the_gradients_of_whole_pairs(tmp_path, demo_
     assert images == 1 and length > 0.3 * min(len(p.input_ids) for p in group)  # the query image is shared
     length, images = shared_prefix(unbatch(text_query["inputs"]), data.encoder.image_token_id, merge)
     assert images == 0 and length > 20  # system prompt, instruction and query text
-    for batch in (image_query, text_query):
+    both = first_batch(data, count=2)  # two groups in one batch: each keeps its own prefix
+    for batch in (image_query, text_query, both):
         images = len(batch["inputs"].get("image_grid_thw", []))  # every pair's images, query's included
         for lora_r in (4, 0):  # LoRA: frozen vision tower, features once; full: pixels in every forward
             loss, reference, seen = _step(folder, batch, lora_r=lora_r, share_prefix=False)
