@@ -198,6 +198,11 @@ class RerankDataModule(L.LightningDataModule):
             "first_stage": [item.first_stage[i] for i in order],
             "relevance": item.relevance,
             "chunks": [self.encoder.collate([pairs[i] for i in chunk]) for chunk in chunks],
+            # Each pair's image paths in its images' order (query image first): evaluation keeps
+            # the features of images it has encoded (RerankerModule.eval_image_cache_mb).
+            "image_keys": [
+                [d.image for d in (query, documents[i]) if d.image] for chunk in chunks for i in chunk
+            ],
         }
 
     # ---- loaders ---------------------------------------------------------------------------

@@ -35,6 +35,7 @@ cache inside checkpointed layers, so :func:`prefix_usable` says no and callers s
 from __future__ import annotations
 
 import inspect
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -226,3 +227,75 @@ def score(
         ones = torch.ones(rows, prefix.length, dtype=mask.dtype, device=mask.device)
         inputs["attention_mask"] = torch.cat([ones, mask], dim=1)
     return scorer(inputs)
+
+
+class ImageFeatureCache:
+    """Vision-tower outputs by image key (its path), least recently used out first, kept on the CPU.
+
+    Evaluation scores the same candidate images for many queries (the top-100 lists of an image
+    corpus overlap), and a frozen vision tower gives an image the same features every time, so
+    each image is encoded once per evaluation instead of once per (query, candidate) pair. Images
+    without a key (in-memory ones) are encoded every time and not kept.
+
+    Args:
+        max_bytes: the most feature bytes kept; 0 keeps nothing.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, tuple[torch.Tensor, list[torch.Tensor] | None, int]] = OrderedDict()
+        self._bytes = 0
+        self._output_type: type | None = None
+        self.encoded = self.reused = 0
+
+    def clear(self) -> None:
+        """Forget every image (call when the vision tower may have changed)."""
+        self._items.clear()
+        self._bytes = 0
+
+    def _store(self, key: str, pooled: torch.Tensor, deepstack: list[torch.Tensor] | None) -> None:
+        pooled = pooled.to("cpu", copy=True)
+        deepstack = None if deepstack is None else [feat.to("cpu", copy=True) for feat in deepstack]
+        size = pooled.nbytes + sum(feat.nbytes for feat in deepstack or [])
+        if size > self.max_bytes:
+            return
+        self._items[key] = (pooled, deepstack, size)
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, (_, _, dropped) = self._items.popitem(last=False)
+            self._bytes -= dropped
+
+    def features(self, scorer: LabelScorer, images: Sequence[tuple[str | None, torch.Tensor, torch.Tensor]]):
+        """``mm_encoder_outputs["image"]`` for ``(key, pixels, grid)`` images, encoding only the
+        ones not kept (in one vision-tower call)."""
+        missing = [i for i, (key, _, _) in enumerate(images) if key is None or key not in self._items]
+        fresh = (
+            image_features(scorer, [(px, grid) for _, px, grid in (images[i] for i in missing)])
+            if missing
+            else None
+        )
+        if fresh is not None:
+            self._output_type = fresh.output_type
+        self.encoded += len(missing)
+        self.reused += len(images) - len(missing)
+        device = next(scorer.decoder.parameters()).device
+        computed = dict(zip(missing, range(len(missing)), strict=True))
+        pooled, deepstack = [], []
+        for index, (key, _, _) in enumerate(images):
+            if index in computed:
+                slot = computed[index]
+                item = (fresh.pooled[slot], fresh.deepstack[slot] if fresh.deepstack else None)
+                if key is not None:
+                    self._store(key, *item)
+            else:
+                self._items.move_to_end(key)
+                kept, kept_deep, _ = self._items[key]
+                item = (
+                    kept.to(device, non_blocking=True),
+                    None if kept_deep is None else [f.to(device, non_blocking=True) for f in kept_deep],
+                )
+            pooled.append(item[0])
+            deepstack.append(item[1])
+        has_deep = deepstack and deepstack[0] is not None
+        picked = ImageFeatures(self._output_type, pooled, deepstack if has_deep else None)
+        return picked.pick(range(len(images)))

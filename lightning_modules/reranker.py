@@ -26,6 +26,7 @@ from lightning_modules.backbone import LabelScorer, label_token_id, label_words,
 from lightning_modules.encoding import EncodedPair, collate_pairs, pad_token_id, unbatch
 from lightning_modules.export import base_fingerprint, config_sha256
 from lightning_modules.prefix import (
+    ImageFeatureCache,
     image_features,
     pays,
     prefix_usable,
@@ -73,6 +74,9 @@ class RerankerModule(L.LightningModule):
             its image) once per training group, and once per evaluated query where it pays,
             instead of once per pair (exact; off by itself in training under
             ``gradient_checkpointing``, which drops KV caches in transformers).
+        eval_image_cache_mb: in evaluation, keep the vision-tower features of up to this many MiB
+            of images (on the CPU) so that an image shared by many queries' candidate lists is
+            encoded once per evaluation (frozen vision tower only; 0 turns it off).
         fusion_alpha: if set, rank by α·reranker + (1−α)·retriever (each min-max normalised per
             query) in validation, test and predict.
         gradient_checkpointing: recompute decoder layers in backward (non-reentrant, so it works
@@ -102,6 +106,7 @@ class RerankerModule(L.LightningModule):
         lm_head: str = "frozen",
         pairs_per_forward: int = 0,
         share_prefix: bool = True,
+        eval_image_cache_mb: int = 4096,
         fusion_alpha: float | None = None,
         gradient_checkpointing: bool = False,
         optimizer: str = "adamw",
@@ -173,6 +178,7 @@ class RerankerModule(L.LightningModule):
         self._weights_seen: dict[str, list[torch.Tensor]] = {"pos": [], "neg": []}
         self._resume_rng: dict | None = None  # generator states of a checkpoint being resumed
         self._told_no_prefix = False
+        self._image_cache = ImageFeatureCache(eval_image_cache_mb * 2**20)
 
     # ---- scoring ---------------------------------------------------------------------------
     def _extras(self, label_logits: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -380,6 +386,7 @@ class RerankerModule(L.LightningModule):
 
     # ---- evaluation ------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
+        self._image_cache.clear()  # training may have changed the vision tower (lora_vision, merger)
         self._metas = {meta.name: meta for meta in self.trainer.datamodule.task_metas}
         self._val_runs = {name: {} for name in self._metas}
         self._val_values = {name: {} for name in self._metas}
@@ -394,7 +401,7 @@ class RerankerModule(L.LightningModule):
         min-max normalised over the query's candidates.
         """
         scores = []
-        for logits, extra in self._score_query_chunks(batch["chunks"]):
+        for logits, extra in self._score_query_chunks(batch["chunks"], batch.get("image_keys")):
             extra = {k: v.unsqueeze(0) for k, v in extra.items()}
             scores.append(self.objective.score(logits.unsqueeze(0), **extra)[0].double())
         if not scores:
@@ -406,24 +413,51 @@ class RerankerModule(L.LightningModule):
             reranked = alpha * _minmax(reranked) + (1 - alpha) * _minmax(retriever)
         return reranked.tolist()
 
-    def _score_query_chunks(self, chunks: list[dict[str, torch.Tensor]]):
-        """(label logits, extras) of each chunk of one query's candidates; the query's shared
-        prefix runs once when it pays (``prefix.pays``), as in ``Reranker.score``."""
-        pairs = [pair for chunk in chunks for pair in unbatch(chunk)] if self.hparams.share_prefix else []
-        if len(pairs) < 2 or not prefix_usable(self.scorer):
-            yield from (self.score_pairs(chunk) for chunk in chunks)
-            return
-        length, images = shared_prefix(pairs, self._image_token_id, self._merge_size)
-        if not pays(length, pairs):
-            yield from (self.score_pairs(chunk) for chunk in chunks)
-            return
-        device = chunks[0]["input_ids"].device
-        prefix = run_prefix(self.scorer, self._collate([split(pairs[0], length, images)[0]], device))
+    def _score_query_chunks(
+        self, chunks: list[dict[str, torch.Tensor]], image_keys: list[list[str]] | None = None
+    ):
+        """(label logits, extras) of each chunk of one query's candidates.
+
+        The query's shared prefix runs once when it pays (``prefix.pays``, as in ``Reranker.score``)
+        and, with a frozen vision tower, images come from the evaluation's feature cache
+        (``eval_image_cache_mb``): each distinct image is encoded once per evaluation.
+        """
+        pairs = [pair for chunk in chunks for pair in unbatch(chunk)]
+        keys = image_keys or [[None] * len(pair.image_grid_thw) for pair in pairs]
+        cached = self.hparams.eval_image_cache_mb > 0 and vision_frozen(self.scorer)
+
+        def features(items: list[EncodedPair], item_keys: list[list[str | None]]):
+            images = [
+                (key, pixels, grid)
+                for pair, pair_keys in zip(items, item_keys, strict=True)
+                for key, pixels, grid in zip(pair_keys, pair.pixel_values, pair.image_grid_thw, strict=True)
+            ]
+            return self._image_cache.features(self.scorer, images) if cached and images else None
+
+        length = images = 0
+        if self.hparams.share_prefix and len(pairs) > 1 and prefix_usable(self.scorer):
+            length, images = shared_prefix(pairs, self._image_token_id, self._merge_size)
+            if not pays(length, pairs):
+                length = images = 0
+        device = chunks[0]["input_ids"].device if chunks else None
+        prefix = None
+        if length > 0:
+            head = split(pairs[0], length, images)[0]
+            prefix = run_prefix(
+                self.scorer, self._collate([head], device), features([head], [keys[0][:images]])
+            )
         start = 0
         for chunk in chunks:
             rows = chunk["input_ids"].shape[0]
-            suffixes = [split(pair, length, images)[1] for pair in pairs[start : start + rows]]
-            out = score_suffixes(self.scorer, self._collate(suffixes, device), prefix)
+            items, item_keys = pairs[start : start + rows], keys[start : start + rows]
+            if prefix is None:
+                out = score_suffixes(self.scorer, chunk, None, features(items, item_keys))
+            else:
+                suffixes = [split(pair, length, images)[1] for pair in items]
+                suffix_keys = [pair_keys[images:] for pair_keys in item_keys]
+                out = score_suffixes(
+                    self.scorer, self._collate(suffixes, device), prefix, features(suffixes, suffix_keys)
+                )
             yield self._extras(out.label_logits, out.hidden)
             start += rows
 

@@ -111,3 +111,28 @@ def test_validation_scores_with_the_shared_prefix_equal_whole_pairs(tiny_model_d
                 rtol=0,
             )
     assert used >= 3  # the prefix path really ran, across several micro-batches per query
+
+
+def test_evaluation_encodes_each_image_once_and_scores_the_same(tiny_model_dir, demo_dir):
+    """A frozen vision tower's features are kept across queries; scores equal encoding every pair."""
+    data = make_data(tiny_model_dir, demo_dir, eval_pairs_per_batch=4, eval_tasks=["faces-i2i", "digits-t2i"])
+    data.setup("validate")
+    cached = RerankerModule(str(tiny_model_dir), lora_r=4).eval()
+    plain = RerankerModule(str(tiny_model_dir), lora_r=4, eval_image_cache_mb=0, share_prefix=False).eval()
+    distinct, pairs = set(), 0
+    for index, batch in enumerate(data.val_dataloader()):
+        if index == 6:
+            break
+        distinct.update(key for keys in batch["image_keys"] for key in keys)
+        pairs += len(batch["image_keys"])
+        with torch.no_grad():
+            torch.testing.assert_close(
+                torch.tensor(cached.rerank_query(batch)),
+                torch.tensor(plain.rerank_query(batch)),
+                atol=1e-5,
+                rtol=0,
+            )
+    cache = cached._image_cache
+    assert cache.encoded == len(distinct)  # every distinct image once (query images included)
+    assert cache.reused > 0 and cache.encoded < pairs  # candidates recur across queries
+    assert plain._image_cache.encoded == 0
