@@ -88,6 +88,12 @@ def test_shared_prefix_training_has_the_gradients_of_whole_pairs(tmp_path, demo_
                     torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=0, msg=name)
 
 
+def _assert_same_scores(module, reference, batch) -> None:
+    with torch.no_grad():
+        got, expected = module.rerank_query(batch), reference.rerank_query(batch)
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), atol=1e-5, rtol=0)
+
+
 def test_validation_scores_with_the_shared_prefix_equal_whole_pairs(tiny_model_dir, demo_dir):
     """Evaluation runs each query's prefix once (where it pays); scores equal whole pairs (1e-5)."""
     from lightning_modules.prefix import pays
@@ -103,13 +109,7 @@ def test_validation_scores_with_the_shared_prefix_equal_whole_pairs(tiny_model_d
         pairs = [p for chunk in batch["chunks"] for p in unbatch(chunk)]
         length, _ = shared_prefix(pairs, data.encoder.image_token_id, data.encoder.merge_size)
         used += pays(length, pairs) and len(batch["chunks"]) > 1
-        with torch.no_grad():
-            torch.testing.assert_close(
-                torch.tensor(shared.rerank_query(batch)),
-                torch.tensor(plain.rerank_query(batch)),
-                atol=1e-5,
-                rtol=0,
-            )
+        _assert_same_scores(shared, plain, batch)
     assert used >= 3  # the prefix path really ran, across several micro-batches per query
 
 
@@ -125,13 +125,7 @@ def test_evaluation_encodes_each_image_once_and_scores_the_same(tiny_model_dir, 
             break
         distinct.update(key for keys in batch["image_keys"] for key in keys)
         pairs += len(batch["image_keys"])
-        with torch.no_grad():
-            torch.testing.assert_close(
-                torch.tensor(cached.rerank_query(batch)),
-                torch.tensor(plain.rerank_query(batch)),
-                atol=1e-5,
-                rtol=0,
-            )
+        _assert_same_scores(cached, plain, batch)
     cache = cached._image_cache
     assert cache.encoded == len(distinct)  # every distinct image once (query images included)
     assert cache.reused > 0 and cache.encoded < pairs  # candidates recur across queries
