@@ -97,18 +97,22 @@ class LossParts(NamedTuple):
     extra_stats: Mapping[str, Tensor] | None = None
 
 
-class Objective(nn.Module):
-    """Base class of the reranking objectives (see the module docstring for the contract)."""
+class ReadsScores(nn.Module):
+    """What objectives and directions declare about their inputs (defaults: the yes/no logits only)."""
 
     @property
     def needs(self) -> frozenset[str]:
-        """Extra inputs the objective needs: a subset of ``{"hidden", "token_logits"}``."""
+        """Extra inputs read: a subset of ``{"hidden", "token_logits"}``."""
         return frozenset()
 
     @property
     def label_tokens(self) -> tuple[list[str], list[str]]:
         """Positive and negative label words, in the column order expected in ``token_logits``."""
         return DEFAULT_LABEL_TOKENS
+
+
+class Objective(ReadsScores):
+    """Base class of the reranking objectives (see the module docstring for the contract)."""
 
     def forward(
         self,

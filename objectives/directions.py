@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from objectives.base import DEFAULT_LABEL_TOKENS, GroupBatch
+from objectives.base import DEFAULT_LABEL_TOKENS, GroupBatch, ReadsScores
 from objectives.weights import WeightInputs
 
 # Label words of the paper's label-token-count probe, most natural first; the presets for 2/4/8/16
@@ -54,18 +54,8 @@ def label_token_preset(count: int) -> tuple[list[str], list[str]]:
     return list(POSITIVE_LABEL_WORDS[:half]), list(NEGATIVE_LABEL_WORDS[:half])
 
 
-class Direction(nn.Module):
+class Direction(ReadsScores):
     """Base class: ``direction(batch) -> [B, G]`` phi with grad; default weight inputs from the logits."""
-
-    @property
-    def needs(self) -> frozenset[str]:
-        """Extra inputs this direction reads: a subset of ``{"hidden", "token_logits"}``."""
-        return frozenset()
-
-    @property
-    def label_tokens(self) -> tuple[list[str], list[str]]:
-        """Positive and negative label words in ``token_logits`` column order."""
-        return DEFAULT_LABEL_TOKENS
 
     def forward(self, batch: GroupBatch) -> Tensor:
         """``[B, G]`` phi of each document, differentiable."""

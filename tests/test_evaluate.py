@@ -118,12 +118,18 @@ def test_folder_run(mrb: Path, run_dir: Path, tmp_path: Path, capsys: pytest.Cap
     assert "alpha" in stdout and "average (2 tasks)" in stdout
 
 
-def test_single_file_run_scores_like_the_folder(
-    mrb: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _combined_run(tmp_path: Path) -> Path:
+    """Every task's reranked run in one TREC file, query ids prefixed with ``<task>/``."""
     combined = tmp_path / "all.trec"
     for name, task in TASKS.items():
         write_trec(combined, task["rerank"], prefix=f"{name}/")
+    return combined
+
+
+def test_single_file_run_scores_like_the_folder(
+    mrb: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    combined = _combined_run(tmp_path)
     out = tmp_path / "scores.json"
     assert run_main(["--data", str(mrb), "--run", str(combined), "--json", str(out)], capsys)[0] == 0
     assert_close(json.loads(out.read_text()), expected_json(RERANK))
@@ -166,9 +172,7 @@ def test_unknown_task(mrb: Path, run_dir: Path, capsys: pytest.CaptureFixture[st
 def test_unknown_task_or_bare_id_in_single_file(
     mrb: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    combined = tmp_path / "all.trec"
-    for name, task in TASKS.items():
-        write_trec(combined, task["rerank"], prefix=f"{name}/")
+    combined = _combined_run(tmp_path)
     write_trec(combined, {"q1": {"d1": 1.0}}, prefix="gamma/")
     n_lines = len(combined.read_text().splitlines())
     code, _, err = run_main(["--data", str(mrb), "--run", str(combined)], capsys)
