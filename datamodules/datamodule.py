@@ -200,9 +200,7 @@ class RerankDataModule(L.LightningDataModule):
             "chunks": [self.encoder.collate([pairs[i] for i in chunk]) for chunk in chunks],
             # Each pair's image paths in its images' order (query image first): evaluation keeps
             # the features of images it has encoded (RerankerModule.eval_image_cache_mb).
-            "image_keys": [
-                [d.image for d in (query, documents[i]) if d.image] for chunk in chunks for i in chunk
-            ],
+            "image_keys": [pairs[i].image_keys for chunk in chunks for i in chunk],
         }
 
     # ---- loaders ---------------------------------------------------------------------------

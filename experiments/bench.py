@@ -16,9 +16,10 @@ Writes ``bench.json`` and ``bench.md`` into ``--out``. In one run, on the same m
     by default for LLM rerankers). ``naive`` is given its fastest form (no checkpointing,
     ``use_cache=False``). For N = 4 and N = 16 negatives: pairs/s and peak step memory.
 (b) Inference, end to end from raw query/documents: ``Reranker.score`` (all pairs encoded,
-    length-sorted, batched, the shared-prefix cache where it pays) and the same without the
-    prefix cache, against a loop that encodes and scores one pair per forward with the same
-    label-token scorer (so only batching and sharing differ).
+    length-sorted, batched, the shared-prefix cache where it pays; its cross-call image cache is
+    cleared before each call, so a figure is one query's cost) and the same without the prefix
+    cache, against a loop that encodes and scores one pair per forward with the same label-token
+    scorer (so only batching and sharing differ).
 
 Data (:mod:`experiments.bench_mix`): one query group per MRB task family, at MRB's shapes; every
 figure is the throughput of MRB's 40-dataset mix (families weighted by their dataset counts).
@@ -338,13 +339,20 @@ def infer_worker(arch: str, folder: Path, data_dir: Path, work: Workload) -> dic
         max_pixels=2 * work.image_side**2,
     )
 
+    cache_bytes = reranker.image_cache.max_bytes
+
     def batched(query, docs, prefix) -> list[float]:
         reranker.prefix_cache = prefix
+        reranker.image_cache.clear()  # one query's cost: nothing carried over from earlier calls
         return reranker.score(query, docs, instruction=INSTRUCTION)
 
     def loop(query, docs) -> list[float]:
         encode = reranker.encoder.encode
-        return [reranker._score_batch([encode(INSTRUCTION, query, doc)])[0] for doc in docs]
+        reranker.image_cache.max_bytes = 0  # every pair encodes its own images
+        try:
+            return [reranker._score_batch([encode(INSTRUCTION, query, doc)])[0] for doc in docs]
+        finally:
+            reranker.image_cache.max_bytes = cache_bytes
 
     def timed(fn, *args) -> tuple[float, list[float]]:
         best = float("inf")

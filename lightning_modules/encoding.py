@@ -43,12 +43,17 @@ class PairTooLongError(ValueError):
 
 @dataclass
 class EncodedPair:
-    """Token ids of one pair plus the processed pixels of its images (in order of appearance)."""
+    """Token ids of one pair plus the processed pixels of its images (in order of appearance).
+
+    ``image_keys`` names each image by its path (``None`` for in-memory images), so that its
+    vision-tower features can be reused (``prefix.ImageFeatureCache``); empty when unknown.
+    """
 
     input_ids: list[int]
     pixel_values: list[torch.Tensor] = field(default_factory=list)
     image_grid_thw: list[torch.Tensor] = field(default_factory=list)
     truncated: bool = False
+    image_keys: list[str | None] = field(default_factory=list)
 
 
 def load_image(image: str | Image.Image) -> Image.Image:
@@ -227,7 +232,10 @@ class PairEncoder:
                     f"{where}: {len(ids)} tokens with all text removed ({sum(int(g.prod()) for g in grids)} "
                     f"image patches) exceed max_length={self.max_length}; lower max_pixels or raise max_length"
                 )
-        return EncodedPair(ids, [p for p, _ in images], grids, truncated)
+        keys = [
+            side.image if isinstance(side.image, str) else None for side in (query, document) if side.image
+        ]
+        return EncodedPair(ids, [p for p, _ in images], grids, truncated, keys)
 
     def encode_group(
         self, instruction: str, query: Doc, documents: Sequence[Doc], where: str = "group"

@@ -79,7 +79,17 @@ from lightning_modules.encoding import (
     EncodedPair,
     PairEncoder,
 )
-from lightning_modules.prefix import PrefixKV, pays, prefix_usable, run_prefix, shared_prefix, split
+from lightning_modules.prefix import (
+    ImageFeatureCache,
+    PrefixKV,
+    pair_images,
+    pays,
+    prefix_usable,
+    run_prefix,
+    shared_prefix,
+    split,
+    vision_frozen,
+)
 from lightning_modules.prefix import score as score_after_prefix
 
 log = logging.getLogger(__name__)
@@ -145,6 +155,10 @@ class Reranker:
         prefix_cache: reuse the KV cache of the query prefix across a query's candidates: ``"auto"``
             (default: when the shared prefix is at least ``prefix.PREFIX_MIN_SHARE`` of the mean pair
             length, which is where it pays), ``True`` (always) or ``False`` (never).
+        image_cache_mb: keep the vision-tower features of up to this many MiB of images (CPU
+            memory, least recently used out first), keyed by image path, so that an image met
+            again (the same candidate for another query) is not encoded again; 0 turns it off.
+            Call ``reranker.image_cache.clear()`` if image files change on disk.
     """
 
     def __init__(
@@ -156,6 +170,7 @@ class Reranker:
         batch_size: int = 32,
         config: dict | None = None,
         prefix_cache: bool | str = "auto",
+        image_cache_mb: int = 1024,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -171,6 +186,8 @@ class Reranker:
         self.config = config
         self.prefix_cache = prefix_cache
         self._prefix_supported: bool | None = None
+        self.image_cache = ImageFeatureCache(image_cache_mb * 2**20)
+        self._vision_frozen = vision_frozen(self.scorer)
 
     # ---- loading ---------------------------------------------------------------------------
     @classmethod
@@ -186,6 +203,7 @@ class Reranker:
         attn_implementation: str = "sdpa",
         trust_remote_code: bool = False,
         prefix_cache: bool | str = "auto",
+        image_cache_mb: int = 1024,
     ) -> Reranker:
         """Load an exported reranker folder, or a plain base checkpoint for zero-shot SFT scoring.
 
@@ -204,6 +222,7 @@ class Reranker:
             prefix_cache: ``"auto"`` (when the shared prefix is a large share of the pairs), ``True`` or
                 ``False``: reuse the query prefix's KV cache across candidates (exact; see the module
                 docstring).
+            image_cache_mb: MiB of image features kept across calls (see the class); 0 turns it off.
 
         Returns:
             The reranker, in eval mode.
@@ -247,7 +266,7 @@ class Reranker:
             system_prompt=system_prompt,
         )
         model.to(device).eval()
-        return cls(model, encoder, objective, device, batch_size, config, prefix_cache)
+        return cls(model, encoder, objective, device, batch_size, config, prefix_cache, image_cache_mb)
 
     # ---- public API ------------------------------------------------------------------------
     def score(
@@ -320,9 +339,17 @@ class Reranker:
         scores = self.objective.score(label_logits[:, :2].unsqueeze(0), **extra)[0]
         return scores.float().cpu().tolist()
 
+    def _features(self, pairs: Sequence[EncodedPair]):
+        """Image features of ``pairs`` through the cache (frozen vision tower), or ``None``."""
+        images = pair_images(pairs)
+        if not images or not self._vision_frozen or self.image_cache.max_bytes <= 0:
+            return None
+        return self.image_cache.features(self.scorer, images)
+
     @torch.inference_mode()
     def _score_batch(self, pairs: Sequence[EncodedPair]) -> list[float]:
-        out = self.scorer(self._to_device(self.encoder.collate(pairs)))
+        batch = self._to_device(self.encoder.collate(pairs))
+        out = score_after_prefix(self.scorer, batch, None, self._features(pairs))
         return self._objective_scores(out.label_logits, out.hidden)
 
     # ---- shared-prefix path ----------------------------------------------------------------
@@ -341,7 +368,9 @@ class Reranker:
         images) are shared, computing that prefix once and reusing its keys/values (exact)."""
         with torch.inference_mode():
             head = split(pairs[0], length, images)[0]
-            prefix = run_prefix(self.scorer, self._to_device(self.encoder.collate([head])))
+            prefix = run_prefix(
+                self.scorer, self._to_device(self.encoder.collate([head])), self._features([head])
+            )
         suffixes = [split(pair, length, images)[1] for pair in pairs]
         order = sorted(range(len(pairs)), key=lambda i: (len(pairs[i].input_ids), i))
         return self._run_batches(
@@ -350,5 +379,6 @@ class Reranker:
 
     @torch.inference_mode()
     def _score_suffixes(self, suffixes: Sequence[EncodedPair], prefix: PrefixKV) -> list[float]:
-        out = score_after_prefix(self.scorer, self._to_device(self.encoder.collate(suffixes)), prefix)
+        batch = self._to_device(self.encoder.collate(suffixes))
+        out = score_after_prefix(self.scorer, batch, prefix, self._features(suffixes))
         return self._objective_scores(out.label_logits, out.hidden)

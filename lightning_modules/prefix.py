@@ -121,10 +121,30 @@ def shared_prefix(pairs: Sequence[EncodedPair], image_token_id: int, merge_size:
 
 def split(pair: EncodedPair, length: int, images: int) -> tuple[EncodedPair, EncodedPair]:
     """(prefix, suffix) of a pair cut after ``length`` tokens holding its first ``images`` images."""
+    keys = pair.image_keys
     return (
-        EncodedPair(pair.input_ids[:length], pair.pixel_values[:images], pair.image_grid_thw[:images]),
-        EncodedPair(pair.input_ids[length:], pair.pixel_values[images:], pair.image_grid_thw[images:]),
+        EncodedPair(
+            pair.input_ids[:length],
+            pair.pixel_values[:images],
+            pair.image_grid_thw[:images],
+            image_keys=keys[:images],
+        ),
+        EncodedPair(
+            pair.input_ids[length:],
+            pair.pixel_values[images:],
+            pair.image_grid_thw[images:],
+            image_keys=keys[images:],
+        ),
     )
+
+
+def pair_images(pairs: Sequence[EncodedPair]) -> list[tuple[str | None, torch.Tensor, torch.Tensor]]:
+    """``(key, pixels, grid)`` of every image of ``pairs``, in batch order (key ``None`` if unknown)."""
+    return [
+        (pair.image_keys[i] if pair.image_keys else None, pixels, grid)
+        for pair in pairs
+        for i, (pixels, grid) in enumerate(zip(pair.pixel_values, pair.image_grid_thw, strict=True))
+    ]
 
 
 def positions(scorer: LabelScorer, batch: dict[str, torch.Tensor]) -> torch.Tensor:

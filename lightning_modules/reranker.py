@@ -28,6 +28,7 @@ from lightning_modules.export import base_fingerprint, config_sha256
 from lightning_modules.prefix import (
     ImageFeatureCache,
     image_features,
+    pair_images,
     pays,
     prefix_usable,
     run_prefix,
@@ -423,15 +424,12 @@ class RerankerModule(L.LightningModule):
         (``eval_image_cache_mb``): each distinct image is encoded once per evaluation.
         """
         pairs = [pair for chunk in chunks for pair in unbatch(chunk)]
-        keys = image_keys or [[None] * len(pair.image_grid_thw) for pair in pairs]
+        for pair, keys in zip(pairs, image_keys or [], strict=False):
+            pair.image_keys = keys
         cached = self.hparams.eval_image_cache_mb > 0 and vision_frozen(self.scorer)
 
-        def features(items: list[EncodedPair], item_keys: list[list[str | None]]):
-            images = [
-                (key, pixels, grid)
-                for pair, pair_keys in zip(items, item_keys, strict=True)
-                for key, pixels, grid in zip(pair_keys, pair.pixel_values, pair.image_grid_thw, strict=True)
-            ]
+        def features(items: list[EncodedPair]):
+            images = pair_images(items)
             return self._image_cache.features(self.scorer, images) if cached and images else None
 
         length = images = 0
@@ -443,21 +441,16 @@ class RerankerModule(L.LightningModule):
         prefix = None
         if length > 0:
             head = split(pairs[0], length, images)[0]
-            prefix = run_prefix(
-                self.scorer, self._collate([head], device), features([head], [keys[0][:images]])
-            )
+            prefix = run_prefix(self.scorer, self._collate([head], device), features([head]))
         start = 0
         for chunk in chunks:
             rows = chunk["input_ids"].shape[0]
-            items, item_keys = pairs[start : start + rows], keys[start : start + rows]
+            items = pairs[start : start + rows]
             if prefix is None:
-                out = score_suffixes(self.scorer, chunk, None, features(items, item_keys))
+                out = score_suffixes(self.scorer, chunk, None, features(items))
             else:
                 suffixes = [split(pair, length, images)[1] for pair in items]
-                suffix_keys = [pair_keys[images:] for pair_keys in item_keys]
-                out = score_suffixes(
-                    self.scorer, self._collate(suffixes, device), prefix, features(suffixes, suffix_keys)
-                )
+                out = score_suffixes(self.scorer, self._collate(suffixes, device), prefix, features(suffixes))
             yield self._extras(out.label_logits, out.hidden)
             start += rows
 

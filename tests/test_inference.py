@@ -138,3 +138,21 @@ def test_prefix_cache_is_exact(tiny_model_dir, images, query_kind):
     assert reranker._prefix_cache_available()
     cached = reranker.score(query[query_kind], docs, instruction=INSTRUCTION)
     torch.testing.assert_close(torch.tensor(cached), torch.tensor(plain), atol=1e-4, rtol=0)
+
+
+def test_images_met_again_are_not_encoded_again(tiny_model_dir, images):
+    """Across calls, a candidate image (by path) is encoded once; in-memory images every time."""
+    kwargs = dict(device="cpu", batch_size=2, max_length=256, min_pixels=3136, max_pixels=12544)
+    cached = Reranker.from_pretrained(tiny_model_dir, **kwargs)
+    plain = Reranker.from_pretrained(tiny_model_dir, image_cache_mb=0, **kwargs)
+    docs = documents(images)  # two path images, one in-memory image
+    for query in ("a red car", {"text": "a dog", "image": images[1]}):
+        torch.testing.assert_close(
+            torch.tensor(cached.score(query, docs, instruction=INSTRUCTION)),
+            torch.tensor(plain.score(query, docs, instruction=INSTRUCTION)),
+            atol=1e-5,
+            rtol=0,
+        )
+    # Call 1: 2 path images + 1 in-memory. Call 2: the query image (new) + the in-memory one again.
+    assert cached.image_cache.encoded == 5 and cached.image_cache.reused == 2
+    assert plain.image_cache.encoded == 0
