@@ -107,7 +107,7 @@ class RerankerModule(L.LightningModule):
         lm_head: str = "frozen",
         pairs_per_forward: int = 0,
         share_prefix: bool = True,
-        eval_image_cache_mb: int = 4096,
+        eval_image_cache_mb: int = 2048,
         fusion_alpha: float | None = None,
         gradient_checkpointing: bool = False,
         optimizer: str = "adamw",
