@@ -82,12 +82,10 @@ from lightning_modules.encoding import (
 from lightning_modules.prefix import (
     ImageFeatureCache,
     PrefixKV,
-    pair_images,
-    pays,
+    pairs_features,
     prefix_usable,
-    run_prefix,
-    shared_prefix,
-    split,
+    query_prefix,
+    start_prefix,
     vision_frozen,
 )
 from lightning_modules.prefix import score as score_after_prefix
@@ -288,8 +286,14 @@ class Reranker:
         docs = [as_doc(d, f"document {i}") for i, d in enumerate(documents)]
         pairs = self.encoder.encode_group(instruction, query_doc, docs, where="rerank")
         if len(pairs) > 1 and self.prefix_cache is not False and self._prefix_cache_available():
-            length, images = shared_prefix(pairs, self.encoder.image_token_id, self.encoder.merge_size)
-            if length > 0 and (self.prefix_cache is True or pays(length, pairs)):
+            length, images = query_prefix(
+                self.scorer,
+                pairs,
+                self.encoder.image_token_id,
+                self.encoder.merge_size,
+                self.prefix_cache is True,
+            )
+            if length > 0:
                 return self.score_encoded_with_prefix(pairs, length, images)
         return self.score_encoded(pairs)
 
@@ -341,10 +345,9 @@ class Reranker:
 
     def _features(self, pairs: Sequence[EncodedPair]):
         """Image features of ``pairs`` through the cache (frozen vision tower), or ``None``."""
-        images = pair_images(pairs)
-        if not images or not self._vision_frozen or self.image_cache.max_bytes <= 0:
+        if not self._vision_frozen or self.image_cache.max_bytes <= 0:
             return None
-        return self.image_cache.features(self.scorer, images)
+        return pairs_features(self.scorer, pairs, self.image_cache)
 
     @torch.inference_mode()
     def _score_batch(self, pairs: Sequence[EncodedPair]) -> list[float]:
@@ -367,11 +370,8 @@ class Reranker:
         """Scores of one query's encoded pairs whose first ``length`` tokens (holding ``images``
         images) are shared, computing that prefix once and reusing its keys/values (exact)."""
         with torch.inference_mode():
-            head = split(pairs[0], length, images)[0]
-            prefix = run_prefix(
-                self.scorer, self._to_device(self.encoder.collate([head])), self._features([head])
-            )
-        suffixes = [split(pair, length, images)[1] for pair in pairs]
+            collate = lambda items: self._to_device(self.encoder.collate(items))  # noqa: E731
+            prefix, suffixes = start_prefix(self.scorer, pairs, length, images, collate, self._features)
         order = sorted(range(len(pairs)), key=lambda i: (len(pairs[i].input_ids), i))
         return self._run_batches(
             order, lambda chunk: self._score_suffixes([suffixes[i] for i in chunk], prefix)

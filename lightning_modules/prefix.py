@@ -147,6 +147,45 @@ def pair_images(pairs: Sequence[EncodedPair]) -> list[tuple[str | None, torch.Te
     ]
 
 
+def query_prefix(
+    scorer: LabelScorer,
+    pairs: Sequence[EncodedPair],
+    image_token_id: int,
+    merge_size: int,
+    force: bool = False,
+) -> tuple[int, int]:
+    """(length, images) of the prefix worth caching when scoring one query's ``pairs`` without
+    gradients (``force``: whenever there is one), or ``(0, 0)``."""
+    if len(pairs) < 2 or not prefix_usable(scorer):
+        return 0, 0
+    length, images = shared_prefix(pairs, image_token_id, merge_size)
+    return (length, images) if length > 0 and (force or pays(length, pairs)) else (0, 0)
+
+
+def start_prefix(
+    scorer: LabelScorer, pairs: Sequence[EncodedPair], length: int, images: int, collate, features
+) -> tuple[PrefixKV, list[EncodedPair]]:
+    """Run the shared prefix of ``pairs`` once; (its keys/values, every pair's suffix).
+
+    ``collate`` turns pairs into a batch on the model's device; ``features(pairs)`` gives their
+    image features or ``None`` (pixels then go through the decoder).
+    """
+    head = split(pairs[0], length, images)[0]
+    prefix = run_prefix(scorer, collate([head]), features([head]))
+    return prefix, [split(pair, length, images)[1] for pair in pairs]
+
+
+def pairs_features(scorer: LabelScorer, pairs: Sequence[EncodedPair], cache: ImageFeatureCache | None = None):
+    """``mm_encoder_outputs["image"]`` for the images of ``pairs`` (frozen vision tower), through
+    ``cache`` when given; ``None`` when they have no image."""
+    images = pair_images(pairs)
+    if not images:
+        return None
+    if cache is not None:
+        return cache.features(scorer, images)
+    return image_features(scorer, [(pixels, grid) for _, pixels, grid in images]).pick(range(len(images)))
+
+
 def positions(scorer: LabelScorer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """RoPE positions of a left-padded batch as if each row started at 0 (``[3, B, L]`` for VLMs)."""
     mask = batch["attention_mask"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +28,14 @@ from lightning_modules.encoding import EncodedPair, collate_pairs, pad_token_id,
 from lightning_modules.export import base_fingerprint, config_sha256
 from lightning_modules.prefix import (
     ImageFeatureCache,
-    image_features,
-    pair_images,
-    pays,
+    pairs_features,
     prefix_usable,
-    run_prefix,
+    query_prefix,
     shared_prefix,
-    split,
+    start_prefix,
     vision_frozen,
 )
-from lightning_modules.prefix import score as score_suffixes
+from lightning_modules.prefix import score as score_after_prefix
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +178,9 @@ class RerankerModule(L.LightningModule):
         self._weights_seen: dict[str, list[torch.Tensor]] = {"pos": [], "neg": []}
         self._resume_rng: dict | None = None  # generator states of a checkpoint being resumed
         self._told_no_prefix = False
+        # Fixed once the model is built (train mode, checkpointing set): not re-derived every step.
+        self._prefix_in_training = prefix_usable(self.scorer)
+        self._vision_frozen = vision_frozen(self.scorer)
         self._image_cache = ImageFeatureCache(eval_image_cache_mb * 2**20)
 
     # ---- scoring ---------------------------------------------------------------------------
@@ -220,7 +222,7 @@ class RerankerModule(L.LightningModule):
         per_forward = self.hparams.pairs_per_forward
         checkpointed = torch.is_grad_enabled() and 0 < per_forward < rows
         size = per_forward if per_forward > 0 else group_size
-        share = self.hparams.share_prefix and group_size > 1 and prefix_usable(self.scorer)
+        share = self.hparams.share_prefix and group_size > 1 and self._prefix_in_training
         if self.hparams.share_prefix and group_size > 1 and not share and not self._told_no_prefix:
             self._told_no_prefix = True
             log.info(
@@ -229,32 +231,29 @@ class RerankerModule(L.LightningModule):
                 if self.hparams.gradient_checkpointing
                 else "this backbone has no multimodal RoPE helper",
             )
-        frozen = vision_frozen(self.scorer)
+        collate = partial(self._collate, device=device)
 
         def features(items: list[EncodedPair]):
-            images = [image for p in items for image in zip(p.pixel_values, p.image_grid_thw, strict=True)]
-            return image_features(self.scorer, images).pick(range(len(images))) if frozen and images else None
+            return pairs_features(self.scorer, items) if self._vision_frozen else None
 
         def run(batch, prefix, image_feats) -> tuple[torch.Tensor, torch.Tensor]:
-            out = score_suffixes(self.scorer, batch, prefix, image_feats)
+            out = score_after_prefix(self.scorer, batch, prefix, image_feats)
             return out.label_logits, out.hidden
 
         parts, order = [], []
         for start in range(0, rows, group_size):
             group = pairs[start : start + group_size]
             length, images = shared_prefix(group, self._image_token_id, self._merge_size) if share else (0, 0)
-            prefix = None
+            prefix, suffixes = None, group
             if length > 0:
-                head = split(group[0], length, images)[0]
-                prefix = run_prefix(self.scorer, self._collate([head], device), features([head]))
-            suffixes = [split(pair, length, images)[1] for pair in group]
+                prefix, suffixes = start_prefix(self.scorer, group, length, images, collate, features)
             ranked = sorted(range(len(group)), key=lambda i: (len(suffixes[i].input_ids), i))
             # Full micro-batches from the longest suffixes down, the remainder first: the batch's last
             # micro-batch (kept, not recomputed) is then a full one of the longest suffixes.
             chunks = [ranked[max(0, end - size) : end] for end in range(len(ranked), 0, -size)][::-1]
             for number, chunk in enumerate(chunks):
                 items = [suffixes[i] for i in chunk]
-                args = (self._collate(items, device), prefix, features(items))
+                args = (collate(items), prefix, features(items))
                 last = start + group_size >= rows and number == len(chunks) - 1
                 if checkpointed and not last:
                     parts.append(checkpoint(run, *args, use_reentrant=False))
@@ -426,31 +425,28 @@ class RerankerModule(L.LightningModule):
         pairs = [pair for chunk in chunks for pair in unbatch(chunk)]
         for pair, keys in zip(pairs, image_keys or [], strict=False):
             pair.image_keys = keys
-        cached = self.hparams.eval_image_cache_mb > 0 and vision_frozen(self.scorer)
+        cached = self.hparams.eval_image_cache_mb > 0 and self._vision_frozen
 
         def features(items: list[EncodedPair]):
-            images = pair_images(items)
-            return self._image_cache.features(self.scorer, images) if cached and images else None
+            return pairs_features(self.scorer, items, self._image_cache) if cached else None
 
-        length = images = 0
-        if self.hparams.share_prefix and len(pairs) > 1 and prefix_usable(self.scorer):
-            length, images = shared_prefix(pairs, self._image_token_id, self._merge_size)
-            if not pays(length, pairs):
-                length = images = 0
-        device = chunks[0]["input_ids"].device if chunks else None
-        prefix = None
+        length, images = (
+            query_prefix(self.scorer, pairs, self._image_token_id, self._merge_size)
+            if self.hparams.share_prefix
+            else (0, 0)
+        )
+        prefix = suffixes = None
         if length > 0:
-            head = split(pairs[0], length, images)[0]
-            prefix = run_prefix(self.scorer, self._collate([head], device), features([head]))
+            collate = partial(self._collate, device=chunks[0]["input_ids"].device)
+            prefix, suffixes = start_prefix(self.scorer, pairs, length, images, collate, features)
         start = 0
         for chunk in chunks:
             rows = chunk["input_ids"].shape[0]
-            items = pairs[start : start + rows]
             if prefix is None:
-                out = score_suffixes(self.scorer, chunk, None, features(items))
+                out = score_after_prefix(self.scorer, chunk, None, features(pairs[start : start + rows]))
             else:
-                suffixes = [split(pair, length, images)[1] for pair in items]
-                out = score_suffixes(self.scorer, self._collate(suffixes, device), prefix, features(suffixes))
+                items = suffixes[start : start + rows]
+                out = score_after_prefix(self.scorer, collate(items), prefix, features(items))
             yield self._extras(out.label_logits, out.hidden)
             start += rows
 
