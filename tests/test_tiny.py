@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from lightning_modules import tiny
+from lightning_modules.tiny import tokenizer as tiny_tokenizer
 
 # Two shared cores: one torch thread avoids 10-100x slowdowns under contention.
 torch.set_num_threads(1)
@@ -228,17 +229,17 @@ def test_same_seed_same_bytes_other_seed_differs(
 def test_bpe_training_is_deterministic() -> None:
     # The trainer's hash maps are seeded per instance, so a fresh, uncached run exercises a
     # different iteration order.
-    assert tiny._train_bpe.__wrapped__() == tiny._train_bpe()
+    assert tiny_tokenizer._train_bpe.__wrapped__() == tiny_tokenizer._train_bpe()
 
 
 def test_missing_words_get_merged_into_single_tokens() -> None:
     from tokenizers.models import BPE
 
-    vocab, merges = tiny._train_bpe()
+    vocab, merges = tiny_tokenizer._train_bpe()
     word = "zyzzyvaqq"  # repeated letters: a new merge also fires inside the word
     before = BPE(vocab=dict(vocab), merges=list(merges))
     assert len(before.tokenize(word)) > 1
-    new_vocab, new_merges = tiny._ensure_single_tokens(vocab, merges, [word])
+    new_vocab, new_merges = tiny_tokenizer._ensure_single_tokens(vocab, merges, [word])
     after = BPE(vocab=dict(new_vocab), merges=list(new_merges))
     assert [t.value for t in after.tokenize(word)] == [word]
     assert [i for _, i in new_vocab] == list(range(len(new_vocab)))
