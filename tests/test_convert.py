@@ -1,7 +1,9 @@
-"""`python -m datamodules.convert`: BEIR/MTEB + a first-stage run -> an MRB task that validates and loads."""
+"""`python -m datamodules.convert`: BEIR, MTEB/BEIR Hub tables, UMRB and M-BEIR -> MRB tasks / training groups
+that validate and load: counts, ids, qrels and pixels survive the round trip."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -9,8 +11,8 @@ import pytest
 from PIL import Image
 
 from datamodules import convert as convert_module
-from datamodules.convert import ConversionError, convert
-from datamodules.formats import load_task
+from datamodules.convert import ConversionError, convert, detect
+from datamodules.formats import FormatError, load_task
 from datamodules.validate import main as validate_main
 
 
@@ -119,3 +121,323 @@ def test_problems_are_listed_and_nothing_is_left_behind(tmp_path):
     assert not out.exists() and list((tmp_path / "mrb").iterdir()) == []  # no partial output
     with pytest.raises(ConversionError, match="unknown family"):
         convert(src, run, out, family="XX", metric="ndcg@10", instruction="x")
+
+
+# ---- shared fixture helpers (also used by test_retrieve / test_mine) ----------------------------
+def image_bytes(color: tuple[int, int, int], fmt: str, size: tuple[int, int] = (9, 7)) -> bytes:
+    """A small image whose first pixel differs from the rest, so pixel order matters."""
+    buffer = io.BytesIO()
+    image = Image.new("RGB", size, color)
+    image.putpixel((0, 0), (color[2], color[0], color[1]))
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def same_pixels(path: str | Path, data: bytes) -> bool:
+    with Image.open(path) as stored, Image.open(io.BytesIO(data)) as original:
+        return stored.size == original.size and list(stored.convert("RGB").getdata()) == list(
+            original.convert("RGB").getdata()
+        )
+
+
+def records(path: Path) -> dict[str, dict]:
+    return {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+def write_umrb(src: Path, layout: str = "files") -> dict[str, bytes]:
+    """UMRB as on the Hub: id, modality, text, image (the Image feature, bytes embedded); qrels with Q0.
+
+    ``layout``: ``files`` (query/corpus/qrels.parquet), ``shards`` (the parquet-converter folders), or
+    ``card`` (renamed files found through the dataset card's configs, as in the UMRB cards)."""
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    png, jpg = image_bytes((200, 10, 10), "PNG"), image_bytes((10, 200, 10), "JPEG")
+    png2 = image_bytes((1, 2, 250), "PNG", (5, 11))
+    features = Features(
+        {"id": Value("string"), "modality": Value("string"), "text": Value("string"), "image": ImageFeature()}
+    )
+    query = {
+        "id": ["q1", "q2", "q3"],
+        "modality": ["image,text", "image", "text"],
+        "text": ["what is red?", None, "green thing"],
+        "image": [{"bytes": png, "path": "q1.png"}, {"bytes": jpg, "path": "q2.jpg"}, None],
+    }
+    corpus = {
+        "id": ["c1", "c2", "c3", "c4"],
+        "modality": ["text", "image", "image,text", "text"],
+        "text": ["a red square", "caption not part of an image record", "green", "unrelated"],
+        "image": [None, {"bytes": png, "path": "dup.png"}, {"bytes": png2, "path": "c3.png"}, None],
+    }
+    qrels = {
+        "query-id": ["q1", "q1", "q2", "q3"], "Q0": ["Q0"] * 4,
+        "corpus-id": ["c1", "c4", "c2", "c3"], "score": [1, 0, 1, 2],
+    }  # fmt: skip
+    qrels_features = Features(
+        {
+            "query-id": Value("string"),
+            "Q0": Value("string"),
+            "corpus-id": Value("string"),
+            "score": Value("int8"),
+        }
+    )
+    if layout == "shards":  # the Hub's parquet-converter layout: <config>/<split>/<shard>.parquet
+        names = {"query": "query/test/0000.parquet", "corpus": "corpus/corpus/0000.parquet",
+                 "qrels": "qrels/test/0000.parquet"}  # fmt: skip
+    elif layout == "card":
+        names = {"query": "data/q.parquet", "corpus": "data/c.parquet", "qrels": "data/j.parquet"}
+        (src / "README.md").parent.mkdir(parents=True, exist_ok=True)
+        (src / "README.md").write_text(
+            "---\nconfig_names:\n  - query\n  - corpus\n  - qrels\nconfigs:\n"
+            "  - config_name: qrels\n    data_files:\n      - split: test\n        path: data/j.parquet\n"
+            "  - config_name: corpus\n    data_files:\n      - split: corpus\n        path: data/c.parquet\n"
+            "  - config_name: query\n    data_files:\n      - split: test\n        path: data/q.parquet\n---\n"
+        )
+    else:
+        names = {"query": "query.parquet", "corpus": "corpus.parquet", "qrels": "qrels.parquet"}
+    for name, table, feats in (
+        ("query", query, features),
+        ("corpus", corpus, features),
+        ("qrels", qrels, qrels_features),
+    ):
+        (src / names[name]).parent.mkdir(parents=True, exist_ok=True)
+        Dataset.from_dict(table, features=feats).to_parquet(str(src / names[name]))
+    return {"png": png, "jpg": jpg, "png2": png2}
+
+
+def write_mbeir(src: Path) -> dict[str, bytes]:
+    """An M-BEIR root: query/test + query/train, cand_pool/local, 5-column qrels, mbeir_images tree."""
+    jpg, png = image_bytes((250, 250, 0), "JPEG", (16, 12)), image_bytes((0, 128, 255), "PNG")
+    (src / "mbeir_images" / "toy_images").mkdir(parents=True)
+    (src / "mbeir_images" / "toy_images" / "a.jpg").write_bytes(jpg)
+    (src / "mbeir_images" / "toy_images" / "b.png").write_bytes(png)
+    name = "mbeir_toy_task3"
+    pool = [
+        {"txt": "a yellow bus", "img_path": None, "modality": "text", "did": "5:1", "src_content": None},
+        {"txt": "a blue sky", "img_path": None, "modality": "text", "did": "5:2", "src_content": None},
+        {"txt": "a dog", "img_path": None, "modality": "text", "did": "5:3", "src_content": None},
+        {"txt": None, "img_path": "mbeir_images/toy_images/b.png", "modality": "image", "did": "5:4"},
+    ]
+    queries = {
+        "test": [
+            {"qid": "5:1", "query_txt": None, "query_img_path": "mbeir_images/toy_images/a.jpg",
+             "query_modality": "image", "query_src_content": None, "pos_cand_list": ["5:1"],
+             "neg_cand_list": [], "task_id": 3},
+            {"qid": "5:2", "query_txt": "what colour is the sky?", "query_img_path": "mbeir_images/toy_images/b.png",
+             "query_modality": "image,text", "pos_cand_list": ["5:2"], "neg_cand_list": [], "task_id": 3},
+        ],
+        "train": [
+            {"qid": "5:9", "query_txt": "bus colour", "query_img_path": None, "query_modality": "text",
+             "pos_cand_list": ["5:1"], "neg_cand_list": ["5:2", "5:3", "5:1", "5:4"], "task_id": 3},
+        ],
+    }  # fmt: skip
+    for split, rows in queries.items():
+        (src / "query" / split).mkdir(parents=True)
+        (src / "query" / split / f"{name}_{split}.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows)
+        )
+    (src / "cand_pool" / "local").mkdir(parents=True)
+    (src / "cand_pool" / "local" / f"{name}_cand_pool.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in pool)
+    )
+    (src / "qrels" / "test").mkdir(parents=True)
+    (src / "qrels" / "test" / f"{name}_test_qrels.txt").write_text(
+        "5:1 0 5:1 1 3\n5:2 0 5:2 1 3\n5:2 0 5:3 0 3\n"
+    )
+    return {"jpg": jpg, "png": png}
+
+
+# ---- UMRB ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["files", "shards", "card"])
+def test_umrb_round_trip(tmp_path, capsys, layout):
+    src = tmp_path / "UMRB-Toy"
+    images = write_umrb(src, layout)
+    out = tmp_path / "mrb" / "toy"
+    args = [
+        str(src),
+        "--out",
+        str(out),
+        "--family",
+        "IT2T",
+        "--metric",
+        "ndcg@10",
+        "--instruction",
+        "Find it",
+    ]
+    assert convert_module.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "(umrb): 3 queries, 4 documents, 4 judgements, 0 candidates" in printed
+    assert "ignored by the records' modality: 1 text" in printed  # c2's caption, said not dropped silently
+    assert "next: python -m datamodules.retrieve" in printed and not (out / "candidates.trec").exists()
+    queries, corpus = records(out / "queries.jsonl"), records(out / "corpus.jsonl")
+    assert set(queries) == {"q1", "q2", "q3"} and set(corpus) == {"c1", "c2", "c3", "c4"}
+    assert queries["q1"]["text"] == "what is red?" and same_pixels(
+        out / queries["q1"]["image"], images["png"]
+    )
+    assert "text" not in queries["q2"] and queries["q2"]["image"].endswith(".jpg")
+    assert (out / queries["q2"]["image"]).read_bytes() == images["jpg"]  # the bytes, verbatim
+    assert same_pixels(out / queries["q2"]["image"], images["jpg"])
+    assert queries["q3"] == {"id": "q3", "text": "green thing"}
+    assert corpus["c2"] == {"id": "c2", "image": queries["q1"]["image"]}  # same bytes: one file
+    assert same_pixels(out / corpus["c3"]["image"], images["png2"]) and corpus["c3"]["text"] == "green"
+    assert len([p for p in (out / "images").rglob("*") if p.is_file()]) == 3
+    assert (out / "qrels.tsv").read_text() == "q1 0 c1 1\nq1 0 c4 0\nq2 0 c2 1\nq3 0 c3 2\n"
+
+
+def test_hub_problems_name_the_file_and_row(tmp_path):
+    from datasets import Dataset
+
+    src = tmp_path / "UMRB-Bad"
+    write_umrb(src)
+    Dataset.from_dict(
+        {"id": ["q1", "q2"], "modality": ["image", "text"], "text": ["x", None],
+         "image": [{"bytes": b"not an image", "path": None}, None]}
+    ).to_parquet(str(src / "query.parquet"))  # fmt: skip
+    with pytest.raises(ConversionError) as err:
+        convert(src, None, tmp_path / "out", family="T2T", metric="ndcg@10", instruction="x")
+    message = str(err.value)
+    assert f"{src / 'query.parquet'} row 1: image bytes cannot be decoded" in message
+    assert f"{src / 'query.parquet'} row 2: record 'q2' has modality ['text'] but no text" in message
+    assert not (tmp_path / "out").exists()
+
+
+# ---- MTEB / BEIR as published on the Hub ---------------------------------------------------------
+def write_mteb(src: Path, fmt: str) -> None:
+    """corpus/queries/qrels configs declared in the dataset card; int corpus ids as in some repos."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    corpus = [{"_id": "d1", "title": "Paris", "text": "capital of France"},
+              {"_id": "d2", "title": "", "text": "Berlin, Germany"}, {"_id": "d3", "title": "Rome", "text": ""}]  # fmt: skip
+    queries = [{"_id": "q1", "text": "French capital"}, {"_id": "q2", "text": "German city"},
+               {"_id": "q3", "text": "no judgement is relevant"}]  # fmt: skip
+    qrels = [{"query-id": "q1", "corpus-id": "d1", "score": 1}, {"query-id": "q2", "corpus-id": "d2", "score": 2},
+             {"query-id": "q3", "corpus-id": "d3", "score": 0}, {"query-id": "q1", "corpus-id": "d3", "score": 0}]  # fmt: skip
+    for name, rows in (("corpus", corpus), ("queries", queries), ("qrels", qrels)):
+        (src / name).mkdir(parents=True)
+        if fmt == "parquet":
+            pq.write_table(pa.Table.from_pylist(rows), src / name / "test-00000-of-00001.parquet")
+        else:
+            (src / name / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ext = "parquet" if fmt == "parquet" else "jsonl"
+    card = "---\nconfigs:\n" + "".join(
+        f"- config_name: {n}\n  data_files:\n  - split: test\n    path: {n}/test-*.{ext}\n" if fmt == "parquet"
+        else f"- config_name: {n}\n  data_files:\n  - split: test\n    path: {n}/test.{ext}\n"
+        for n in ("corpus", "queries", "qrels")
+    ) + "---\n# toy\n"  # fmt: skip
+    (src / "README.md").write_text(card)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_mteb_round_trip_with_a_run(tmp_path, fmt):
+    src = tmp_path / "mteb-toy"
+    write_mteb(src, fmt)
+    run = tmp_path / "bm25.trec"
+    run.write_text(
+        "q1 Q0 d1 1 3.0 x\nq1 Q0 d3 2 2.0 x\nq1 Q0 d2 3 1.0 x\nq2 Q0 d1 1 2.0 x\nq3 Q0 d3 1 1.0 x\n"
+    )
+    out = tmp_path / "mrb" / "t"
+    counts = convert(src, run, out, family="T2T", metric="ndcg@10", instruction="Find", top_k=2)
+    assert counts["kind"] == "mteb" and counts["dropped_no_relevant"] == 1
+    task = load_task(out)
+    assert task.queries["q1"].text == "French capital" and set(task.queries) == {"q1", "q2"}
+    assert task.corpus["d1"].text == "Paris\ncapital of France" and task.corpus["d3"].text == "Rome"
+    assert task.qrels == {"q1": {"d1": 1, "d3": 0}, "q2": {"d2": 2}}
+    assert task.candidates == {"q1": {"d1": 3.0, "d3": 2.0}, "q2": {"d1": 2.0}}
+
+
+# ---- M-BEIR --------------------------------------------------------------------------------------
+def test_mbeir_task_and_training_groups(tmp_path, capsys):
+    src = tmp_path / "M-BEIR"
+    images = write_mbeir(src)
+    out = tmp_path / "mrb" / "toy"
+    counts = convert(src, None, out, family="IT2T", metric="recall@5", instruction="Find the caption")
+    assert counts["kind"] == "mbeir" and (counts["queries"], counts["documents"], counts["judgements"]) == (
+        2,
+        4,
+        3,
+    )
+    queries, corpus = records(out / "queries.jsonl"), records(out / "corpus.jsonl")
+    assert queries["5:1"].keys() == {"id", "image"} and same_pixels(
+        out / queries["5:1"]["image"], images["jpg"]
+    )
+    assert (
+        queries["5:2"]["text"] == "what colour is the sky?"
+        and queries["5:2"]["image"] == corpus["5:4"]["image"]
+    )
+    assert (out / queries["5:1"]["image"]).read_bytes() == images["jpg"]
+    assert (out / "qrels.tsv").read_text() == "5:1 0 5:1 1\n5:2 0 5:2 1\n5:2 0 5:3 0\n"
+
+    train = tmp_path / "train"
+    code = convert_module.main(
+        [str(src), "--out", str(train), "--train", "--split", "train", "--instruction", "Find the caption"]
+    )
+    assert code == 0 and "1 training groups, 1 positives, 3 hard negatives" in capsys.readouterr().out
+    (group,) = map(json.loads, (train / "mbeir_toy_task3.jsonl").read_text().splitlines())
+    assert group["task"] == "mbeir_toy_task3" and group["query"] == {"text": "bus colour"}
+    assert group["positives"] == [{"text": "a yellow bus"}]  # pos_cand_list: no qrels file for train
+    negatives = group["hard_negatives"]  # the listed positive 5:1 is not a negative
+    assert [n.get("text") for n in negatives] == ["a blue sky", "a dog", None]
+    assert same_pixels(train / negatives[2]["image"], images["png"])
+    assert validate_main([str(train)]) == 0
+
+
+def test_images_referenced_in_place_need_the_named_root(tmp_path, capsys, monkeypatch):
+    src = tmp_path / "M-BEIR"
+    images = write_mbeir(src)
+    tree = src / "mbeir_images"
+    out = tmp_path / "mrb" / "toy"
+    counts = convert(src, None, out, family="IT2T", metric="recall@5", instruction="x", images_root=tree)
+    assert counts["images"] == {"referenced in place": 3} and not (out / "images").exists()
+    assert (out / "image_root").is_symlink() and records(out / "queries.jsonl")["5:1"]["image"] == (
+        "image_root/toy_images/a.jpg"
+    )
+    run = out / "candidates.trec"
+    run.write_text("5:1 Q0 5:1 1 1.0 x\n5:2 Q0 5:4 1 1.0 x\n")
+    capsys.readouterr()
+    assert validate_main([str(out)]) == 1  # the tree is outside the task folder: refused unless named
+    assert "escapes" in capsys.readouterr().out
+    assert validate_main([str(out), "--images-root", str(tree)]) == 0
+    monkeypatch.setenv("RERANK_LAB_IMAGE_ROOTS", str(tree))
+    task = load_task(out)
+    assert same_pixels(task.queries["5:1"].image, images["jpg"])
+    monkeypatch.setenv("RERANK_LAB_IMAGE_ROOTS", str(tree / "toy_images" / "elsewhere"))
+    with pytest.raises(FormatError, match="escapes"):
+        load_task(out)
+
+
+def test_source_paths_cannot_leave_the_named_roots(tmp_path):
+    src = tmp_path / "M-BEIR"
+    write_mbeir(src)
+    (tmp_path / "secret.png").write_bytes(image_bytes((0, 0, 0), "PNG"))
+    pool = src / "cand_pool" / "local" / "mbeir_toy_task3_cand_pool.jsonl"
+    pool.write_text(
+        pool.read_text() + json.dumps({"did": "5:5", "img_path": "../secret.png", "modality": "image"}) + "\n"
+    )
+    with pytest.raises(ConversionError, match=r"cand_pool.jsonl:5: 'img_path' '../secret.png' is outside"):
+        convert(src, None, tmp_path / "o", family="IT2T", metric="recall@5", instruction="x")
+
+
+def test_detection_and_forcing(tmp_path):
+    write_mbeir(tmp_path / "m")
+    write_umrb(tmp_path / "u")
+    write_mteb(tmp_path / "t", "parquet")
+    write_beir(tmp_path / "b")
+    assert [detect(tmp_path / n) for n in "mutb"] == ["mbeir", "umrb", "mteb", "beir"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConversionError, match="not a known retrieval layout"):
+        detect(tmp_path / "empty")
+    # Forced, the BEIR folder is read as Hub tables (JSONL + TSV qrels): the images that BEIR's
+    # --corpus-images folder option supplies by id are then missing, and the error says which record.
+    with pytest.raises(ConversionError, match=r"corpus.jsonl:6: record 'd5' has neither text nor image"):
+        convert(
+            tmp_path / "b",
+            None,
+            tmp_path / "o",
+            family="T2IT",
+            metric="ndcg@10",
+            instruction="x",
+            kind="mteb",
+        )
+    assert convert(tmp_path / "b", None, tmp_path / "o", family="T2IT", metric="ndcg@10", instruction="x",
+                   corpus_images=tmp_path / "b" / "by_id")["kind"] == "beir"  # fmt: skip

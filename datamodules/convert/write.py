@@ -1,0 +1,227 @@
+"""Write a source as an MRB task folder or a training root: under a temporary name, validated, then
+renamed into place. An existing output is never touched."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from datamodules.convert.common import ConversionError, ImageStore, read_run_lines
+from datamodules.formats import image_roots
+from datamodules.trec import write_run
+from datamodules.validate import ImageChecker, Report, validate_task, validate_training
+
+
+def _fresh(out: Path) -> Path:
+    if out.exists() or out.is_symlink():
+        raise ConversionError(f"{out}: already exists; refusing to overwrite it (choose a new --out)")
+    tmp = out.parent / f".{out.name}.converting-{os.getpid()}"
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _finish(tmp: Path, out: Path, report: Report) -> None:
+    if report.problems:
+        raise ConversionError("the converted output does not validate:\n" + "\n".join(report.problems))
+    if out.exists():
+        raise ConversionError(f"{out}: appeared while converting; refusing to overwrite it")
+    tmp.rename(out)
+
+
+def _doc(text: str | None, image: str | None) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    if text:
+        record["text"] = text
+    if image:
+        record["image"] = image
+    return record
+
+
+class _Docs:
+    """Streams a source's queries or corpus into records with stored images, keeping ``keep`` only."""
+
+    def __init__(self, store: ImageStore, errors: list[str]) -> None:
+        self.store, self.errors = store, errors
+
+    def records(self, items, keep: set[str] | None):
+        seen: set[str] = set()
+        for item in items:
+            if keep is not None and item.id not in keep:
+                continue
+            if item.id in seen:
+                self.errors.append(f"{item.where}: duplicate id {item.id!r}")
+                continue
+            image = self.store.add(item.image, item.where, self.errors) if item.image is not None else None
+            if item.image is not None and image is None:
+                continue
+            if not item.text and not image:
+                self.errors.append(f"{item.where}: record {item.id!r} has neither text nor image")
+                continue
+            seen.add(item.id)
+            yield item.id, _doc(item.text, image)
+
+
+def write_task(
+    source, out: Path, meta: dict[str, str], run: Path | None = None, top_k: int | None = None,
+    full_corpus: bool = False, images_root: Path | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The MRB task folder ``out``; without ``run`` it has no candidates.trec yet (see retrieve)."""
+    errors: list[str] = []
+    qrels, qrels_where = source.qrels(errors)
+    candidates = read_run_lines(run, errors) if run is not None else None
+    if errors:
+        raise ConversionError("\n".join(errors))
+    if candidates is not None and top_k is not None:
+        candidates = {
+            q: dict(sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:top_k])
+            for q, docs in candidates.items()
+        }
+    relevant = {q for q, docs in qrels.items() if any(r > 0 for r in docs.values())}
+    kept = {q for q in relevant if candidates is None or candidates.get(q)}
+    counts: dict[str, Any] = {
+        "dropped_no_relevant": len(set(qrels) - relevant),
+        "dropped_no_candidates": len(relevant - kept),
+    }
+    if not kept:
+        raise ConversionError(
+            f"{qrels_where}: no query has a relevant document" + (f" and candidates in {run}" if run else "")
+        )
+    needed = None
+    if candidates is not None and not full_corpus:
+        needed = {d for q in kept for d in (*qrels[q], *candidates[q])}
+    tmp = _fresh(out)
+    try:
+        store = ImageStore(tmp, images_root)
+        docs = _Docs(store, errors)
+        written: dict[str, set[str]] = {}
+        for kind, items, keep in (
+            ("queries", source.queries(errors), kept),
+            ("corpus", source.corpus(errors), needed),
+        ):
+            with open(tmp / f"{kind}.jsonl", "w", encoding="utf-8") as handle:
+                written[kind] = set()
+                for item_id, record in docs.records(items, keep):
+                    handle.write(json.dumps({"id": item_id, **record}, ensure_ascii=False) + "\n")
+                    written[kind].add(item_id)
+        for q in sorted(kept - written["queries"]):
+            errors.append(f"{qrels_where}: query {q!r} is not in {source.where('queries')}")
+        judged = {d for q in kept for d in qrels[q]}
+        for d in sorted((needed if needed is not None else judged) - written["corpus"]):
+            errors.append(
+                f"{qrels_where}{f' / {run}' if run else ''}: document {d!r} is not in {source.where('corpus')}"
+            )
+        if errors:
+            raise ConversionError(
+                "\n".join(errors[:200]) + (f"\n... {len(errors) - 200} more" if len(errors) > 200 else "")
+            )
+        (tmp / "task.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        with open(tmp / "qrels.tsv", "w", encoding="utf-8") as handle:
+            for q in sorted(kept):
+                for d, grade in sorted(qrels[q].items()):
+                    handle.write(f"{q} 0 {d} {grade}\n")
+        if candidates is not None:
+            write_run(tmp / "candidates.trec", {q: candidates[q] for q in kept}, tag="first-stage")
+        report = Report()
+        with image_roots(*([images_root] if images_root else [])):
+            validate_task(tmp, report, ImageChecker())
+        if candidates is None:  # the one file a task without a run lacks until retrieve writes it
+            missing = f"{tmp / 'candidates.trec'}:1: missing candidates.trec"
+            report.messages[:] = [p for p in report.messages if p != missing]
+        _finish(tmp, out, report)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    counts.update(
+        queries=len(written["queries"]),
+        documents=len(written["corpus"]),
+        images=dict(store.counts),
+        candidates=sum(len(candidates[q]) for q in kept) if candidates is not None else 0,
+        judgements=sum(len(qrels[q]) for q in kept),
+        ignored_by_modality=dict(getattr(source, "ignored", {})),
+    )
+    return counts
+
+
+def write_train(
+    source, out: Path, task: str, instruction: str, images_root: Path | None = None
+) -> dict[str, Any]:
+    """A training root ``out`` holding ``<task>.jsonl``: positives = judged relevant, hard negatives =
+    the negatives the source lists (M-BEIR ``neg_cand_list``) minus any judged relevant."""
+    errors: list[str] = []
+    qrels, qrels_where = source.qrels(errors)
+    negatives = source.negatives(errors)
+    if errors:
+        raise ConversionError("\n".join(errors))
+    positives = {q: sorted(d for d, g in docs.items() if g > 0) for q, docs in qrels.items()}
+    positives = {q: docs for q, docs in positives.items() if docs}
+    skipped: Counter[str] = Counter(no_relevant=len(qrels) - len(positives))
+    if not positives:
+        raise ConversionError(f"{qrels_where}: no query has a relevant document")
+    hard: dict[str, list[str]] = {}
+    for q, docs in negatives.items():
+        relevant = {d for d, g in qrels.get(q, {}).items() if g > 0}
+        hard[q] = [d for d in dict.fromkeys(docs) if d not in relevant]
+        skipped["negatives_judged_relevant"] += len(set(docs) & relevant)
+    needed = {d for q in positives for d in (*positives[q], *hard.get(q, ()))}
+    tmp = _fresh(out)
+    try:
+        store = ImageStore(tmp, images_root)
+        docs = _Docs(store, errors)
+        corpus = dict(docs.records(source.corpus(errors), needed))
+        for d in sorted({d for q in positives for d in positives[q]} - set(corpus)):
+            errors.append(f"{qrels_where}: positive document {d!r} is not in {source.where('corpus')}")
+        missing_negatives = {d for q in hard for d in hard[q]} - set(corpus)
+        for d in sorted(missing_negatives):
+            errors.append(f"{source.where('queries')}: negative {d!r} is not in {source.where('corpus')}")
+        groups, written_negatives = 0, 0
+        with open(tmp / f"{task}.jsonl", "w", encoding="utf-8") as handle:
+            for qid, query in docs.records(source.queries(errors), set(positives)):
+                record = {
+                    "task": task,
+                    "instruction": instruction,
+                    "query": query,
+                    "positives": [corpus[d] for d in positives[qid] if d in corpus],
+                    "hard_negatives": _distinct(
+                        [corpus[d] for d in hard.get(qid, []) if d in corpus],
+                        [corpus[d] for d in positives[qid] if d in corpus],
+                    ),
+                }
+                skipped["negatives_identical_to_a_positive"] += len(hard.get(qid, [])) - len(
+                    record["hard_negatives"]
+                )
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                groups += 1
+                written_negatives += len(record["hard_negatives"])
+        if groups < len(positives) and not errors:
+            errors.append(
+                f"{qrels_where}: {len(positives) - groups} judged query(ies) not in {source.where('queries')}"
+            )
+        if errors:
+            raise ConversionError(
+                "\n".join(errors[:200]) + (f"\n... {len(errors) - 200} more" if len(errors) > 200 else "")
+            )
+        report = Report()
+        with image_roots(*([images_root] if images_root else [])):
+            validate_training(tmp, report)
+        _finish(tmp, out, report)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {
+        "groups": groups,
+        "positives": sum(len(positives[q]) for q in positives),
+        "hard_negatives": written_negatives,
+        "skipped": dict(skipped),
+        "images": dict(store.counts),
+        "ignored_by_modality": dict(getattr(source, "ignored", {})),
+    }
+
+
+def _distinct(negatives: list[dict], positives: list[dict]) -> list[dict]:
+    """Negatives whose content differs from every positive's (validate rejects identical ones)."""
+    seen = {json.dumps(p, sort_keys=True) for p in positives}
+    return [n for n in negatives if json.dumps(n, sort_keys=True) not in seen]
