@@ -1,0 +1,7 @@
+"""``python -m experiments.report``: see the package docstring."""
+
+import sys
+
+from experiments.report.cli import main
+
+sys.exit(main())

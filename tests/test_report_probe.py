@@ -1,0 +1,434 @@
+"""The probe report's statistics (experiments/report/): per-seed differences, the paired bootstrap over
+queries from TREC files, the computed verdict, report.json and safe writing.
+
+Run folders are built here as ``experiments.cli`` and ``experiments.sweep`` leave them, with TREC runs
+whose per-query recall@1 is known: a query scores 1 when its relevant document is ranked first."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from datamodules.trec import write_run
+from experiments import report
+from experiments import sweep as sweep_module
+from experiments.report import claims, queries
+
+TASKS = ("alpha", "beta")
+N_QUERIES = 60  # per task
+
+
+def write_eval_root(root: Path) -> Path:
+    """An MRB root with two tasks of N_QUERIES queries, one relevant document each (q<i> -> rel<i>)."""
+    for task in TASKS:
+        folder = root / task
+        folder.mkdir(parents=True)
+        (folder / "task.json").write_text(
+            json.dumps({"family": "T2T", "metric": "recall@1", "instruction": "x"})
+        )
+        lines = [f"q{i:03d} 0 rel{i} 1\n" for i in range(N_QUERIES)]
+        (folder / "qrels.tsv").write_text("".join(lines), encoding="utf-8")
+    return root
+
+
+def write_probe_run(
+    sweep_dir: Path,
+    weight: str,
+    direction: str,
+    seed: int,
+    hits: dict[str, np.ndarray],
+    eval_root: Path,
+    env: dict | None = None,
+) -> Path:
+    """One finished sweep run of the cell whose final validation ranks query i's relevant document first
+    exactly when ``hits[task][i]``: per-query recall@1 = hits."""
+    key = f"url-W{weight}-D{direction}-s{seed}"
+    run = sweep_dir / key / f"{key}-20260101-000000"
+    (run / "runs" / "val-step8").mkdir(parents=True)
+    config = {
+        "seed_everything": seed,
+        "model": {"objective": "url", "objective_args": {"weight": weight, "direction": direction}},
+        "data": {"eval_root": str(eval_root), "num_negatives": 3},
+        "trainer": {"max_steps": 8},
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    tasks = {}
+    for task, task_hits in hits.items():
+        trec = {
+            f"q{i:03d}": {f"rel{i}": 1.0 if hit else 0.0, f"other{i}": 0.5} for i, hit in enumerate(task_hits)
+        }
+        write_run(run / "runs" / "val-step8" / f"{task}.trec", trec)
+        tasks[task] = {
+            "family": "T2T",
+            "metric": "recall@1",
+            "value": float(np.mean(task_hits)),
+            "n_queries": N_QUERIES,
+        }
+    average = float(np.mean([t["value"] for t in tasks.values()]))
+    record = {"stage": "val", "step": 8, "tasks": tasks, "families": {"T2T": average}, "average": average}
+    (run / "eval_history.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+    metrics = [{"step": s, "train/weight_pos_mean": 0.5 / s, "train/weight_neg_sum": 1 / s} for s in (2, 4)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics), encoding="utf-8")
+    params = {
+        "model.objective": "url",
+        "model.objective_args.weight": weight,
+        "model.objective_args.direction": direction,
+        "seed_everything": seed,
+    }
+    command = [
+        "/usr/bin/env",
+        sys.executable,
+        "-m",
+        "experiments.cli",
+        "fit",
+        *(f"--{k}={v}" for k, v in params.items()),
+    ]
+    done = {
+        "key": key,
+        "params": params,
+        "command": command,
+        "cwd": "/project",
+        "env": env or {},
+        "returncode": 0,
+        "seconds": 12.5,
+        "run_dir": run.name,
+        "metric": {"val/mrb_avg": average},
+    }
+    (run.parent / "done.json").write_text(json.dumps(done), encoding="utf-8")
+    (run.parent / "run.log").write_text("", encoding="utf-8")
+    return run
+
+
+def hit_vector(rate: float, offset: int = 0) -> np.ndarray:
+    """N_QUERIES hits, ``rate`` of them 1, starting at query ``offset`` (wrapping)."""
+    hits = np.zeros(N_QUERIES, dtype=bool)
+    hits[(offset + np.arange(round(rate * N_QUERIES))) % N_QUERIES] = True
+    return hits
+
+
+def build_probe(tmp_path: Path, rates: dict[tuple[str, str], float], seeds=(0, 1, 2), offsets=None) -> Path:
+    """A sweep folder with one run per cell and seed; each seed shifts which queries are hit."""
+    eval_root = write_eval_root(tmp_path / "mrb")
+    sweep_dir = tmp_path / "sweep"
+    for (weight, direction), rate in rates.items():
+        for seed in seeds:
+            offset = (offsets or {}).get((weight, direction), 0) + seed
+            hits = {task: hit_vector(rate, offset) for task in TASKS}
+            write_probe_run(sweep_dir, weight, direction, seed, hits, eval_root, env={"OMP_NUM_THREADS": "1"})
+    return sweep_dir
+
+
+def run_report(sweep_dir: Path, out: Path, *extra: str, plots: bool = False) -> dict:
+    options = ["--resamples", "2000", *([] if plots else ["--no-plots"]), *extra]
+    assert report.main([str(sweep_dir), "--out", str(out), *options]) == 0
+    return json.loads((out / "report.json").read_text(encoding="utf-8"))
+
+
+def comparison(data: dict, key: str) -> dict:
+    return next(c for c in data["comparisons"] if c["key"] == key)
+
+
+SFT_BETTER = {("sft", "sft"): 0.9, ("sft", "cl"): 0.85, ("cl", "sft"): 0.4, ("cl", "cl"): 0.35}
+
+
+def test_weight_claim_holds_when_sft_weight_wins_on_every_query_set(tmp_path):
+    data = run_report(build_probe(tmp_path, SFT_BETTER), tmp_path / "out")
+    for key in ("weight_at_dsft", "weight_at_dcl"):
+        result = comparison(data, key)
+        assert result["interval"]["verdict"] == "holds"
+        assert result["interval"]["estimate"] == pytest.approx(0.5)  # 0.9 - 0.4, 0.85 - 0.35
+        assert result["interval"]["low"] > 0.3 and result["seeds"]["agree"] == 3
+    # |weight effect| 0.5 vs |direction effect| 0.05: the weight matters more
+    main = comparison(data, "weight_over_direction")
+    assert main["interval"]["estimate"] == pytest.approx(0.45) and main["interval"]["verdict"] == "holds"
+    text = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "| W_SFT − W_CL under D_SFT | +50.00 | [+" in text
+    assert (
+        "The claim that W_SFT beats W_CL under both directions: W_SFT − W_CL under D_SFT holds (+50.00 points"
+        in text
+    )
+    assert data["verdict"].startswith(
+        "Of 3 tests of the paper's claims, 3 hold here, 0 are contradicted and 0"
+    )
+    assert (
+        "D_rand helps W_CL and hurts W_SFT was not tested here (not run: W_CL × D_rand, W_SFT × D_rand)"
+        in text
+    )
+
+
+def test_weight_claim_is_contradicted_when_cl_weight_wins(tmp_path):
+    rates = {("sft", "sft"): 0.3, ("sft", "cl"): 0.35, ("cl", "sft"): 0.8, ("cl", "cl"): 0.85}
+    data = run_report(build_probe(tmp_path, rates), tmp_path / "out")
+    for key in ("weight_at_dsft", "weight_at_dcl"):
+        interval = comparison(data, key)["interval"]
+        assert interval["verdict"] == "contradicted" and interval["high"] < 0
+        assert interval["estimate"] == pytest.approx(-0.5)
+    assert comparison(data, "weight_at_dsft")["seeds"]["agree"] == 0
+    assert "W_SFT − W_CL under D_CL is contradicted (-50.00 points" in data["verdict"]
+
+
+def test_weight_claim_is_noise_when_the_cells_hit_as_many_different_queries(tmp_path):
+    # Same hit rate, different queries hit: per-query differences of +-1 that average to 0.
+    rates = {cell: 0.5 for cell in SFT_BETTER}
+    offsets = {("sft", "sft"): 0, ("cl", "sft"): 15, ("sft", "cl"): 30, ("cl", "cl"): 45}
+    data = run_report(build_probe(tmp_path, rates, offsets=offsets), tmp_path / "out")
+    for key in ("weight_at_dsft", "weight_at_dcl"):
+        interval = comparison(data, key)["interval"]
+        assert interval["estimate"] == pytest.approx(0.0, abs=1e-12)
+        assert interval["low"] < 0 < interval["high"] and interval["verdict"] == "noise"
+    assert "cannot be told apart from noise (+0.00 points" in data["verdict"]
+
+
+def test_table2_and_drand_rows_are_compared_when_run(tmp_path):
+    rates = {
+        **SFT_BETTER,
+        ("tau_mask", "sft"): 0.8,
+        ("constant", "sft"): 0.3,
+        ("cl", "projection"): 0.5,
+        ("sft", "projection"): 0.6,
+    }
+    data = run_report(build_probe(tmp_path, rates, seeds=(0, 1)), tmp_path / "out")
+    assert comparison(data, "tau_over_base")["interval"]["estimate"] == pytest.approx(0.5)
+    assert comparison(data, "tau_over_base")["interval"]["verdict"] == "holds"
+    assert comparison(data, "sft_over_tau")["interval"]["estimate"] == pytest.approx(0.1)
+    # D_rand: W_CL 0.5 vs 0.35 (+0.15, the paper's sign); W_SFT 0.6 vs 0.9 (-0.3, the paper's sign -1)
+    assert comparison(data, "drand_cl")["interval"]["verdict"] == "holds"
+    assert comparison(data, "drand_sft")["interval"]["verdict"] == "holds"
+    assert comparison(data, "drand_sft")["seeds"]["agree"] == 2
+    cells = [row["cell"] for row in data["rows"]]
+    assert "W_base+τ-mask × D_SFT" in cells and "W_base × D_SFT" in cells and "W_SFT × D_rand" in cells
+    assert "was not tested" not in data["verdict"]
+
+
+def test_seed_table_means_stds_and_paired_differences_are_exact(tmp_path):
+    eval_root = write_eval_root(tmp_path / "mrb")
+    sweep_dir = tmp_path / "sweep"
+    # recall@1 of 30/60, 36/60, 42/60 for W_SFT x D_SFT, and 30/60, 33/60, 30/60 for W_CL x D_SFT
+    for seed, (a, b) in enumerate([(30, 30), (36, 33), (42, 30)]):
+        for weight, count in (("sft", a), ("cl", b)):
+            hits = {task: hit_vector(count / N_QUERIES) for task in TASKS}
+            write_probe_run(sweep_dir, weight, "sft", seed, hits, eval_root)
+    data = run_report(sweep_dir, tmp_path / "out")
+    sft = next(r for r in data["rows"] if r["weight"] == "sft")
+    assert sft["mrb_avg"]["mean"] == pytest.approx(0.6) and sft["mrb_avg"]["std"] == pytest.approx(0.1)
+    assert sft["n"] == 3 and sft["seeds"] == [0, 1, 2]
+    diff = comparison(data, "weight_at_dsft")["seeds"]
+    assert diff["values"] == pytest.approx([0.0, 0.05, 0.2])
+    assert diff["mean"] == pytest.approx(0.25 / 3) and diff["std"] == pytest.approx(
+        np.std([0, 0.05, 0.2], ddof=1)
+    )
+    assert diff["agree"] == 2  # 0.0 is not in the paper's direction
+    # the bootstrap's point estimate is the difference of the cells' seed means
+    assert comparison(data, "weight_at_dsft")["interval"]["estimate"] == pytest.approx(0.6 - 31 / 60)
+    text = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "| url | sft | sft | 3 (0,1,2) | 60.00 ± 10.00 |" in text
+    assert (
+        "| W_SFT − W_CL under D_SFT | 3 | +8.33 ± 10.41 | s0: +0.00, s1: +5.00, s2: +20.00 | 2/3 | +1.10 |"
+        in text
+    )
+
+
+def test_seeds_that_change_nothing_are_pointed_out(tmp_path):
+    eval_root = write_eval_root(tmp_path / "mrb")
+    for seed in (0, 1):
+        for weight, rate in (("sft", 0.5), ("cl", 0.4)):
+            hits = {task: hit_vector(rate) for task in TASKS}
+            write_probe_run(tmp_path / "sweep", weight, "sft", seed, hits, eval_root)
+    data = run_report(tmp_path / "sweep", tmp_path / "out")
+    assert "W_SFT × D_SFT: its 2 seeds gave the same final metric to the last digit" in "\n".join(
+        data["notes"]
+    )
+    assert comparison(data, "weight_at_dsft")["seeds"]["std"] == 0.0
+
+
+def test_bootstrap_is_the_stated_procedure_and_deterministic():
+    rng = np.random.default_rng(7)
+    a = {"t1": rng.random(40), "t2": rng.random(25)}
+    b = {"t1": rng.random(40), "t2": rng.random(25)}
+    stat = {"d": lambda m: m["A"] - m["B"]}
+    first = queries.bootstrap({"A": a, "B": b}, stat, resamples=500, seed=3)
+    assert first == queries.bootstrap({"A": a, "B": b}, stat, resamples=500, seed=3)
+    assert first != queries.bootstrap({"A": a, "B": b}, stat, resamples=500, seed=4)
+    # By hand: per task, draw query indices (same draw for both cells); average task means.
+    draw = np.random.default_rng(3)
+    diffs = np.zeros(500)
+    for task in ("t1", "t2"):
+        idx = draw.integers(0, len(a[task]), size=(500, len(a[task])))
+        diffs += (a[task][idx] - b[task][idx]).mean(axis=1) / 2
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    estimate = (a["t1"].mean() + a["t2"].mean()) / 2 - (b["t1"].mean() + b["t2"].mean()) / 2
+    assert first["d"] == pytest.approx({"estimate": estimate, "low": low, "high": high}, abs=1e-12)
+
+
+@pytest.mark.slow  # importing scipy.stats alone takes seconds
+def test_bootstrap_agrees_with_scipy_on_one_task():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(11)
+    a, b = rng.normal(0.5, 0.2, 300), rng.normal(0.45, 0.2, 300)
+    ours = queries.bootstrap({"A": {"t": a}, "B": {"t": b}}, {"d": lambda m: m["A"] - m["B"]}, 10_000, 0)["d"]
+    theirs = stats.bootstrap(
+        (a - b,), np.mean, n_resamples=10_000, method="percentile", random_state=np.random.default_rng(1)
+    ).confidence_interval
+    width = theirs.high - theirs.low
+    assert abs(ours["low"] - theirs.low) < 0.05 * width and abs(ours["high"] - theirs.high) < 0.05 * width
+
+
+def test_verdict_rule_on_the_paper_side():
+    assert claims.verdict_of(0.01, 0.2, 1) == "holds"
+    assert claims.verdict_of(-0.2, -0.01, 1) == "contradicted"
+    assert claims.verdict_of(-0.01, 0.2, 1) == "noise" and claims.verdict_of(0.0, 0.2, 1) == "noise"
+    assert (
+        claims.verdict_of(-0.2, -0.01, -1) == "holds" and claims.verdict_of(0.01, 0.2, -1) == "contradicted"
+    )
+
+
+def test_report_json_lists_every_run_with_its_command(tmp_path):
+    data = run_report(build_probe(tmp_path, SFT_BETTER, seeds=(0, 1)), tmp_path / "out", plots=True)
+    assert data["generator"] == "experiments.report" and len(data["runs"]) == 8
+    run = next(r for r in data["runs"] if r["cell"] == "W_CL × D_SFT" and r["seed"] == 1)
+    assert set(run) >= {"path", "cell", "seed", "parameters", "final", "command", "command_line", "seconds"}
+    assert run["parameters"]["model.objective_args.weight"] == "cl" and run["final"]["step"] == 8
+    assert run["final"]["mrb_avg"] == pytest.approx(0.4) and run["final"]["tasks"] == {
+        "alpha": 0.4,
+        "beta": 0.4,
+    }
+    assert run["command"][:2] == ["/usr/bin/env", sys.executable] and "--seed_everything=1" in run["command"]
+    assert run["command_line"].startswith(
+        f"cd /project && OMP_NUM_THREADS=1 /usr/bin/env {sys.executable} -m "
+    )
+    assert data["bootstrap"]["resamples"] == 2000 and data["bootstrap"]["queries"] == {
+        "alpha": 60,
+        "beta": 60,
+    }
+    assert "stratified by task" in data["bootstrap"]["procedure"]
+    out = tmp_path / "out"
+    for name in ("report.md", "probe_table.md", "probe_bar.png", "weights.png", "intervals.png"):
+        assert name in data["outputs"], name
+    for name in ("probe_bar.png", "weights.png", "intervals.png"):  # the one test that draws (seconds)
+        blob = (out / name).read_bytes()
+        assert blob.startswith(b"\x89PNG\r\n\x1a\n") and len(blob) > 10_000, name
+    assert run["command_line"] in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_outputs_never_overwrite_files_the_report_did_not_write(tmp_path, capsys, monkeypatch):
+    for name in ("bars", "weights", "intervals"):  # drawing is tested once, elsewhere
+        monkeypatch.setattr(report.plots, name, lambda *args, name=name: name.encode())
+    sweep_dir = build_probe(tmp_path, SFT_BETTER, seeds=(0,))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    run_report(sweep_dir, out, plots=True)
+    run_report(sweep_dir, out)  # its own, unchanged outputs are replaced; the plots stay its own
+    assert json.loads((out / "report.json").read_text())["outputs"]["weights.png"]
+    run_report(sweep_dir, out, plots=True)
+    assert (out / "weights.png").read_bytes() == b"weights"
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "report.md").write_text("edited by hand", encoding="utf-8")
+    assert report.main([str(sweep_dir), "--out", str(out), "--resamples", "200", "--no-plots"]) == 1
+    assert "report.md: exists and is not an unchanged output of an earlier report" in capsys.readouterr().err
+    assert (out / "report.md").read_text() == "edited by hand"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "report.json").write_text("{}", encoding="utf-8")
+    assert report.main([str(sweep_dir), "--out", str(other), "--no-plots"]) == 1
+    assert "was not written by python -m experiments.report" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["report.json"]
+
+
+def test_missing_trec_files_leave_the_intervals_out_and_say_why(tmp_path):
+    sweep_dir = build_probe(tmp_path, SFT_BETTER, seeds=(0,))
+    trec = next(sweep_dir.glob("url-Wcl-Dsft-s0/*/runs/val-step8/beta.trec"))
+    trec.unlink()
+    data = run_report(sweep_dir, tmp_path / "out")
+    result = comparison(data, "weight_at_dsft")
+    assert result["interval"] is None and f"{trec}: missing" in result["why"]
+    assert (
+        comparison(data, "direction_at_wsft")["interval"] is not None
+    )  # cells with TREC files still compare
+    assert f"{trec}: missing" in (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+
+
+FAKE_PROGRAM = textwrap.dedent(
+    """
+    import json, pathlib, sys
+    args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+    run = pathlib.Path(args["runs_dir"]) / (args["run_name"] + "-20260101-000000")
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(
+        f"seed_everything: {args['seed_everything']}\\nmodel:\\n  objective: url\\n"
+        f"  objective_args: {{weight: {args['w']}, direction: sft}}\\n"
+    )
+    record = {"stage": "val", "step": 2, "tasks": {}, "average": 0.5}
+    (run / "eval_history.jsonl").write_text(json.dumps(record) + "\\n")
+    """
+)
+
+
+def test_a_sweep_records_the_command_folder_and_threads_the_report_prints(tmp_path, monkeypatch):
+    program = tmp_path / "fake.py"
+    program.write_text(FAKE_PROGRAM, encoding="utf-8")
+    config = {
+        "name": "fake",
+        "method": "grid",
+        "command": ["${interpreter}", str(program), "${args}"],
+        "parameters": {"w": {"values": ["sft", "cl"]}, "seed_everything": {"values": [0]}},
+    }
+    path = tmp_path / "fake.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv(sweep_module.AGENT_TAG_ENV, raising=False)
+    assert sweep_module.main([str(path), "--local", "--runs-dir", str(tmp_path / "sweep")]) == 0
+    data = run_report(tmp_path / "sweep", tmp_path / "out")
+    run = next(r for r in data["runs"] if r["weight"] == "cl")
+    assert run["cwd"] == str(tmp_path) and run["env"] == {"OMP_NUM_THREADS": "1"}
+    assert run["command"] == [
+        sys.executable,
+        str(program),
+        "--w=cl",
+        "--seed_everything=0",
+        f"--runs_dir={tmp_path / 'sweep' / 'wcl'}",
+        "--run_name=wcl",
+    ]
+    assert run["command_line"] == f"cd {tmp_path} && OMP_NUM_THREADS=1 " + " ".join(run["command"])
+
+
+@pytest.mark.slow
+def test_real_demo_sweep_per_query_metrics_match_the_validation(
+    tiny_model_dir, demo_dir, tmp_path, monkeypatch
+):
+    """On run folders the CLI really wrote: the TREC files' per-query metrics average to the recorded
+    task values (no mismatch note), and the weight comparison gets an interval."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    out = tmp_path / "sweep"
+    settings = {
+        "seed_everything": "0",
+        "model.objective_args.direction": "sft",
+        "trainer.max_steps": "2",
+        "trainer.val_check_interval": "2",
+        "model.model_name_or_path": str(tiny_model_dir),
+        "data.train_root": str(demo_dir / "train"),
+        "data.eval_root": str(demo_dir / "mrb"),
+        "data.eval_tasks": "[digits-t2i, stdlib-docs]",
+        "data.eval_top_k": "8",
+    }
+    args = ["experiments/sweeps/demo_probe.yaml", "--local", "--runs-dir", str(out)]
+    for key, value in settings.items():
+        args += ["--set", f"{key}={value}"]
+    assert sweep_module.main(args) == 0
+    data = run_report(out, tmp_path / "report")
+    assert len(data["runs"]) == 2 and not [n for n in data["notes"] if "TREC run scores" in n]
+    result = comparison(data, "weight_at_dsft")
+    assert result["interval"] is not None and data["bootstrap"]["queries"] == {
+        "digits-t2i": 16,
+        "stdlib-docs": 16,
+    }
+    finals = {r["weight"]: r["final"]["mrb_avg"] for r in data["runs"]}
+    assert result["interval"]["estimate"] == pytest.approx(finals["sft"] - finals["cl"], abs=1e-12)
+    assert all(r["command_line"].startswith(f"cd {Path.cwd()} && ") for r in data["runs"])
