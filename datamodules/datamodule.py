@@ -8,6 +8,7 @@ micro-batches so that padding stays small.
 from __future__ import annotations
 
 import itertools
+import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,9 +16,28 @@ from dataclasses import dataclass, field
 import lightning as L
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from datamodules.formats import MRBTask, TaskMeta, list_tasks, load_task
-from datamodules.stream import StreamBatch, TrainStream, collate_stream_batch
+from datamodules.formats import (
+    MRB_FILES,
+    Doc,
+    FormatError,
+    MRBTask,
+    Problems,
+    TaskMeta,
+    list_tasks,
+    load_task,
+)
+from datamodules.stream import (
+    BAD_RECORD_POLICIES,
+    ENCODE_ERRORS,
+    StreamBatch,
+    TrainStream,
+    collate_stream_batch,
+)
+from datamodules.trec import regular_file_problem
 from lightning_modules.encoding import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PairEncoder
+
+log = logging.getLogger("rerank_lab.data")
+_MAX_EVAL_WARNINGS = 20  # per process; the per-task counts hold the totals
 
 
 @dataclass
@@ -92,6 +112,11 @@ class RerankDataModule(L.LightningDataModule):
         seed: seed of the negative sampling and shuffling.
         shuffle_buffer: records held by the bounded shuffle buffer of the training stream.
         on_bad_record: ``error`` (stop with file:line) or ``skip`` (drop the record, count and log it).
+            Evaluation follows it too: with ``skip`` a bad line of an MRB task is left out when the
+            task loads and a candidate whose image cannot be used is left out of its query's
+            ranking (it counts as not retrieved); both are counted and reported per task. A task
+            folder that cannot be read as a whole (no task.json, a missing file, no relevant
+            judgement) is an error either way: a task never leaves the average silently.
         trust_remote_code: let the tokenizer/processor run code shipped with the checkpoint.
     """
 
@@ -116,8 +141,14 @@ class RerankDataModule(L.LightningDataModule):
         trust_remote_code: bool = False,
     ) -> None:
         super().__init__()
+        if on_bad_record not in BAD_RECORD_POLICIES:
+            raise ValueError(
+                f"data.on_bad_record must be one of {BAD_RECORD_POLICIES}, got {on_bad_record!r}"
+            )
         self.save_hyperparameters()
         self._encoder: PairEncoder | None = None
+        self.eval_load_problems: dict[str, list[str]] = {}  # task -> records left out when loading (skip)
+        self._eval_warnings = 0
         self.train_stream: TrainStream | None = None
         self.eval_tasks_loaded: list[MRBTask] | None = None
         self._tasks_by_name: dict[str, MRBTask] = {}
@@ -147,9 +178,31 @@ class RerankDataModule(L.LightningDataModule):
             if not self.hparams.eval_root:
                 raise ValueError("data.eval_root is not set; point it at an MRB folder to validate or test")
             folders = list_tasks(self.hparams.eval_root, self.hparams.eval_tasks)
-            self.eval_tasks_loaded = [load_task(folder) for folder in folders]
+            self.eval_tasks_loaded = [self._load_eval_task(folder) for folder in folders]
             self._tasks_by_name = {task.name: task for task in self.eval_tasks_loaded}
         return self.eval_tasks_loaded
+
+    def _load_eval_task(self, folder) -> MRBTask:
+        """One MRB task, strictly (``on_bad_record=error``) or leaving bad records out (``skip``)."""
+        if self.hparams.on_bad_record == "error":
+            return load_task(folder)
+        for name in MRB_FILES:  # a task that cannot be read as a whole is never skipped
+            if (problem := regular_file_problem(folder / name)) is not None:
+                raise FormatError(f"{folder / name}:1: {problem}")
+        problems = Problems()
+        task = load_task(folder, problems)
+        unscorable = [m for m in problems.messages if "the task cannot be scored" in m]
+        if task is None or unscorable:
+            raise FormatError((unscorable or problems.messages)[0])
+        if problems.messages:
+            self.eval_load_problems[task.name] = problems.messages
+            log.warning(
+                "task %s: %d bad record(s) left out (data.on_bad_record=skip), first: %s",
+                task.name,
+                len(problems.messages),
+                problems.messages[0],
+            )
+        return task
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
@@ -181,27 +234,69 @@ class RerankDataModule(L.LightningDataModule):
         task = self._tasks_by_name[item.task]
         query = task.queries[item.qid]
         documents = [task.corpus[d] for d in item.doc_ids]
-        pairs = (
-            self.encoder.encode_group(
-                task.meta.instruction, query, documents, where=f"{task.root}: query {item.qid}"
+        doc_ids, first_stage, skipped = list(item.doc_ids), list(item.first_stage), []
+        try:
+            pairs = (
+                self.encoder.encode_group(
+                    task.meta.instruction, query, documents, where=task.where("queries", item.qid)
+                )
+                if documents
+                else []
             )
-            if documents
-            else []
-        )
+        except ENCODE_ERRORS:
+            pairs, kept, skipped = self._encode_each(task, item, query, documents)
+            doc_ids = [item.doc_ids[i] for i in kept]
+            first_stage = [item.first_stage[i] for i in kept]
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].input_ids))
         size = self.hparams.eval_pairs_per_batch
         chunks = [order[i : i + size] for i in range(0, len(order), size)]
         return {
             "task": item.task,
             "qid": item.qid,
-            "doc_ids": [item.doc_ids[i] for i in order],
-            "first_stage": [item.first_stage[i] for i in order],
+            "doc_ids": [doc_ids[i] for i in order],
+            "first_stage": [first_stage[i] for i in order],
             "relevance": item.relevance,
             "chunks": [self.encoder.collate([pairs[i] for i in chunk]) for chunk in chunks],
             # Each pair's image paths in its images' order (query image first): evaluation keeps
             # the features of images it has encoded (RerankerModule.eval_image_cache_mb).
             "image_keys": [pairs[i].image_keys for chunk in chunks for i in chunk],
+            # "file:line: reason" of the candidates left out (on_bad_record=skip)
+            "skipped": skipped,
         }
+
+    def _encode_each(self, task: MRBTask, item: EvalQuery, query: Doc, documents: list[Doc]):
+        """Encode a query's candidates one by one to find the bad record(s): ``(pairs, kept
+        indices, skipped messages)``. With ``on_bad_record=error`` the first bad one raises."""
+
+        def message(kind: str, record_id: str, err: Exception) -> str:
+            where = task.where(kind, record_id)
+            return str(err) if str(err).startswith(where) else f"{where}: {err}"
+
+        def bad(text: str) -> None:
+            if self.hparams.on_bad_record == "error":
+                raise FormatError(text) from None
+            if self._eval_warnings < _MAX_EVAL_WARNINGS:
+                self._eval_warnings += 1
+                log.warning("skipping bad evaluation record: %s", text)
+
+        instruction, where = task.meta.instruction, task.where("queries", item.qid)
+        try:
+            self.encoder.encode_group(instruction, query, [], where=where)
+        except ENCODE_ERRORS as err:
+            bad(text := message("queries", item.qid, err))
+            more = f" (and its {len(documents) - 1} other candidate(s))" if len(documents) > 1 else ""
+            return [], [], [text + more] * len(documents)
+        pairs, kept, skipped = [], [], []
+        for i, (doc_id, document) in enumerate(zip(item.doc_ids, documents, strict=True)):
+            try:
+                (pair,) = self.encoder.encode_group(instruction, query, [document], where=where)
+            except ENCODE_ERRORS as err:
+                bad(text := message("corpus", doc_id, err))
+                skipped.append(text)
+                continue
+            pairs.append(pair)
+            kept.append(i)
+        return pairs, kept, skipped
 
     # ---- loaders ---------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:

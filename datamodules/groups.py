@@ -1,4 +1,4 @@
-"""Training groups: 1 positive + N negatives per query (design.md §4, paper.md §5).
+"""Training groups: 1 positive + N negatives per query (docs/formats.md §2, docs/science.md §5).
 
 A share ``hard_negative_ratio`` of the N negatives comes from the record's mined
 ``hard_negatives``; the rest are random documents of other groups, drawn from a :class:`DocPool`:

@@ -1,6 +1,6 @@
 """Ranking metrics with trec_eval semantics, and the MRB summary (per task, per family, average).
 
-Metrics are written ``ndcg@k``, ``recall@k`` and ``mrr@k`` (design.md §4). Every value matches what
+Metrics are written ``ndcg@k``, ``recall@k`` and ``mrr@k`` (docs/formats.md §4). Every value matches what
 trec_eval (``pytrec_eval``) reports for the same run and qrels, query by query:
 
 * Ranking: documents are ordered by score, highest first. Equal scores are ordered by document id
@@ -320,7 +320,7 @@ class Summary:
     average: float
 
     def to_dict(self) -> dict[str, Any]:
-        """The pinned JSON object of design.md §3 (``tasks``, ``families``, ``average``)."""
+        """The pinned JSON object of docs/formats.md §4 (``tasks``, ``families``, ``average``)."""
         return {
             "tasks": {
                 name: {"family": r.family, "metric": r.metric, "value": r.value, "n_queries": r.n_queries}

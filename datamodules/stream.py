@@ -1,6 +1,6 @@
 """Streaming training groups: exactly once per epoch over ranks × workers, equal batches, resumable.
 
-The training root holds JSONL / JSONL.gz shards (design.md §4), on local disk or behind any fsspec
+The training root holds JSONL / JSONL.gz shards (docs/formats.md §2), on local disk or behind any fsspec
 URL (``s3://``, ``gs://``, ``memory://``...). Nothing holds the dataset in memory: a cheap index
 pass (one line scan, no JSON parsing) counts the records of every shard and remembers a byte offset
 every ``block_size`` records of plain shards; that index is all that is kept.
@@ -49,12 +49,15 @@ StatefulDataLoader to see worker positions and drops the shuffle buffer's conten
 (huggingface/datasets#7444), so examples are lost. ``litdata`` first converts the data into its own
 chunk format. Both would be wrapped so thickly that the wrapper would be the engine; the I/O layer
 that matters (local disk, object stores, gzip) is fsspec, which this module uses directly.
+
+The shard index lives in :mod:`datamodules.shards`. This file stays over 500 lines because the epoch
+layout, the worker protocol, the resume position and the skip accounting are one contract that is
+read (and changed) together.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import logging
 import posixpath
@@ -66,13 +69,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datamodules.formats import FormatError, TrainGroup, parse_train_group
 from datamodules.groups import DocPool, NegativeSampler, SampledGroup
+from datamodules.shards import Block, StreamIndex, list_shards
 
 __all__ = [
     "BAD_RECORD_POLICIES",
@@ -87,96 +90,7 @@ __all__ = [
 log = logging.getLogger("rerank_lab.data")
 
 BAD_RECORD_POLICIES = ("error", "skip")
-SHARD_SUFFIXES = (".jsonl", ".jsonl.gz")
 _MAX_SKIP_WARNINGS = 20  # per worker and epoch; the counters hold the totals
-
-
-# ---- index ---------------------------------------------------------------------------------------
-def list_shards(root: str, storage_options: dict | None = None) -> tuple[Any, str, list[str]]:
-    """The filesystem of ``root``, its path there, and its JSONL / JSONL.gz shards (sorted paths)."""
-    fs, path = url_to_fs(str(root), **(storage_options or {}))
-    if fs.isfile(path):
-        if not path.endswith(SHARD_SUFFIXES):
-            raise FormatError(f"{root}: a training file must end in .jsonl or .jsonl.gz")
-        return fs, path, [path]
-    if not fs.isdir(path):
-        raise FormatError(f"{root}: training root not found")
-    shards = sorted(p for p in fs.find(path) if p.endswith(SHARD_SUFFIXES))
-    if not shards:
-        raise FormatError(f"{root}: no .jsonl or .jsonl.gz training files found")
-    return fs, path, shards
-
-
-@dataclass(frozen=True)
-class Block:
-    """``count`` consecutive records of one shard, starting at record ``first`` (line ``line``,
-    byte ``offset``; a gzip shard is a single block starting at byte 0)."""
-
-    file: int
-    first: int
-    count: int
-    offset: int
-    line: int
-
-
-def _scan_plain(handle, file_id: int, block_size: int) -> tuple[int, list[Block]]:
-    starts: list[tuple[int, int, int]] = []  # (first record, byte offset, line)
-    count = offset = 0
-    for lineno, raw in enumerate(handle, start=1):
-        if raw.strip():
-            if count % block_size == 0:
-                starts.append((count, offset, lineno))
-            count += 1
-        offset += len(raw)
-    ends = [first for first, _, _ in starts[1:]] + [count]
-    return count, [
-        Block(file_id, first, end - first, off, line)
-        for (first, off, line), end in zip(starts, ends, strict=True)
-    ]
-
-
-@dataclass
-class StreamIndex:
-    """Record counts and block offsets of every shard: O(shards + records / block_size) memory."""
-
-    root: str
-    block_size: int
-    files: list[str]  # paths as the filesystem names them (no protocol)
-    display: list[str]  # what messages call them (local path or URL)
-    records: list[int]
-    blocks: list[Block]
-    fingerprint: str
-    fs: Any = field(repr=False, default=None)
-
-    @property
-    def num_records(self) -> int:
-        return sum(self.records)
-
-    @classmethod
-    def build(cls, root: str, block_size: int = 128, storage_options: dict | None = None) -> StreamIndex:
-        """One pass over every shard: counts non-blank lines, notes block offsets (no JSON parsing)."""
-        if block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {block_size}")
-        fs, root_path, shards = list_shards(root, storage_options)
-        records: list[int] = []
-        blocks: list[Block] = []
-        digest = hashlib.sha1()
-        for file_id, path in enumerate(shards):
-            with fs.open(path, "rb") as handle:
-                if path.endswith(".gz"):
-                    with gzip.GzipFile(fileobj=handle, mode="rb") as unzipped:
-                        count = sum(1 for raw in unzipped if raw.strip())
-                    file_blocks = [Block(file_id, 0, count, 0, 1)] if count else []
-                else:
-                    count, file_blocks = _scan_plain(handle, file_id, block_size)
-            records.append(count)
-            blocks.extend(file_blocks)
-            name = posixpath.relpath(path, root_path) if path != root_path else posixpath.basename(path)
-            digest.update(f"{name}\0{count}\n".encode())
-        display = (
-            list(shards) if isinstance(fs, LocalFileSystem) else [fs.unstrip_protocol(p) for p in shards]
-        )
-        return cls(str(root), block_size, list(shards), display, records, blocks, digest.hexdigest(), fs)
 
 
 # ---- parsing of records behind a URL -------------------------------------------------------------
@@ -283,7 +197,9 @@ class TrainStream(IterableDataset):
             raise ValueError(
                 f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}"
             )
-        self.index = index or StreamIndex.build(str(root), block_size, storage_options)
+        self.index = index or StreamIndex.build(str(root), block_size, storage_options, on_bad_record)
+        for problem in self.index.problems:
+            log.warning("skipping unreadable training shard: %s", problem)
         self.root = str(root)
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.shuffle = seed, shuffle
@@ -299,9 +215,14 @@ class TrainStream(IterableDataset):
         n = self.index.num_records
         self.batches_per_epoch = n // (world_size * batch_size)
         if self.batches_per_epoch == 0:
+            left_out = (
+                f" ({len(self.index.problems)} shard(s) left out as unreadable, first: {self.index.problems[0]})"
+                if self.index.problems
+                else ""
+            )
             raise FormatError(
-                f"{self.root}: {n} training record(s) cannot give one batch of {batch_size} group(s) to each of "
-                f"{world_size} rank(s); add data or lower batch_size"
+                f"{self.root}: {n} training record(s){left_out} cannot give one batch of {batch_size} group(s) to "
+                f"each of {world_size} rank(s); add data or lower batch_size"
             )
         self.remainder = n - self.batches_per_epoch * world_size * batch_size
         self._local = isinstance(self.index.fs, LocalFileSystem)
@@ -312,6 +233,7 @@ class TrainStream(IterableDataset):
             k: 0 for k in ("groups", "skipped", "filled_hard", "other_task", "remainder_dropped")
         }
         self.counters["epochs_completed"] = 0
+        self.counters["skipped_shards"] = len(self.index.problems)
 
     def __len__(self) -> int:
         """Batches per epoch on every rank (a resumed epoch yields only the unconsumed ones)."""
@@ -598,7 +520,7 @@ class StreamLoader(DataLoader):
 
 
 # ---- collation -----------------------------------------------------------------------------------
-_ENCODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+ENCODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
 
 
 def collate_stream_batch(encoder, batch: StreamBatch) -> dict[str, Any]:
@@ -616,7 +538,7 @@ def collate_stream_batch(encoder, batch: StreamBatch) -> dict[str, Any]:
             encoded = encoder.encode_group(
                 group.instruction, group.query, group.documents, where=group.source
             )
-        except _ENCODE_ERRORS as err:
+        except ENCODE_ERRORS as err:
             message = str(err) if str(err).startswith(group.source) else f"{group.source}: {err}"
             if batch.on_bad_record == "error":
                 raise FormatError(message) from err

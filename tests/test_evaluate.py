@@ -222,3 +222,56 @@ def test_existing_json_is_never_clobbered(
     args = ["--data", str(mrb), "--run", str(run_dir), "--json", str(out), "--overwrite"]
     assert run_main(args, capsys)[0] == 0
     assert_close(json.loads(out.read_text()), expected_json(RERANK))
+
+
+def test_judged_queries_missing_from_the_run_are_warned_with_counts(
+    mrb: Path, run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_main(["--data", str(mrb), "--run", str(run_dir)], capsys)
+    assert code == 0
+    assert err.splitlines() == [
+        "warning: task beta: 1 of 2 judged queries are not in the run and score 0 (first: 'p2'); "
+        "rerank every query, or pass the run that covers them"
+    ]
+
+
+def test_run_documents_outside_the_corpus_are_warned_at_their_line(
+    mrb: Path, run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_trec(run_dir / "alpha.trec", {"q1": {"dZ": 0.1, "dY": 0.2}})
+    n_lines = len((run_dir / "alpha.trec").read_text().splitlines())
+    code, _, err = run_main(["--data", str(mrb), "--run", str(run_dir)], capsys)
+    assert code == 0
+    assert f"warning: {run_dir / 'alpha.trec'}:{n_lines - 1}: task alpha: 2 run line(s) name documents" in err
+
+
+def test_qrels_naming_unknown_ids_are_file_line_errors(
+    mrb: Path, run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    qrels = mrb / "alpha" / "qrels.tsv"
+    qrels.write_text(qrels.read_text() + "qX 0 d1 1\n")
+    code, _, err = run_main(["--data", str(mrb), "--run", str(run_dir)], capsys)
+    assert code == 2 and f"{qrels}:6: query id 'qX' is not in queries.jsonl" in err
+    qrels.write_text(qrels.read_text().replace("qX 0 d1 1", "q1 0 dX 1"))
+    code, _, err = run_main(["--data", str(mrb), "--run", str(run_dir)], capsys)
+    assert code == 2 and f"{qrels}:6: document id 'dX' is not in corpus.jsonl" in err
+
+
+def test_a_training_run_folder_scores_its_latest_validation(
+    mrb: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "runs" / "sft-n4-s0-20260101-000000"
+    for stage, step, key in (("val", 9, "candidates"), ("val", 10, "rerank"), ("test", 99, "candidates")):
+        folder = run / "runs" / f"{stage}-step{step}"
+        folder.mkdir(parents=True)
+        for name, task in TASKS.items():
+            write_trec(folder / f"{name}.trec", task[key])
+    (run / "config.yaml").write_text("seed_everything: 0\n")
+    out = tmp_path / "scores.json"
+    code, stdout, _ = run_main(["--data", str(mrb), "--run", str(run), "--json", str(out)], capsys)
+    assert code == 0
+    assert_close(json.loads(out.read_text()), expected_json(RERANK))
+    chosen = run / "runs" / "val-step10"
+    assert stdout.splitlines()[0] == f"run: {run}: the latest validation, at step 10 ({chosen})"
+    code, stdout, _ = run_main(["--data", str(mrb), "--run", str(run / "runs")], capsys)
+    assert code == 0 and "at step 10" in stdout.splitlines()[0]

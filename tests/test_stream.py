@@ -183,7 +183,7 @@ def test_negatives_never_contain_a_positive_and_prefer_the_same_task(tmp_path):
     lines = []
     for k in range(40):
         rec = record(k, "alpha" if k % 2 else "beta", hard=3, positives=2)
-        rec["hard_negatives"].append(rec["positives"][1])  # a mining error: a positive among hard negatives
+        # (a positive among the hard negatives is a bad record: tests/test_broken_training.py)
         rec["positives"].append({"text": "shared positive"})  # also appears in other records' pools
         lines.append(json.dumps(rec))
     (root / "a.jsonl").write_text("\n".join(lines) + "\n")
