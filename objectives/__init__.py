@@ -8,7 +8,7 @@ Usage::
     out.loss.backward()
     scores = obj.score(logits)    # [B, G] ranking scores
 
-See ``docs/paper.md`` for the science and each module's docstring for its formula.
+See ``docs/science.md`` for the science and each module's docstring for its formula.
 """
 
 from objectives.base import STAT_KEYS, GroupBatch, LossParts, Objective, ObjectiveOutput

@@ -21,8 +21,8 @@ class CLObjective(Objective):
     Raises:
         ValueError: a group without exactly one positive.
 
-    References: Dai, Zhang et al., arXiv 2510.14824, the CL objective (paper.md §2) and its
-    weight/direction decomposition (paper.md §3, Table 1 row W_CL x D_CL, MRB 56.40).
+    References: Dai, Zhang et al., arXiv 2510.14824, the CL objective (docs/science.md §2) and its
+    weight/direction decomposition (docs/science.md §3-4, Table 1 row W_CL x D_CL, MRB 56.40).
 
     Relations: ``url(weight="cl", direction="cl", temperature=T)`` has exactly its gradient; the
     group-coupled sibling of ``sft``; ``listwise`` is the same softmax on z_y - z_n.

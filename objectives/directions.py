@@ -2,7 +2,7 @@
 
 In the URL surrogate ``-sg(W+) phi(d0) + sum_i sg(W-_i) phi(di)`` the gradient with respect to
 the hidden state h is ``-W+ dphi/dh`` on the positive and ``+W- dphi/dh`` on negatives, so phi
-fixes the direction (paper.md §3): ``phi = z_y`` gives D_CL = M_y, ``phi = z_y - z_n`` gives
+fixes the direction (docs/science.md §3): ``phi = z_y`` gives D_CL = M_y, ``phi = z_y - z_n`` gives
 D_SFT = M_y - M_n. phi is also the ranking score a URL objective implies.
 
 A direction also chooses which scores its paired weight reads (:meth:`Direction.weight_inputs`):
@@ -70,7 +70,7 @@ class Direction(ReadsScores):
 class SFTDirection(Direction):
     """D_SFT: ``phi = z_y - z_n``, gradient direction M_y - M_n.
 
-    References: Dai, Zhang et al., arXiv 2510.14824 (paper.md §3; Table 1 columns D_SFT).
+    References: Dai, Zhang et al., arXiv 2510.14824 (docs/science.md §3; §4 Table 1 columns D_SFT).
 
     Relations: the direction of the ``sft`` reference; mirrors :class:`CLDirection`;
     :class:`MultiTokenDirection` with one token per side equals it.
@@ -86,7 +86,7 @@ class CLDirection(Direction):
     No 1/T here: the temperature lives in the ``cl`` weight (see ``CLWeight``), so the direction is
     the same for every temperature.
 
-    References: Dai, Zhang et al., arXiv 2510.14824 (paper.md §3; Table 1 columns D_CL).
+    References: Dai, Zhang et al., arXiv 2510.14824 (docs/science.md §3; §4 Table 1 columns D_CL).
 
     Relations: the direction of the ``cl`` reference; mirrors :class:`SFTDirection`.
     """
@@ -113,7 +113,7 @@ class MultiTokenDirection(Direction):
     :attr:`label_tokens` and passes their logits as ``token_logits`` in that order.
 
     References: Dai, Zhang et al., arXiv 2510.14824, direction probe "more label tokens"
-    (2 -> 16 stays flat, ~57.9 MRB; paper.md §4).
+    (2 -> 16 stays flat, ~57.9 MRB; docs/science.md §4).
 
     Relations: generalises :class:`SFTDirection` (one token each side).
     """
@@ -181,7 +181,7 @@ class ProjectionDirection(Direction):
         ValueError: hidden_size missing.
 
     References: Dai, Zhang et al., arXiv 2510.14824, direction probe D_rand (CL +1.32, SFT -1.34;
-    paper.md §4).
+    docs/science.md §4).
 
     Relations: replaces the token-row difference M_y - M_n of :class:`SFTDirection` (or M_y of
     :class:`CLDirection`) by a free vector.

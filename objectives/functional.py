@@ -16,7 +16,7 @@ def compute_dtype(tensor: Tensor) -> torch.dtype:
     """Dtype the objectives compute in: float64 stays float64, everything else becomes float32.
 
     bf16/fp16 label logits are upcast because near-ties in half precision flip rankings and
-    saturate sigmoids (peers.md, complaint 5).
+    saturate sigmoids (docs/architecture.md §6, pitfall 5).
     """
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32
 
@@ -126,7 +126,7 @@ def infonce_loss_any_positives(scores: Tensor, positives: Tensor, temperature: f
 def group_accuracy(scores: Tensor, positives: Tensor) -> Tensor:
     """Fraction of groups ranked perfectly: every positive strictly above every negative.
 
-    Ties count as wrong so that collapsed, all-equal scores read 0 (peers.md, complaint 12). Groups
+    Ties count as wrong so that collapsed, all-equal scores read 0 (docs/architecture.md §6, pitfall 9). Groups
     without a positive or without a negative have no ranking to get right and are skipped.
 
     Returns:

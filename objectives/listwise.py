@@ -23,8 +23,8 @@ class ListwiseObjective(Objective):
         ValueError: a group without exactly one positive.
 
     References: not in Dai, Zhang et al., arXiv 2510.14824; it fills the "listwise objectives" gap
-    the paper leaves open (paper.md §6); ms-swift's generative reranker offers a listwise
-    cross-entropy with temperature over the yes - no score of the same kind (peers.md).
+    the paper leaves open (docs/science.md §6); ms-swift's generative reranker offers a listwise
+    cross-entropy with temperature over the yes - no score of the same kind (docs/science.md §6).
 
     Relations: ``cl`` with z_y replaced by z_y - z_n; equals ``url(weight="cl", direction="sft")``
     except that there the CL weight reads the softmax of z_y, here of u (the same W x D surrogate

@@ -17,8 +17,8 @@ class SFTObjective(Objective):
     Any number of positives per group is allowed. Score: u (monotone in p_yes = sigmoid(u); u is
     used because sigmoid saturates to exact ties at large logits). Weights reported: W_SFT.
 
-    References: Dai, Zhang et al., arXiv 2510.14824, the SFT objective (paper.md §2) and its
-    weight/direction decomposition (paper.md §3, Table 1 row W_SFT x D_SFT, MRB 58.09).
+    References: Dai, Zhang et al., arXiv 2510.14824, the SFT objective (docs/science.md §2) and its
+    weight/direction decomposition (docs/science.md §3-4, Table 1 row W_SFT x D_SFT, MRB 58.09).
 
     Relations: ``url(weight="sft", direction="sft")`` has exactly its gradient; the pointwise
     sibling of ``cl``.

@@ -39,7 +39,7 @@ class UnifiedRerankingLoss(Objective):
             weight with a group that does not have exactly one positive.
 
     References: Dai, Zhang et al., arXiv 2510.14824, the Unified Reranking Loss and its probes
-    (paper.md §3-4: Table 1 weight x direction swap, Table 2 weights, direction probes).
+    (docs/science.md §3-4: Table 1 weight x direction swap, Table 2 weights, direction probes).
 
     Relations: with matched parts it equals the references in gradient: ``url("sft", "sft")`` ~
     ``sft``, ``url("cl", "cl")`` ~ ``cl``.

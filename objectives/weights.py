@@ -1,7 +1,7 @@
 """URL weights: the scalar W that multiplies each document's direction in the gradient.
 
 A weight is computed under ``no_grad`` from its own score definition, never from the direction
-it is paired with (paper.md §3): W_SFT from the log-odds u = z_y - z_n, W_CL from the softmax of
+it is paired with (docs/science.md §3): W_SFT from the log-odds u = z_y - z_n, W_CL from the softmax of
 z_y over the group. The direction supplies both scores as :class:`WeightInputs`; the logit
 directions give (z_y - z_n, z_y), the ``projection`` direction gives its own score s for both.
 
@@ -55,7 +55,7 @@ class SFTWeight(Weight):
     negatives, u = z_y - z_n. Each document can carry weight up to 1 (a group up to N + 1).
 
     References: Dai, Zhang et al., arXiv 2510.14824, the weight/direction decomposition of the SFT
-    gradient (paper.md §3 table; Table 1 rows W_SFT).
+    gradient (docs/science.md §3 table; §4 Table 1 rows W_SFT).
 
     Relations: the exact gradient factor of the ``sft`` reference; paired with the ``sft``
     direction, ``url`` reproduces ``sft``. Mirrors :class:`CLWeight`, which couples the group.
@@ -84,7 +84,7 @@ class CLWeight(Weight):
         ValueError: a group without exactly one positive.
 
     References: Dai, Zhang et al., arXiv 2510.14824, the weight/direction decomposition of the CL
-    gradient (paper.md §3 table; Table 1 rows W_CL).
+    gradient (docs/science.md §3 table; §4 Table 1 rows W_CL).
 
     Relations: the exact gradient factor of the ``cl`` reference (and, computed on u = z_y - z_n,
     of ``listwise``). Mirrors :class:`SFTWeight`.

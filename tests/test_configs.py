@@ -53,7 +53,7 @@ def url(weight: str, direction: str, **extra) -> dict:
 
 SFT = {"objective": "sft", "objective_args": None}
 CL = {"objective": "cl", "objective_args": {"temperature": 1.0}}
-# The paper's probe grid (paper.md §4): file -> (model settings, data.num_negatives or None, row cited).
+# The paper's probe grid (docs/science.md §4): file -> (model settings, data.num_negatives or None, row cited).
 PAPER_GRID = {
     "t1_wsft_dsft": (url("sft", "sft"), None, "Table 1 row 1"),
     "t1_wsft_dcl": (url("sft", "cl"), None, "Table 1 row 2"),

@@ -1,7 +1,7 @@
 """Tests of the objectives package: reference values, exact W x D gradients, errors, stats, scores.
 
 Everything runs in float64 on tiny tensors; expected gradients are derived independently here
-from the formulas in docs/paper.md §3, never from the package's own helpers.
+from the formulas in docs/science.md §3, never from the package's own helpers.
 """
 
 from __future__ import annotations
