@@ -54,28 +54,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import yaml
 
-from experiments.keys import flatten
+from experiments.keys import flatten, run_label
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
 LOCAL_METHODS = ("grid", "random")
 PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 ENVVAR_MACRO = re.compile(r"\$\{envvar:([A-Z0-9_]*)\}")
-# Short names in run keys (``url-Wsft-Dcl-s0``); other keys use their last dotted component.
-ABBREVIATIONS = {
-    "model.objective": "",
-    "model.objective_args.weight": "W",
-    "model.objective_args.direction": "D",
-    "model.objective_args.temperature": "t",
-    "data.num_negatives": "n",
-    "model.lr": "lr",
-    "seed_everything": "s",
-}
 DONE, LOG, LOCK, ATTEMPTS = "done.json", "run.log", "running.lock", ".attempts"
 AGENT_TAG_ENV = "RERANK_SWEEP_AGENT"
+# Environment that can change a run's numbers (CPU threads, GPU choice, cuBLAS determinism): kept in
+# done.json with the folder the command ran in, so the report can print the exact command.
+REPRO_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "CUBLAS_WORKSPACE_CONFIG")
 
 
 class SweepError(ValueError):
@@ -199,23 +191,15 @@ def sample_value(name: str, spec: dict, rng: random.Random) -> Any:
     return draws[kind]()
 
 
-def format_value(value: Any) -> str:
-    text = format(value, "g") if isinstance(value, float) else str(value)
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
-
-
 def run_key(params: dict[str, Any], parameters: dict[str, dict]) -> str:
-    """Folder name of a run from the parameters it varies: ``url-Wsft-Dcl-s0``."""
+    """Folder name of a run from the parameters it varies (``url-Wsft-Dcl-s0``): the CLI's run naming
+    (``experiments.keys``) over the swept keys, the objective first and the seed last."""
     names = [n for n, spec in parameters.items() if is_swept(spec) and n != "seed_everything"]
     if "model.objective" in params:
         names = ["model.objective", *[n for n in names if n != "model.objective"]]
     if "seed_everything" in parameters and is_swept(parameters["seed_everything"]):
         names.append("seed_everything")
-    parts = []
-    for name in names:
-        short = ABBREVIATIONS.get(name, name.rsplit(".", 1)[-1])
-        parts.append(f"{short}{format_value(params[name])}")
-    return "-".join(parts) or "run"
+    return run_label(params, names)
 
 
 def plan_runs(config: dict, count: int | None = None, seed: int = 0) -> list[Run]:
@@ -324,18 +308,21 @@ def latest_run_folder(run_dir: Path) -> Path | None:
 
 
 def final_metric(folder: Path | None, name: str) -> float | None:
-    """The last logged value of ``name`` in a CLI run folder (metrics.jsonl, else eval_history)."""
+    """The value of ``name`` a CLI run folder reports, as its W&B run summary does: the best (highest)
+    ``val/mrb_avg`` over its validations, the last logged value of any other key (metrics.jsonl,
+    else eval_history.jsonl)."""
     if folder is None:
         return None
-    value = None
-    for row in read_jsonl(folder / "metrics.jsonl"):
-        if name in row:
-            value = row[name]
-    if value is None and name == "val/mrb_avg":
-        for record in read_jsonl(folder / "eval_history.jsonl"):
-            if record.get("stage", "val") == "val" and "average" in record:
-                value = record["average"]
-    return value
+    values = [row[name] for row in read_jsonl(folder / "metrics.jsonl") if name in row]
+    if not values and name == "val/mrb_avg":
+        values = [
+            record["average"]
+            for record in read_jsonl(folder / "eval_history.jsonl")
+            if record.get("stage", "val") == "val" and "average" in record
+        ]
+    if not values:
+        return None
+    return max(values) if name == "val/mrb_avg" else values[-1]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -512,6 +499,8 @@ class LocalRunner:
             "params": normalise(run.params),
             "template": self.template,
             "command": command,
+            "cwd": os.getcwd(),
+            "env": {k: env[k] for k in REPRO_ENV if k in env},
             "returncode": 0,
             "seconds": round(seconds, 1),
             "run_dir": str(folder.relative_to(run_dir)) if folder else None,
@@ -574,22 +563,12 @@ def prepare_demo(config: dict) -> None:
 
 
 # ---- W&B ---------------------------------------------------------------------------------------
-def wandb_reachable(timeout: float = 3.0) -> bool:
-    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "api.wandb.ai", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def use_wandb() -> tuple[bool, str]:
     """Whether to hand the sweep to W&B, and why not."""
     mode = os.environ.get("WANDB_MODE", "")
     if mode in ("offline", "disabled", "dryrun"):
         return False, f"WANDB_MODE={mode}"
-    from experiments.cli import wandb_logged_in
+    from experiments.runs import wandb_logged_in, wandb_reachable
 
     if not wandb_logged_in():
         return False, "W&B is not logged in (wandb login)"

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
 
-from experiments.cli import build_cli, flatten, run_name
-from tests.wandb_reader import artifacts, history
+from experiments.cli import EvalBookkeeping, LocalMetrics, build_cli, flatten, main, run_name
+from tests.wandb_reader import artifacts, history, wait_until_written
+from tests.wandb_reader import config as wandb_config
+from tests.wandb_reader import summary as wandb_summary
 
 
 def _fit_args(tiny_model_dir, demo_dir, runs_dir, *extra):
@@ -52,7 +57,7 @@ def test_offline_fit_writes_run_folder_and_wandb_history(
     assert (run_dir / "runs" / "val-step4" / "faces-i2i.trec").is_file()
 
     (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    rows = history(wandb_file)
+    rows = history(wait_until_written(wandb_file))
     steps_with_weights = [r for r in rows if "train/weight_pos_mean" in r and "train/weight_neg_sum" in r]
     assert len(steps_with_weights) >= 4  # one per training step (log_every_n_steps=1)
     assert all(0.0 <= r["train/weight_pos_mean"] <= 1.0 for r in steps_with_weights)
@@ -105,3 +110,255 @@ def test_predict_writes_runs_that_the_evaluator_scores_like_validation(tiny_mode
     summary = evaluate(demo_dir / "mrb", str(folder), tasks=["faces-i2i", "stdlib-docs"])
     for task, result in summary.tasks.items():
         assert result.value == pytest.approx(record["tasks"][task]["value"], abs=1e-9)
+
+
+# ---- W&B bookkeeping and progress (issue 11 items 6, 8) -------------------------------------------
+def test_wandb_config_steps_histograms_best_summary_and_progress_lines(
+    tiny_model_dir, demo_dir, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setattr(LocalMetrics, "progress_every_s", 0.0)  # a progress line per query
+    cli = build_cli(_fit_args(tiny_model_dir, demo_dir, tmp_path / "runs", "--trainer.val_check_interval=2"))
+    out = capsys.readouterr().out
+    beat = [line for line in out.splitlines() if line.startswith("step 4/4")]
+    assert beat and re.search(r"elapsed \d+s  [\d.]+ (step/s|s/step)  ETA 0s$", beat[0]), beat
+    assert re.search(r"^val: 1/\d+ queries, \d+s, ETA \d+", out, re.M)  # validation speaks as it goes
+
+    (wandb_file,) = cli.run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    keys = wandb_config(wait_until_written(wandb_file))
+    assert "model.objective" in keys and "data.num_negatives" in keys
+    assert not {"objective", "lr", "model_name_or_path", "num_negatives", "eval_root"} & set(keys)
+
+    rows = history(wandb_file)
+    val_steps = [r["trainer/global_step"] for r in rows if "val/mrb_avg" in r]
+    table_steps = [r["trainer/global_step"] for r in rows if "val/tasks/_type" in r]
+    assert (val_steps, table_steps) == ([0, 2, 4], [0, 2, 4])  # scalars at the step the tables name
+    hist_steps = [r["trainer/global_step"] for r in rows if "train/weight_pos_hist/values" in r]
+    assert hist_steps[:2] == [2, 4]  # one slice per validation during training
+
+    averages = [
+        json.loads(line)["average"] for line in (cli.run_dir / "eval_history.jsonl").read_text().splitlines()
+    ]
+    best = max(averages)
+    final = wandb_summary(wandb_file)
+    assert final["val/mrb_avg"] == pytest.approx(best)
+    assert final["val/mrb_avg_best_step"] == [0, 2, 4][averages.index(best)]
+
+
+class _FakeRun:
+    def __init__(self) -> None:
+        self.summary: dict = {}
+
+
+class WandbLogger:  # the callback recognises W&B loggers by class name
+    def __init__(self) -> None:
+        self.experiment = _FakeRun()
+
+
+def test_the_summary_keeps_the_best_validation_not_the_last():
+    logger = WandbLogger()
+    trainer = type("T", (), {"sanity_checking": False, "is_global_zero": True, "loggers": [logger]})()
+    keeper = EvalBookkeeping()
+    for step, value in ((0, 0.2), (120, 0.5), (240, 0.4)):
+        trainer.global_step, trainer.callback_metrics = step, {"val/mrb_avg": value}
+        keeper.on_validation_end(trainer, None)
+    assert logger.experiment.summary == {"val/mrb_avg": 0.5, "val/mrb_avg_best_step": 120}
+
+
+# ---- bad records (issue 11 items 18, 19) ---------------------------------------------------------
+def _bad_records(path, count):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for i in range(count):
+            record = {
+                "task": "stdlib-docs",
+                "instruction": "Find the documentation.",
+                "query": {"text": f"query {i}", "image": "images/missing.png"},
+                "positives": [{"text": f"positive {i}"}],
+                "hard_negatives": [{"text": f"negative {i} {j}"} for j in range(3)],
+            }
+            handle.write(json.dumps(record) + "\n")
+
+
+def _skip_args(tiny_model_dir, demo_dir, train_root, runs_dir, *extra):
+    return [
+        "fit",
+        "--config",
+        "experiments/configs/demo.yaml",
+        f"--model.model_name_or_path={tiny_model_dir}",
+        f"--data.train_root={train_root}",
+        f"--data.eval_root={demo_dir / 'mrb'}",
+        "--data.eval_tasks=[stdlib-docs]",
+        "--data.on_bad_record=skip",
+        f"--runs_dir={runs_dir}",
+        "--validate_before_fit=false",
+        "--trainer.logger=false",
+        "--trainer.log_every_n_steps=1",
+        *extra,
+    ]
+
+
+def test_skipped_records_are_a_running_total(tiny_model_dir, demo_dir, tmp_path):
+    train = tmp_path / "train"
+    train.mkdir()
+    good = (demo_dir / "train" / "stdlib-docs.jsonl").read_text().splitlines()[:12]
+    (train / "good.jsonl").write_text("\n".join(good) + "\n")
+    _bad_records(train / "bad.jsonl", 4)
+    cli = build_cli(
+        _skip_args(
+            tiny_model_dir,
+            demo_dir,
+            train,
+            tmp_path / "runs",
+            "--trainer.max_steps=4",
+            "--trainer.val_check_interval=4",
+        )
+    )
+    rows = [json.loads(line) for line in (cli.run_dir / "metrics.jsonl").read_text().splitlines()]
+    totals = [row["train/skipped_records"] for row in rows if "train/skipped_records" in row]
+    assert len(totals) == 4 and totals == sorted(totals) and totals[-1] == 4  # 16 records, 4 bad, one epoch
+
+
+def test_a_fit_whose_every_record_is_skipped_stops_with_an_error(tiny_model_dir, demo_dir, tmp_path, capsys):
+    _bad_records(tmp_path / "train" / "bad.jsonl", 8)
+    with pytest.raises(SystemExit) as caught:
+        main(
+            _skip_args(
+                tiny_model_dir, demo_dir, tmp_path / "train", tmp_path / "runs", "--trainer.max_steps=2"
+            )
+        )
+    assert caught.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: " in err and "all 8 training record(s) read were bad and skipped" in err
+    assert "Traceback" not in err
+
+
+# ---- refused configs, before any weights load (issue 11 items 7, 13, 18; issue 12 item 3) ---------
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--data.eval_top_k=-1", "data.eval_top_k=-1: must be a whole number >= 1"),
+        ("--data.eval_top_k=0", "data.eval_top_k=0: must be a whole number >= 1"),
+        ("--data.eval_pairs_per_batch=0", "data.eval_pairs_per_batch=0: must be a whole number >= 1"),
+        ("--model.objective=sfft", "model.objective='sfft'"),
+        ("--model.objective_args={weight: slf}", "model.objective_args"),
+        ("--run_name=../../x", "run_name '../../x': a run name is one folder name"),
+        ("--optimizer=torch.optim.SGD", "optimizer"),  # LightningCLI's own optimizer option is off
+    ],
+)
+def test_bad_settings_are_refused_at_once_with_the_key_named(
+    tiny_model_dir, demo_dir, tmp_path, monkeypatch, capsys, flag, message
+):
+    import lightning_modules.reranker as reranker
+
+    monkeypatch.setattr(
+        reranker, "load_backbone", lambda *a, **k: pytest.fail("weights loaded before the check")
+    )
+    args = _fit_args(tiny_model_dir, demo_dir, tmp_path / "runs", flag)
+    if flag.startswith("--model.objective_args"):
+        args.append("--model.objective=url")
+    with pytest.raises(SystemExit) as caught:
+        build_cli(args)
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "x").exists()
+
+
+def test_help_lists_export(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["--help"])
+    assert caught.value.code == 0
+    assert re.search(r"^\s+export\s+Merge a checkpoint", capsys.readouterr().out, re.M)
+
+
+def test_test_scores_the_test_root_not_the_validation_root(tiny_model_dir, demo_dir, tmp_path, capsys):
+    test_root = tmp_path / "mrb-test"
+    shutil.copytree(demo_dir / "mrb" / "stdlib-docs", test_root / "stdlib-docs")
+    common = [
+        "test",
+        "--config",
+        "experiments/configs/demo.yaml",
+        f"--model.model_name_or_path={tiny_model_dir}",
+        f"--data.eval_root={demo_dir / 'mrb'}",
+        "--data.eval_top_k=3",
+        f"--runs_dir={tmp_path / 'runs'}",
+        "--trainer.logger=false",
+    ]
+    tested = build_cli([*common, f"--data.test_root={test_root}"])
+    (record,) = [
+        json.loads(line) for line in (tested.run_dir / "eval_history.jsonl").read_text().splitlines()
+    ]
+    assert record["stage"] == "test" and list(record["tasks"]) == ["stdlib-docs"]
+    saved = yaml.safe_load((tested.run_dir / "config.yaml").read_text())["data"]
+    assert saved["test_root"] == str(test_root) and saved["eval_root"] == str(demo_dir / "mrb")
+    assert "data.test_root is not set" not in capsys.readouterr().err
+    untested = build_cli([*common, "--data.eval_tasks=[stdlib-docs]"])
+    assert untested.run_dir != tested.run_dir
+    assert (
+        "data.test_root is not set, so the validation tasks (data.eval_root) are scored"
+        in capsys.readouterr().err
+    )
+
+
+# ---- checkpoints (issue 11 item 12) ---------------------------------------------------------------
+def test_resume_from_a_truncated_checkpoint_names_the_last_good_one(
+    tiny_model_dir, demo_dir, tmp_path, capsys
+):
+    import torch
+
+    folder = tmp_path / "old-run" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save({"state_dict": {}}, folder / "best-step2.ckpt")
+    (folder / "last.ckpt").write_bytes((folder / "best-step2.ckpt").read_bytes()[:100])
+    args = _fit_args(
+        tiny_model_dir, demo_dir, tmp_path / "runs", "--validate_before_fit=false", "--trainer.logger=false"
+    )
+    with pytest.raises(SystemExit) as caught:
+        main([*args, f"--ckpt_path={folder / 'last.ckpt'}"])
+    assert caught.value.code == 1
+    err = capsys.readouterr().err
+    assert "is truncated or corrupt" in err and f"--ckpt_path={folder / 'best-step2.ckpt'}" in err
+    assert "Traceback" not in err
+
+
+def test_a_full_disk_during_a_checkpoint_stops_the_fit_and_keeps_the_previous_one(
+    tiny_model_dir, demo_dir, tmp_path, monkeypatch, capsys
+):
+    import errno
+
+    import torch
+
+    import experiments.runs as runs
+
+    real_save, saves = torch.save, []
+
+    def save_until_the_disk_fills(obj, handle, *args, **kwargs):
+        saves.append(handle.name)
+        if len(saves) == 1:
+            return real_save(obj, handle, *args, **kwargs)
+        handle.write(b"PK\x03\x04 the first bytes of a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs.torch, "save", save_until_the_disk_fills)
+    args = _fit_args(
+        tiny_model_dir,
+        demo_dir,
+        tmp_path / "runs",
+        "--validate_before_fit=false",
+        "--trainer.logger=false",
+        "--trainer.enable_checkpointing=true",
+        "--trainer.max_steps=2",
+        "--trainer.val_check_interval=1",
+    )
+    with pytest.raises(SystemExit) as caught:
+        main(args)
+    assert caught.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: cannot write checkpoint" in err and "the disk is full" in err and "Traceback" not in err
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    (kept,) = (run_dir / "checkpoints").iterdir()  # the step-1 checkpoint, whole; nothing else
+    assert "step1" in kept.name.replace("=", "") and runs.readable_checkpoint(kept)
+    assert all(Path(name).parent == kept.parent for name in saves)  # temporary files beside the target
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(line) for line in lines)

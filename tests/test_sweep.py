@@ -148,6 +148,38 @@ def test_full_scale_grids_have_the_expected_runs():
     assert [r.key for r in plan("probe_grid", count=2)] == ["url-Wsft-Dsft-s0", "url-Wsft-Dcl-s0"]
 
 
+def test_sweep_folders_and_cli_run_names_are_one_naming_scheme():
+    from experiments.keys import run_name
+
+    parameters = {
+        "model.objective": {"value": "cl"},
+        "model.objective_args.temperature": {"values": [0.5, 2.0]},
+        "data.num_negatives": {"values": [4, 8]},
+        "seed_everything": {"values": [1, 2]},
+    }
+    runs = sweep.plan_runs({"method": "grid", "parameters": parameters})
+    assert runs[0].key == "cl-T0.5-n4-s1"
+    config = {
+        "model": {"objective": "cl", "objective_args": {"temperature": 0.5}, "lm_head": "frozen"},
+        "data": {"num_negatives": 4},
+        "seed_everything": 1,
+    }
+    assert run_name(config) == runs[0].key  # the CLI names the same run the same way
+
+
+def test_the_run_metric_is_the_best_validation_as_in_the_wandb_summary(tmp_path):
+    rows = [
+        {"step": 0, "val/mrb_avg": 0.3},
+        {"step": 5, "train/loss": 0.9},
+        {"step": 10, "val/mrb_avg": 0.5},
+        {"step": 15, "train/loss": 0.7},
+        {"step": 20, "val/mrb_avg": 0.4},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert sweep.final_metric(tmp_path, "val/mrb_avg") == 0.5
+    assert sweep.final_metric(tmp_path, "train/loss") == 0.7  # other keys: the last value
+
+
 def test_random_plan_is_seeded_capped_and_in_range():
     config = sweep.load_sweep(ROOT / "experiments" / "sweeps" / "lr.yaml")
     runs = sweep.plan_runs(config)
@@ -444,7 +476,8 @@ def test_demo_probe_sweep_end_to_end(tiny_model_dir, demo_dir, tmp_path, monkeyp
         done = json.loads((out / key / "done.json").read_text())
         history = (out / key / done["run_dir"] / "eval_history.jsonl").read_text().splitlines()
         assert [json.loads(line)["step"] for line in history] == [0, 2]
-        assert done["metric"]["val/mrb_avg"] == pytest.approx(json.loads(history[-1])["average"])
+        best = max(json.loads(line)["average"] for line in history)  # the best, as W&B's summary
+        assert done["metric"]["val/mrb_avg"] == pytest.approx(best)
     assert sweep.main(args) == 0
     assert capsys.readouterr().out.count(" ... skipped (finished)") == 4
 

@@ -69,3 +69,49 @@ def artifacts(path: str | Path) -> list[tuple[str, str]]:
         if record.WhichOneof("record_type") == "artifact":
             found.append((record.artifact.name, record.artifact.type))
     return found
+
+
+def _updates(path: str | Path, kind: str) -> dict:
+    """The merged ``update`` items of every ``kind`` record ("config" or "summary"), later ones winning."""
+    from wandb.proto import wandb_internal_pb2
+
+    merged = {}
+    for raw in _records(Path(path).read_bytes()):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == kind:
+            for item in getattr(record, kind).update:
+                merged[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return merged
+
+
+def config(path: str | Path) -> dict:
+    """The run's config as W&B holds it (key -> value)."""
+    return {
+        key: value.get("value") if isinstance(value, dict) else value
+        for key, value in _updates(path, "config").items()
+    }
+
+
+def summary(path: str | Path) -> dict:
+    """The run's summary as last written (key -> value)."""
+    return _updates(path, "summary")
+
+
+def wait_until_written(path: str | Path, timeout: float = 30.0) -> Path:
+    """Wait until the W&B service has written the run's ``exit`` record: ``wandb.finish()`` can return
+    before the service process has flushed the last records of an offline run to the file."""
+    import time
+
+    from wandb.proto import wandb_internal_pb2
+
+    deadline = time.monotonic() + timeout
+    while True:
+        for raw in _records(Path(path).read_bytes()):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(raw)
+            if record.WhichOneof("record_type") == "exit":
+                return Path(path)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: no exit record after {timeout} s")
+        time.sleep(0.2)

@@ -1,0 +1,272 @@
+"""Run folders and the files a run writes: created exclusively, written atomically, read back safely.
+
+* :func:`create_run_dir` makes ``<runs_dir>/<name>-<timestamp>[-k]`` with ``os.mkdir`` (exclusive),
+  so two runs started in the same second get two folders; the name must be one plain folder name.
+* :class:`AtomicCheckpointIO` replaces Lightning's ``TorchCheckpointIO`` for local paths. Lightning
+  writes through an fsspec transaction whose temporary file lives in ``$TMPDIR``; when that is
+  another filesystem than the run folder (a local ``/tmp``, runs on shared storage) the final
+  "rename" is a copy, and a kill or a full disk during it leaves a truncated file under the final
+  name. Here the temporary file is created next to the target, fsynced and renamed over it (one
+  atomic step on every POSIX filesystem), and the folder is fsynced so the rename survives a crash.
+  Reading a checkpoint that is truncated or corrupt raises :class:`CheckpointError` naming the
+  newest readable checkpoint of the same folder.
+* :func:`append_line` appends one JSON line or none: a failed write is cut back to the old size.
+* :func:`choose_wandb_mode` decides offline W&B before anything waits on the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import pickle
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import get_filesystem
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
+
+
+class RunError(ValueError):
+    """A run that cannot start or continue as configured; the message says which key or file and why."""
+
+
+class CheckpointError(RunError):
+    """A checkpoint that cannot be read (truncated, corrupt, not a checkpoint)."""
+
+
+# ---- run folders -------------------------------------------------------------------------------
+def check_run_name(name: str) -> str:
+    """``name`` if it is one plain folder name; otherwise :class:`RunError` naming ``run_name``."""
+    if len(name) > 200 or not RUN_NAME.match(name):
+        raise RunError(
+            f"run_name {name!r}: a run name is one folder name inside runs_dir (letters, digits and "
+            "'._+=-', starting with a letter or digit), not a path; choose the parent folder with --runs_dir"
+        )
+    return name
+
+
+def create_run_dir(runs_dir: str | Path, name: str, stamp: str | None = None) -> Path:
+    """Create ``<runs_dir>/<name>-<stamp>`` exclusively (``-1``, ``-2``, ... when taken) and return it.
+
+    ``os.mkdir`` fails when the folder exists, so two processes starting at the same second never
+    share a folder, whatever the timing.
+    """
+    check_run_name(name)
+    parent = Path(runs_dir)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunError(f"runs_dir {str(parent)!r}: cannot create it: {error.strerror or error}") from error
+    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
+    for suffix in range(10_000):
+        folder = parent / (f"{name}-{stamp}" if suffix == 0 else f"{name}-{stamp}-{suffix}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise RunError(
+                f"runs_dir {str(parent)!r}: cannot create {folder.name}: {error.strerror}"
+            ) from error
+        return folder
+    raise RunError(f"runs_dir {str(parent)!r}: 10,000 runs named {name}-{stamp} already exist")
+
+
+# ---- atomic files ------------------------------------------------------------------------------
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
+    """Call ``write(binary_file)`` on a temporary file next to ``path``, fsync it, rename it to ``path``.
+
+    On any failure (a full disk, an interrupt) the temporary file is removed and ``path`` keeps
+    its previous content, or stays absent.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def append_line(path: str | Path, row: dict) -> None:
+    """Append ``row`` as one JSON line; on a failed or short write the file is cut back to its old size,
+    so a reader never sees half a line."""
+    data = (json.dumps(row) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+def _is_local(path: Any) -> bool:
+    return isinstance(get_filesystem(str(path)), LocalFileSystem)
+
+
+def readable_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a complete ``torch.save`` archive (every member's CRC checks)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
+
+
+def last_good_checkpoint(folder: Path, exclude: Path | None = None) -> Path | None:
+    """The newest readable ``*.ckpt`` of ``folder`` (other than ``exclude``)."""
+    try:
+        candidates = [p for p in folder.glob("*.ckpt") if p.is_file() and p != exclude]
+    except OSError:
+        return None
+    for candidate in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True):
+        if readable_checkpoint(candidate):
+            return candidate
+    return None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose local saves are atomic next to the target and whose loads of a
+    damaged file say which checkpoint is still good (module docstring)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or not _is_local(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            atomic_write(path, lambda handle: torch.save(checkpoint, handle))
+        except OSError as error:
+            reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+            raise CheckpointError(
+                f"cannot write checkpoint {path}: {reason}; the previous checkpoints in {path.parent} "
+                "are intact"
+            ) from error
+
+    def load_checkpoint(self, path, map_location: Any = lambda storage, loc: storage, weights_only=None):
+        if not _is_local(path) or not Path(path).is_file():
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        path = Path(path)
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except (
+            EOFError,
+            RuntimeError,
+            zipfile.BadZipFile,
+            OSError,
+            ValueError,
+            pickle.UnpicklingError,
+        ) as error:
+            if readable_checkpoint(path):
+                raise  # a complete archive: the error is about its content, not a damaged file
+            raise damaged_checkpoint(path, type(error).__name__) from None
+
+
+def damaged_checkpoint(path: Path, detail: str) -> CheckpointError:
+    """The error for a checkpoint that is not a complete archive, naming the newest good one beside it."""
+    good = last_good_checkpoint(path.parent, exclude=path)
+    advice = (
+        f"the last good checkpoint in that folder is {good}: resume with --ckpt_path={good}"
+        if good
+        else f"no readable checkpoint is left in {path.parent}"
+    )
+    return CheckpointError(
+        f"checkpoint {path} ({path.stat().st_size:,} bytes) is truncated or corrupt, not a complete "
+        f"PyTorch checkpoint ({detail}); {advice}"
+    )
+
+
+def check_checkpoint(path: str | Path | None) -> None:
+    """Raise :class:`CheckpointError` when ``path`` is a local file that is not a complete checkpoint."""
+    if path and _is_local(path) and Path(path).is_file() and not readable_checkpoint(Path(path)):
+        raise damaged_checkpoint(Path(path), "not a complete zip archive")
+
+
+# ---- W&B ---------------------------------------------------------------------------------------
+def wandb_logged_in() -> bool:
+    """Whether W&B has credentials (an API key in the environment or in ~/.netrc)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+    except OSError:
+        return False
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """Whether the W&B server (``WANDB_BASE_URL``) answers an HTTP request within ``timeout`` s.
+
+    An HTTP answer of any status counts; a failed name lookup, a refused or silent connection does
+    not (a TCP connect alone is not enough: some networks accept every connection and never answer).
+    """
+    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True  # the server answered
+    except (OSError, ValueError):  # URLError, timeouts, resets; ValueError: a malformed URL
+        return False
+
+
+def choose_wandb_mode() -> str | None:
+    """Set ``WANDB_MODE=offline`` (and print one line why) when no mode was chosen and W&B has no
+    login or cannot be reached; return the reason, or ``None`` when the environment is left as is.
+
+    Without this, ``wandb.init`` with a key and no network retries for about two minutes and then
+    fails the run.
+    """
+    if os.environ.get("WANDB_MODE"):
+        return None
+    if not wandb_logged_in():
+        reason = "no login found"
+    elif not wandb_reachable():
+        server = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+        reason = f"{server} is not reachable"
+    else:
+        return None
+    os.environ["WANDB_MODE"] = "offline"
+    print(
+        f"W&B: {reason}, logging offline; upload later with `wandb sync <run>/wandb/offline-run-*`",
+        file=sys.stderr,
+        flush=True,
+    )
+    return reason
