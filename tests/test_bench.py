@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import json
 
-from experiments.bench import TRAIN_METHODS, TRAIN_NEGATIVES, run
+import pytest
+
+from experiments.bench.runner import TRAIN_METHODS, TRAIN_NEGATIVES, run
 
 
 def test_quick_bench_writes_the_report(tiny_model_dir, tmp_path):
     report = run(tmp_path / "bench", quick=True, tiny_dir=tiny_model_dir)
     saved = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert saved == json.loads(json.dumps(report))
+    for key in ("train_bound", "inference_bound"):  # the exact-computation limit beside each speed-up
+        assert saved[key] > 1, key
+    for result in saved["models"]["tiny"]["train"].values():
+        if result["method"] == "rerank-lab":
+            assert all(row["bound"] > 1 for row in result["families"].values())
+    assert all(row["bound"] > 1 for row in saved["models"]["tiny"]["inference"]["families"].values())
     for key in ("device", "train_speedup", "inference_speedup", "memory_growth_n4_to_n16"):
         assert key in saved, key
     assert saved["device"].startswith(("cpu", "cuda"))
@@ -33,3 +41,56 @@ def test_quick_bench_writes_the_report(tiny_model_dir, tmp_path):
     assert inference["max_abs_diff_default_vs_loop"] < 1e-4
     markdown = (tmp_path / "bench" / "bench.md").read_text()
     assert saved["device"] in markdown and "| tiny | 16 | rerank-lab |" in markdown
+    assert "## Measured vs the exact-computation bound" in markdown and "| tiny | T2T | 14 |" in markdown
+
+
+def test_gpu_check_names_what_to_carry_and_prints_one_table(monkeypatch):
+    from experiments.bench import gpu_check
+
+    monkeypatch.setitem(gpu_check.REQUIRED, "no_such_module_h5", "no-such-dist")
+    found = gpu_check.check_imports()
+    assert not found["ok"] and found["missing"] == ["no-such-dist"]
+    assert (
+        "pip download" in found["carry"] and "no-such-dist" in found["carry"] and "-d .whl" in found["carry"]
+    )
+    assert "torch" in found["found"]
+    text = gpu_check.table(
+        {
+            "imports": {**found, "seconds": 0.1},
+            "test-gpu": {"ok": True, "summary": "7 passed in 30s", "seconds": 31},
+            "bench": {"ok": True, "rows": ["a", "b"], "seconds": 200},
+            "fsdp-fit": {"ok": False, "summary": "no loss logged", "seconds": 40},
+        }
+    )
+    assert text.splitlines()[0] == "| part | result | figures | seconds |"
+    assert "| imports | FAILED | missing: no-such-dist" in text and "| fsdp-fit | FAILED |" in text
+    assert "| bench | ok | a<br>b | 200 |" in text
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_passes_on_a_cpu(tmp_path):
+    """``make gpu-check`` without CUDA: every part that a CPU can run, exit code 0, one table."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.bench.gpu_check", "--dry-run", "--out", str(tmp_path)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert [line.split("|")[1].strip() for line in table[1:]] == [
+        "imports",
+        "test-gpu",
+        "bench",
+        "fsdp-fit",
+    ]
+    assert all("| ok |" in line for line in table[1:])

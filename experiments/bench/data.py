@@ -6,7 +6,7 @@ feeds :class:`datamodules.stream.TrainStream` through a DataLoader whose workers
 with the model's :class:`~lightning_modules.encoding.PairEncoder` (chat template, tokenizer, image
 processor, left-padded collation: everything a training step receives). Prints one JSON object::
 
-    python -m experiments.bench_data [--workers 2] [--seconds 20] [--json out.json]
+    python -m experiments.bench.data [--workers 2] [--seconds 20] [--json out.json]
 
 A group is 1 positive + ``--num-negatives`` documents (default 4: 5 pairs). Target: >= 200
 groups/s with 2 CPU workers.
@@ -165,7 +165,7 @@ def measure(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.bench_data", description=__doc__.split("\n")[0]
+        prog="python -m experiments.bench.data", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     parser.add_argument(

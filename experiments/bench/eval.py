@@ -1,6 +1,6 @@
 """Evaluator speed: MRB-scale scoring (40 tasks x 1,000 queries x 100 candidates) on the CPU.
 
-    python -m experiments.bench_eval [--json runs/bench/eval.json]
+    python -m experiments.bench.eval [--json runs/bench/eval.json]
 
 Target (issue: MRB evaluation): the whole benchmark scored in under 5 s. Runs and qrels are
 random but MRB-shaped (3-4 judged documents per query, graded 0-3, one relevant document outside

@@ -1,6 +1,6 @@
 """The speed benchmark's workload: MRB-shaped query groups, one per task family, weighted as in MRB.
 
-MRB (paper.md §5) has 40 test sets in 9 task families. What a reranker pays per pair depends on
+MRB (docs/science.md §5) has 40 test sets in 9 task families. What a reranker pays per pair depends on
 the family: a text query over passages shares little with its candidates, an image query over
 captions shares most of each pair. So the benchmark times one query group per family and
 reports the throughput of a 40-dataset mix: pairs/s = Σ w·pairs ÷ Σ w·seconds, with w the
@@ -73,6 +73,8 @@ CPU_WORKLOAD = Workload(4, 640, 224, (6, 14), (8, 20), (40, 110), 16, 4)
 QUICK_WORKLOAD = Workload(4, 256, 56, (4, 8), (4, 8), (8, 16), 4, 4, families=("T2T", "I2T"), repeats=1)
 # GPU: real lengths (images 448² = 256 visual tokens, screenshots 512, passages ~1k tokens).
 GPU_WORKLOAD = Workload(4, 2048, 448, (8, 20), (10, 30), (450, 650), 64, 32)
+# make gpu-check: the same shapes, one timing per family and 32 candidates per inference query.
+GPU_CHECK_WORKLOAD = Workload(4, 2048, 448, (8, 20), (10, 30), (450, 650), 32, 32, repeats=1)
 
 
 def _corpus() -> list[str]:

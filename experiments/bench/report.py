@@ -1,10 +1,10 @@
-"""The benchmark's report: summary ratios and ``bench.md`` (see :mod:`experiments.bench`)."""
+"""The benchmark's report: summary ratios and ``bench.md`` (see :mod:`experiments.bench.runner`)."""
 
 from __future__ import annotations
 
 import statistics
 
-from experiments.bench_mix import FAMILIES, TRAIN_METHODS, TRAIN_NEGATIVES
+from experiments.bench.mix import FAMILIES, TRAIN_METHODS, TRAIN_NEGATIVES
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -60,6 +60,53 @@ def _fmt(value, digits: int = 1, unit: str = "") -> str:
 
 def _met(ok: bool) -> str:
     return "met" if ok else "NOT met"
+
+
+def _pct(value: float | None, bound: float | None) -> str:
+    return "n/a" if value is None or not bound else f"{100 * value / bound:.0f}%"
+
+
+def _train_cell(train: dict, family: str, negatives: int) -> str:
+    ours = train.get(f"rerank-lab/n{negatives}", {}).get("families", {}).get(family, {})
+    naive = train.get(f"naive/n{negatives}", {}).get("families", {}).get(family, {})
+    measured = ratio(naive.get("seconds"), ours.get("seconds"))
+    return f"{_fmt(measured, 2, 'x')} / {_fmt(ours.get('bound'), 2, 'x')}"
+
+
+def bound_lines(report: dict) -> list[str]:
+    """Per family: the exact-computation bound of each speed-up next to the measured ratio."""
+    lines = [
+        "",
+        "## Measured vs the exact-computation bound",
+        "",
+        "bound: the work the baseline does ÷ the work that must be done (shared prefix once, each image once, "
+        "label rows only), in FLOPs counted on the encoded pairs (experiments/bench/bounds.py). measured: the "
+        "baseline's time ÷ rerank-lab's, same family. Training against naive, inference against one pair per "
+        "forward.",
+        "",
+        "| model | family | MRB datasets | train N=4: measured / bound | train N=16: measured / bound | "
+        "inference: measured / bound |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arch, entry in report["models"].items():
+        train, inference = entry["train"], entry.get("inference", {})
+        families = list(train.get("rerank-lab/n4", {}).get("families", {}) or inference.get("families", {}))
+
+        for family in families:
+            row = inference.get("families", {}).get(family, {})
+            measured = ratio(row.get("default_pairs_per_s"), row.get("loop_pairs_per_s"))
+            lines.append(
+                f"| {arch} | {family} | {FAMILIES[family][0]} | {_train_cell(train, family, 4)} | {_train_cell(train, family, 16)} | "
+                f"{_fmt(measured, 2, 'x')} / {_fmt(row.get('bound'), 2, 'x')} |"
+            )
+        s = entry["summary"]
+        lines.append(
+            f"| {arch} | **MRB mix** | 40 | {_fmt(s['train_speedup_n4'], 2, 'x')} / "
+            f"{_fmt(train.get('rerank-lab/n4', {}).get('bound'), 2, 'x')} | {_fmt(s['train_speedup_n16'], 2, 'x')} / "
+            f"{_fmt(train.get('rerank-lab/n16', {}).get('bound'), 2, 'x')} | "
+            f"{_fmt(inference.get('speedup'), 2, 'x')} / {_fmt(inference.get('bound'), 2, 'x')} |"
+        )
+    return lines
 
 
 def markdown(report: dict) -> str:
@@ -140,6 +187,7 @@ def markdown(report: dict) -> str:
             f"Largest |score difference| Reranker.score vs one pair per forward: "
             f"{result['max_abs_diff_default_vs_loop']:.1e} (float reduction order only)."
         )
+    lines += bound_lines(report)
     targets = report["targets"]
     lines += [
         "",
@@ -152,6 +200,10 @@ def markdown(report: dict) -> str:
         f"(target < 1.3x: {_met(targets['memory_growth<1.3'])}); naive: "
         f"{_fmt(report['naive_memory_growth_n4_to_n16'], 2)}x, naive-gc: "
         f"{_fmt(report['naive_gc_memory_growth_n4_to_n16'], 2)}x",
+        f"- exact-computation bounds (MRB mix): training {_fmt(report.get('train_bound'), 2)}x, so the measured "
+        f"{_fmt(report['train_speedup'], 2)}x is {_pct(report['train_speedup'], report.get('train_bound'))} of it; "
+        f"inference {_fmt(report.get('inference_bound'), 2)}x, measured {_fmt(report['inference_speedup'], 2)}x = "
+        f"{_pct(report['inference_speedup'], report.get('inference_bound'))}",
         f"- inference speed-up of Reranker.score over one pair per forward, MRB mix: "
         f"{_fmt(report['inference_speedup'], 2)}x (target >= 5x: {_met(targets['inference_speedup>=5'])}); "
         f"of which the shared-prefix cache: {_fmt(report['prefix_cache_speedup'], 2)}x",

@@ -1,0 +1,297 @@
+"""The benchmark's orchestration: which configurations run, in which processes, and ``bench.json``.
+
+See :mod:`experiments.bench` for what is measured; ``python -m experiments.bench`` runs :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from experiments.bench.bounds import geometric_mean
+from experiments.bench.mix import (
+    CPU_WORKLOAD,
+    FAMILIES,
+    GPU_CHECK_WORKLOAD,
+    GPU_WORKLOAD,
+    QUICK_WORKLOAD,
+    TRAIN_METHODS,
+    TRAIN_NEGATIVES,
+    Workload,
+)
+from experiments.bench.models import ARCHS, head_ratio, prepare_arch
+from experiments.bench.report import markdown, short, train_summary
+from experiments.bench.workers import LORA_R, dispatch
+
+INFERENCE_ARCHS = ("scaled2b", "tiny", "qwen2_vl_2b", "qwen2_5_vl_3b", "qwen2_5_vl_7b")
+# vocab152k: the real vocabulary's logits are slow on a CPU, so two families (text and image queries).
+CPU_VOCAB_WORKLOAD = dataclasses.replace(CPU_WORKLOAD, families=("T2T", "I2T"))
+__all__ = ["TRAIN_METHODS", "TRAIN_NEGATIVES", "Workload", "main", "run"]
+
+
+# ---- orchestration -----------------------------------------------------------------------------
+
+
+def _run_worker(spec: dict, mode: str, threads: int) -> dict:
+    """Run one configuration ``in-process``, in a ``fork``ed child, or in a fresh ``subprocess``."""
+    if mode == "in-process":
+        return dispatch(spec, threads)
+    if mode == "fork":
+        return _run_forked(spec, threads)
+    env = {
+        **os.environ,
+        **({"MALLOC_MMAP_THRESHOLD_": "65536"} if spec.get("measure") == "memory" else {}),
+        "OMP_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.bench",
+        "--worker",
+        json.dumps(spec),
+        "--threads",
+        str(threads),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"bench worker {spec} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def _child(spec: dict, threads: int, connection) -> None:
+    try:
+        connection.send(dispatch(spec, threads))
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises
+        import traceback
+
+        connection.send({"error": traceback.format_exc()})
+    finally:
+        connection.close()
+
+
+def _run_forked(spec: dict, threads: int) -> dict:
+    """A fresh process per configuration without re-importing the stack (CPU only: no CUDA fork)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(spec, threads, sender))
+    process.start()
+    sender.close()
+    try:
+        result = receiver.recv()
+    except EOFError:
+        result = {"error": f"worker died with exit code {process.join() or process.exitcode}"}
+    process.join()
+    if "error" in result:
+        raise RuntimeError(
+            f"bench worker {spec['arch']} {spec.get('method', spec['kind'])} failed:\n{result['error']}"
+        )
+    return result
+
+
+def _device_name() -> str:
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name()}"
+    return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def run(
+    out: str | Path = "runs/bench",
+    quick: bool = False,
+    threads: int = 1,
+    tiny_dir: str | Path | None = None,
+    mode: str | None = None,
+    models: Sequence[str] | None = None,
+    check: bool = False,
+    families: Sequence[str] | None = None,
+) -> dict:
+    """Run the benchmark and write ``bench.json`` and ``bench.md`` into ``out``.
+
+    Args:
+        out: output folder.
+        quick: tiny sizes, tiny model only, in-process (the smoke test).
+        threads: torch threads per configuration.
+        tiny_dir: an existing tiny checkpoint folder to reuse (else one is built).
+        mode: how configurations run: ``in-process`` (default with ``quick``), ``fork`` (a fresh forked
+            process each, the CPU default) or ``subprocess`` (a fresh interpreter each, the CUDA
+            default: CUDA cannot be forked).
+        models: architectures to run (names of ``experiments.bench.models.ARCHS``, the first is the headline);
+            default: this device's plan.
+        families: time only these task families (a reduced run; the mix then covers them only).
+        check: ``make gpu-check``'s short form: ``GPU_CHECK_WORKLOAD`` and the rerank-lab and naive
+            methods only.
+
+    Returns:
+        The ``bench.json`` contents.
+    """
+    import torch
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cuda = torch.cuda.is_available()
+    mode = mode or ("in-process" if quick else "subprocess" if cuda else "fork")
+    if mode not in ("in-process", "fork", "subprocess"):
+        raise ValueError(f"mode must be in-process, fork or subprocess, got {mode!r}")
+    if quick:
+        plan = [("tiny", QUICK_WORKLOAD)]
+    elif cuda:
+        plan = [(name, GPU_WORKLOAD) for name in ("qwen2_vl_2b", "qwen2_5_vl_3b", "qwen2_5_vl_7b")]
+    else:  # the first model is the headline: the one with real proportions
+        plan = [("scaled2b", CPU_WORKLOAD), ("vocab152k", CPU_VOCAB_WORKLOAD)]
+    if models:
+        workloads = dict(plan) | {"scaled2b": CPU_WORKLOAD, "vocab152k": CPU_VOCAB_WORKLOAD}
+        unknown = [name for name in models if name not in ARCHS]
+        if unknown:
+            raise ValueError(f"unknown models {unknown}; choose from {sorted(ARCHS)}")
+        plan = [(name, workloads.get(name, GPU_WORKLOAD if cuda else CPU_WORKLOAD)) for name in models]
+    if check:
+        plan = [(name, GPU_CHECK_WORKLOAD) for name, _ in plan]
+    if families:
+        unknown = sorted(set(families) - set(FAMILIES))
+        if unknown:
+            raise ValueError(f"--families: unknown {unknown}; choose from {list(FAMILIES)}")
+        plan = [(name, dataclasses.replace(work, families=tuple(families))) for name, work in plan]
+    started = time.perf_counter()
+    report: dict[str, Any] = {
+        "device": _device_name(),
+        "threads": threads,
+        "quick": quick,
+        "objective": "cl",
+        "lora_r": LORA_R,
+        "memory_method": (
+            "torch.cuda.max_memory_allocated minus allocated before the timed steps"
+            if cuda
+            else "peak RSS (VmHWM after clear_refs reset) minus RSS before the measured steps, "
+            "glibc mmap threshold 64 KiB, "
+            + {
+                "in-process": "configurations run one after another in one process",
+                "fork": "a fresh forked process per configuration, separate from the timing process",
+                "subprocess": "a fresh subprocess per configuration, separate from the timing process",
+            }[mode]
+        ),
+        "models": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="rerank-bench-") as scratch:
+        scratch = Path(scratch)
+        for arch, work in plan:
+            folder = prepare_arch(
+                arch, scratch / "models", Path(tiny_dir) if tiny_dir else None, work.image_side
+            )
+            data_dir = scratch / "data" / arch
+            base = {"arch": arch, "folder": str(folder), "data": str(data_dir), "work": work.__dict__}
+            train = {}
+            for negatives in TRAIN_NEGATIVES:
+                methods = ARCHS[arch].get("methods", TRAIN_METHODS)
+                for method in [m for m in methods if m in ("rerank-lab", "naive")] if check else methods:
+                    spec = {**base, "kind": "train", "method": method, "negatives": negatives}
+                    if cuda or quick:  # CUDA's allocator statistics cost no speed; quick is a smoke test
+                        result = _run_worker({**spec, "measure": "both"}, mode, threads)
+                    else:  # CPU: time with the normal allocator, measure memory in a second process
+                        result = _run_worker({**spec, "measure": "time"}, mode, threads)
+                        if not result.get("oom"):
+                            memory = _run_worker({**spec, "measure": "memory"}, mode, threads)
+                            result["peak_mib"] = memory.get("peak_mib")
+                    train[f"{method}/n{negatives}"] = result
+                    print(
+                        f"bench: {arch} train {method} N={negatives}: {short(train[f'{method}/n{negatives}'])}",
+                        flush=True,
+                    )
+            entry = {"train": train, "summary": train_summary(train)}
+            with contextlib.suppress(Exception):
+                entry["head_flops_per_decoder_flops"] = head_ratio(arch, folder)
+            if arch in INFERENCE_ARCHS:
+                entry["inference"] = _run_worker({**base, "kind": "infer"}, mode, threads)
+                print(f"bench: {arch} inference: {short(entry['inference'])}", flush=True)
+            report["models"][arch] = entry
+    headline = report["models"][plan[0][0]]
+    summary = headline["summary"]
+    inference = headline.get("inference", {})
+    report.update(
+        {
+            "headline_model": plan[0][0],
+            "train_speedup": summary["train_speedup"],
+            "train_speedup_n4": summary["train_speedup_n4"],
+            "train_speedup_n16": summary["train_speedup_n16"],
+            "memory_growth_n4_to_n16": summary["memory_growth_n4_to_n16"],
+            "train_speedup_vs_naive_gc": summary["train_speedup_vs_naive_gc"],
+            "naive_memory_growth_n4_to_n16": summary["naive_memory_growth_n4_to_n16"],
+            "naive_gc_memory_growth_n4_to_n16": summary["naive_gc_memory_growth_n4_to_n16"],
+            "train_bound": geometric_mean(
+                [headline["train"].get(f"rerank-lab/n{n}", {}).get("bound") for n in TRAIN_NEGATIVES]
+            ),
+            "inference_speedup": inference.get("speedup"),
+            "inference_bound": inference.get("bound"),
+            "prefix_cache_speedup": inference.get("prefix_speedup"),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+    )
+    report["targets"] = {
+        "train_speedup>=2": bool(report["train_speedup"] and report["train_speedup"] >= 2),
+        "memory_growth<1.3": bool(
+            report["memory_growth_n4_to_n16"] and report["memory_growth_n4_to_n16"] < 1.3
+        ),
+        "inference_speedup>=5": bool(report["inference_speedup"] and report["inference_speedup"] >= 5),
+    }
+    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "bench.md").write_text(markdown(report), encoding="utf-8")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.bench",
+        description="Training and inference speed and memory against a naive baseline (see experiments/bench/__init__.py).",
+    )
+    parser.add_argument("--out", default="runs/bench", type=Path, help="output folder (default runs/bench)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, in-process (smoke test)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per configuration")
+    parser.add_argument("--tiny-dir", type=Path, default=None, help="reuse this tiny checkpoint folder")
+    parser.add_argument(
+        "--models", default=None, help="comma-separated architectures (default: the device's plan)"
+    )
+    parser.add_argument(
+        "--families", default=None, help="comma-separated task families to time (default: all nine)"
+    )
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.worker:
+        print(json.dumps(dispatch(json.loads(args.worker), args.threads)), flush=True)
+        return 0
+    models = args.models.split(",") if args.models else None
+    families = args.families.split(",") if args.families else None
+    report = run(
+        args.out,
+        quick=args.quick,
+        threads=args.threads,
+        tiny_dir=args.tiny_dir,
+        models=models,
+        families=families,
+    )
+    print((Path(args.out) / "bench.md").read_text(encoding="utf-8"))
+    print(f"wrote {Path(args.out) / 'bench.json'} in {report['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,393 @@
+"""One measured benchmark configuration (a training method or the inference paths), run in this process.
+
+See :mod:`experiments.bench` for what is measured and how.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from experiments.bench.bounds import family_bound, mix_bound, model_costs
+from experiments.bench.mix import FAMILIES, INSTRUCTION, Workload, make_groups, weighted_rate
+from experiments.bench.models import flop_params, peak_flops, use_random_backbones
+
+LORA_R = 16
+
+
+# ---- naive baseline ----------------------------------------------------------------------------
+
+
+def collate_right(encoder, pairs) -> dict:
+    """The naive collate: RIGHT padding (peer code), last real token found from the mask."""
+    import torch
+
+    length = max(len(p.input_ids) for p in pairs)
+    input_ids = torch.full((len(pairs), length), encoder.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(pairs), length), dtype=torch.long)
+    for row, pair in enumerate(pairs):
+        input_ids[row, : len(pair.input_ids)] = torch.tensor(pair.input_ids)
+        attention_mask[row, : len(pair.input_ids)] = 1
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    pixel_values = [p for pair in pairs for p in pair.pixel_values]
+    if pixel_values:
+        batch["pixel_values"] = torch.cat(pixel_values)
+        batch["image_grid_thw"] = torch.stack([g for pair in pairs for g in pair.image_grid_thw])
+        batch["mm_token_type_ids"] = (input_ids == encoder.image_token_id).long()
+    return batch
+
+
+# ---- measurement -------------------------------------------------------------------------------
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+class PeakMemory:
+    """Peak memory above the level at :meth:`start`, in MiB (CUDA allocator, or CPU peak RSS)."""
+
+    def __init__(self, device) -> None:
+        self.device = device
+        self.base = 0
+
+    def start(self) -> None:
+        import torch
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark (VmHWM)
+            self.base = _status_kb("VmRSS") * 1024
+
+    def peak_mib(self) -> float:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            return (torch.cuda.max_memory_allocated() - self.base) / 2**20
+        return (_status_kb("VmHWM") * 1024 - self.base) / 2**20
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed_steps(step, batches: Sequence[dict], device, repeats: int = 2) -> tuple[list[float], float]:
+    """Warm up on the first batch, then time each batch ``repeats`` times and keep the fastest
+    (a step is a few seconds on a CPU, so one timing is at the mercy of other processes);
+    (times, peak MiB over all timed steps)."""
+    step(batches[0])
+    memory = PeakMemory(device)
+    memory.start()
+    times = []
+    for batch in batches:
+        best = float("inf")
+        for _ in range(repeats):
+            _sync(device)
+            start = time.perf_counter()
+            step(batch)
+            _sync(device)
+            best = min(best, time.perf_counter() - start)
+        times.append(best)
+    return times, memory.peak_mib()
+
+
+def _family_batches(encoder, groups, negatives: int) -> list[dict]:
+    """One training batch per family group: the query against its first 1 + N documents."""
+    import torch
+
+    return [
+        {
+            "family": family,
+            "pairs": encoder.encode_group(INSTRUCTION, query, documents[: 1 + negatives], where=family),
+            "positives": torch.tensor([[True] + [False] * negatives]),
+        }
+        for family, query, documents in groups
+    ]
+
+
+def _mix_summary(pairs: dict[str, int], tokens: dict[str, float], seconds: dict[str, float]) -> dict:
+    """MRB-mix throughput of per-family timings, plus the per-family table."""
+    weight = {family: FAMILIES[family][0] for family in seconds}
+    total = sum(weight.values())
+    return {
+        "pairs_per_s": weighted_rate(pairs, seconds),
+        "tokens_per_s": weighted_rate({f: pairs[f] * tokens[f] for f in seconds}, seconds),
+        "tokens_per_pair": round(sum(weight[f] * tokens[f] for f in seconds) / total, 1),
+        "families": {
+            f: {"pairs": pairs[f], "tokens_per_pair": round(tokens[f], 1), "seconds": round(seconds[f], 4)}
+            for f in seconds
+        },
+    }
+
+
+def train_worker(
+    arch: str,
+    folder: Path,
+    data_dir: Path,
+    method: str,
+    negatives: int,
+    work: Workload,
+    measure: str = "both",
+) -> dict:
+    """Measure one training configuration in this process: one step per task family.
+
+    ``measure``: ``time`` (pairs/s), ``memory`` (peak step memory: one step per family, under the
+    mmap threshold set by the caller) or ``both`` (CUDA, where measuring memory costs no speed).
+    """
+    import torch
+
+    import objectives
+    from lightning_modules.backbone import label_token_id
+    from lightning_modules.encoding import PairEncoder
+    from lightning_modules.reranker import DEFAULT_LORA_TARGET, RerankerModule
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = "bfloat16" if device.type == "cuda" else "float32"
+    encoder = PairEncoder.from_pretrained(
+        folder, max_length=work.max_length, min_pixels=3136, max_pixels=2 * work.image_side**2
+    )
+    batches = _family_batches(encoder, make_groups(data_dir, work), negatives)
+    torch.manual_seed(0)
+    if method == "rerank-lab":
+        module = RerankerModule(
+            str(folder), objective="cl", dtype=dtype, lora_r=LORA_R, pairs_per_forward=work.pairs_per_forward
+        ).to(device)
+        module.train()
+        module.log = lambda *args, **kwargs: None  # outside a Trainer
+        model = module.scorer.model
+        params = [p for p in module.parameters() if p.requires_grad]
+
+        def loss_of(batch: dict) -> torch.Tensor:
+            inputs = {k: v.to(device) for k, v in encoder.collate(batch["pairs"]).items()}
+            step_batch = {
+                "inputs": inputs,
+                "positives": batch["positives"].to(device),
+                "filled_hard": 0,
+                "truncated": sum(p.truncated for p in batch["pairs"]),
+                "visual_tokens": sum(p.input_ids.count(encoder.image_token_id) for p in batch["pairs"]),
+            }
+            return module.training_step(step_batch, 0)
+
+    elif method in ("naive", "naive-gc"):
+        from peft import LoraConfig, inject_adapter_in_model
+
+        import lightning_modules.reranker as reranker_module
+
+        model = reranker_module.load_backbone(str(folder), dtype).to(device)
+        if method == "naive-gc":  # what peer trainers enable by default for LLM rerankers
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.requires_grad_(False)
+        inject_adapter_in_model(
+            LoraConfig(r=LORA_R, lora_alpha=32, lora_dropout=0.05, target_modules=DEFAULT_LORA_TARGET), model
+        )
+        model.train()
+        objective = objectives.build("cl")
+        yes, no = (label_token_id(encoder.tokenizer, word) for word in ("yes", "no"))
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        def loss_of(batch: dict) -> torch.Tensor:
+            inputs = {k: v.to(device) for k, v in collate_right(encoder, batch["pairs"]).items()}
+            logits = model(**inputs, use_cache=False).logits  # [pairs, length, vocab]
+            last = inputs["attention_mask"].sum(dim=1) - 1
+            label_logits = logits[torch.arange(logits.shape[0], device=device), last][:, [yes, no]].float()
+            positives = batch["positives"].to(device)
+            return objective(label_logits.view(*positives.shape, 2), positives).loss
+
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+
+    def step(batch: dict) -> None:
+        loss = loss_of(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    try:
+        times, peak = _timed_steps(step, batches, device, repeats=1 if measure == "memory" else work.repeats)
+    except torch.OutOfMemoryError:
+        return {"arch": arch, "method": method, "negatives": negatives, "oom": True}
+    families = [b["family"] for b in batches]
+    mix = _mix_summary(
+        {f: 1 + negatives for f in families},
+        {b["family"]: statistics.mean(len(p.input_ids) for p in b["pairs"]) for b in batches},
+        dict(zip(families, times, strict=True)),
+    )
+    result = {
+        "arch": arch,
+        "method": method,
+        "negatives": negatives,
+        "pairs_per_step": 1 + negatives,
+        "oom": False,
+    }
+    if measure in ("time", "both"):
+        result.update(mix)
+        costs, vocab = model_costs(model), model.get_output_embeddings().weight.shape[0]
+        bounds = {
+            b["family"]: family_bound(
+                b["pairs"],
+                encoder.image_token_id,
+                encoder.merge_size,
+                costs,
+                vocab,
+                full_vocab=True,
+                train=True,
+            )
+            for b in batches
+        }
+        result["bound"] = mix_bound(bounds)  # of the speed-up over naive (see experiments.bench.bounds)
+        for family, bound in bounds.items():
+            result["families"][family]["bound"] = round(bound["bound"], 3)
+    if measure in ("memory", "both"):
+        result["peak_mib"] = peak
+        result.setdefault("tokens_per_pair", mix["tokens_per_pair"])
+    if device.type == "cuda" and measure != "memory":
+        result["mfu"] = 6 * flop_params(model) * mix["tokens_per_s"] / peak_flops()
+    return result
+
+
+def infer_worker(arch: str, folder: Path, data_dir: Path, work: Workload) -> dict:
+    """Measure inference per family: Reranker.score (defaults; and without the prefix cache) vs a
+    loop that encodes and scores one pair per forward with the same label-token scorer."""
+    import torch
+
+    from lightning_modules.inference import Reranker
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = "bfloat16" if device.type == "cuda" else "float32"
+    groups = make_groups(data_dir, work, seed=1)
+    reranker = Reranker.from_pretrained(
+        folder,
+        device=device,
+        dtype=dtype,
+        batch_size=work.infer_batch,
+        max_length=work.max_length,
+        min_pixels=3136,
+        max_pixels=2 * work.image_side**2,
+    )
+
+    cache_bytes = reranker.image_cache.max_bytes
+
+    def batched(query, docs, prefix) -> list[float]:
+        reranker.prefix_cache = prefix
+        reranker.image_cache.clear()  # one query's cost: nothing carried over from earlier calls
+        return reranker.score(query, docs, instruction=INSTRUCTION)
+
+    def loop(query, docs) -> list[float]:
+        encode = reranker.encoder.encode
+        reranker.image_cache.max_bytes = 0  # every pair encodes its own images
+        try:
+            return [reranker._score_batch([encode(INSTRUCTION, query, doc)])[0] for doc in docs]
+        finally:
+            reranker.image_cache.max_bytes = cache_bytes
+
+    def timed(fn, *args) -> tuple[float, list[float]]:
+        best = float("inf")
+        for _ in range(work.repeats):  # the fastest of a few calls, as for training steps
+            _sync(device)
+            start = time.perf_counter()
+            scores = fn(*args)
+            _sync(device)
+            best = min(best, time.perf_counter() - start)
+        return best, scores
+
+    _, query, docs = groups[0]
+    loop(query, docs[:2]), batched(query, docs[:4], "auto")  # warm-up
+    seconds = {"loop": {}, "batched": {}, "default": {}}
+    pairs, tokens, diffs, bounds = {}, {}, {}, {}
+    costs = model_costs(reranker.scorer.model)
+    for family, query, docs in groups:
+        docs = docs[: work.infer_candidates]
+        seconds["loop"][family], s_loop = timed(loop, query, docs)
+        seconds["batched"][family], s_batched = timed(batched, query, docs, False)
+        seconds["default"][family], s_default = timed(batched, query, docs, "auto")
+        pairs[family] = len(docs)
+        encoded = [reranker.encoder.encode(INSTRUCTION, query, d) for d in docs]
+        tokens[family] = statistics.mean(len(p.input_ids) for p in encoded)
+        bounds[family] = family_bound(
+            encoded,
+            reranker.encoder.image_token_id,
+            reranker.encoder.merge_size,
+            costs,
+            0,
+            full_vocab=False,
+            train=False,
+        )
+        diffs[family] = float((torch.tensor(s_default) - torch.tensor(s_loop)).abs().max())
+    mixes = {name: _mix_summary(pairs, tokens, by_family) for name, by_family in seconds.items()}
+    result = {
+        "arch": arch,
+        "batch_size": work.infer_batch,
+        "candidates": work.infer_candidates,
+        "tokens_per_pair": mixes["loop"]["tokens_per_pair"],
+        "loop_pairs_per_s": mixes["loop"]["pairs_per_s"],
+        "batched_pairs_per_s": mixes["batched"]["pairs_per_s"],
+        "default_pairs_per_s": mixes["default"]["pairs_per_s"],
+        "speedup": mixes["default"]["pairs_per_s"] / mixes["loop"]["pairs_per_s"],
+        "prefix_speedup": mixes["default"]["pairs_per_s"] / mixes["batched"]["pairs_per_s"],
+        "max_abs_diff_default_vs_loop": max(diffs.values()),
+        "bound": mix_bound(bounds),  # of the speed-up over one pair per forward (experiments.bench.bounds)
+        "families": {
+            family: {
+                "pairs": pairs[family],
+                "tokens_per_pair": round(tokens[family], 1),
+                "bound": round(bounds[family]["bound"], 3),
+                **{f"{name}_pairs_per_s": pairs[family] / seconds[name][family] for name in seconds},
+            }
+            for family in pairs
+        },
+    }
+    if device.type == "cuda":
+        result["default_mfu"] = (
+            2 * flop_params(reranker.scorer.model) * mixes["default"]["tokens_per_s"] / peak_flops()
+        )
+    return result
+
+
+def fix_mmap_threshold(threshold: int = 65536) -> None:
+    """glibc: serve every allocation >= ``threshold`` by its own mapping, returned to the OS on free.
+
+    The same as ``MALLOC_MMAP_THRESHOLD_`` in the environment, for in-process runs; it also stops
+    glibc from raising the threshold dynamically, so freed tensors do not linger in the heap.
+    """
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(-3, threshold)  # M_MMAP_THRESHOLD
+
+
+def dispatch(spec: dict, threads: int) -> dict:
+    import torch
+
+    if spec.get("measure") == "memory":
+        fix_mmap_threshold()  # RSS then follows live tensors (costs speed: timings run without it)
+    torch.set_num_threads(threads)
+    use_random_backbones()
+    work = Workload(**{key: tuple(v) if isinstance(v, list) else v for key, v in spec["work"].items()})
+    folder, data_dir = Path(spec["folder"]), Path(spec["data"])
+    if spec["kind"] == "train":
+        return train_worker(
+            spec["arch"],
+            folder,
+            data_dir,
+            spec["method"],
+            spec["negatives"],
+            work,
+            spec.get("measure", "both"),
+        )
+    return infer_worker(spec["arch"], folder, data_dir, work)

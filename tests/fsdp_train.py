@@ -1,0 +1,96 @@
+"""Helper script for tests/test_fsdp.py: two SGD steps on one fixed global batch of 4 groups, on 1
+process or sharded over 2 CPU processes (gloo); LoRA, checkpointed micro-batches
+(``pairs_per_forward``: the forward keeps no activations, backward recomputes) and the shared
+prefix all on. Sharded: :class:`lightning_modules.sharding.ShardedRerankerModule` under
+ModelParallelStrategy (FSDP2 ``fully_shard``; why not FSDPStrategy: that module's docstring).
+Dumps per-step global losses and the final LoRA weights, and saves a checkpoint (``full``: one
+file; ``sharded``: one shard per rank in a folder) for the export check.
+
+Usage: python tests/fsdp_train.py MODEL_DIR DEMO_DIR OUT_PT DEVICES [full|sharded]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from datamodules.datamodule import RerankDataModule  # noqa: E402
+from datamodules.stream import StreamBatch  # noqa: E402
+from lightning_modules.reranker import RerankerModule  # noqa: E402
+from lightning_modules.sharding import ShardedRerankerModule  # noqa: E402
+from tests.ddp_train import LossRecorder  # noqa: E402
+
+
+def strategy(devices: int, state_dict_type: str):
+    """FSDP2 over ``devices`` CPU processes through Lightning's ModelParallelStrategy."""
+    if devices == 1:
+        return "auto"
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    return ModelParallelStrategy(
+        data_parallel_size=devices,
+        tensor_parallel_size=1,
+        save_distributed_checkpoint=state_dict_type == "sharded",
+        process_group_backend="gloo",
+    )
+
+
+def main() -> None:
+    model_dir, demo_dir, out, devices = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    state_dict_type = sys.argv[5] if len(sys.argv) > 5 else "full"
+    torch.set_num_threads(1)
+    data = RerankDataModule(
+        model_name_or_path=model_dir,
+        train_root=f"{demo_dir}/train",
+        num_negatives=3,
+        batch_size=4,
+        max_length=512,
+        min_pixels=3136,
+        max_pixels=3136,
+    )
+    data.setup("fit")
+    groups = next(iter(data.train_stream)).groups  # the same 4 groups on every process
+    rank = int(os.environ.get("LOCAL_RANK", 0))
+    share = groups[rank * 4 // devices : (rank + 1) * 4 // devices]
+    batch = data.collate_train(StreamBatch(0, 0, rank, share, ids=[], group_size=4))
+    L.seed_everything(0, verbose=False)
+    module = (ShardedRerankerModule if devices > 1 else RerankerModule)(
+        model_dir, lora_r=4, lora_dropout=0.0, lr=1e-2, pairs_per_forward=2, objective="cl"
+    )
+    for name, param in module.named_parameters():
+        if "lora_B" in name:  # non-zero B so that both LoRA factors move in the first step
+            torch.nn.init.normal_(param, std=0.02, generator=torch.Generator().manual_seed(1))
+    recorder = LossRecorder()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy(devices, state_dict_type),
+        max_steps=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        callbacks=[recorder],
+        default_root_dir=os.path.dirname(out),
+    )
+    trainer.fit(module, train_dataloaders=DataLoader([batch, batch], batch_size=None))
+    checkpoint = os.path.join(os.path.dirname(out), "last.ckpt")
+    trainer.save_checkpoint(checkpoint)
+    if devices > 1:  # gather the shards (DTensors): every rank takes part
+        lora = {n: p.detach().full_tensor() for n, p in module.named_parameters() if p.requires_grad}
+    else:
+        lora = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+    if trainer.is_global_zero:
+        torch.save({"losses": recorder.losses, "lora": lora, "checkpoint": checkpoint}, out)
+
+
+if __name__ == "__main__":
+    main()
