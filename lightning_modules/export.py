@@ -4,31 +4,39 @@ Command line (``rerank-lab export`` runs the same)::
 
     python -m lightning_modules.export --ckpt runs/<run>/checkpoints/last.ckpt --out exports/my-reranker
         [--dtype float32|bfloat16] [--max-length N] [--min-pixels N] [--max-pixels N]
+        [--base BASE] [--trust-remote-code]
 
 What it does, in order:
 
-1. Loads the module from the trainable-only checkpoint (``RerankerModule.load_from_checkpoint``;
-   the frozen base is re-read from ``hparams.model_name_or_path``) in float32 and without
-   quantization (a QLoRA adapter is merged into the full-precision base, the usual QLoRA export).
-   If the checkpoint recorded a fingerprint of its base (``rerank_lab.base_fingerprint``), the base
-   read now must match it, else the export stops: a LoRA merged on another base silently ruins
-   accuracy (peers.md complaint 11).
-2. Scores a few fixed pairs (text and, for vision models, images on both sides) with the training
+1. Reads the checkpoint weights-only (``checkpoint_io.load_checkpoint``: a file that needs any
+   Python object beyond tensors and plain values is refused, never unpickled), builds the module
+   from its hyper-parameters in float32 without quantization (a QLoRA adapter is merged into the
+   full-precision base, the usual QLoRA export), with the base re-read from ``model_name_or_path``
+   (or ``--base`` when it moved). Remote code runs only with ``--trust-remote-code``, whatever the
+   checkpoint says.
+2. Fingerprints that base *before* loading the checkpoint's weights into it (``lora_r: 0``,
+   ``lm_head: full`` and ``train_merger`` train base tensors themselves) and compares it with the
+   fingerprint recorded at training time (``rerank_lab.base_fingerprint``): a LoRA merged on
+   another base silently ruins accuracy (docs/architecture.md §6, pitfall 8). Then loads the trained weights.
+3. Scores a few fixed pairs (text and, for vision models, images on both sides) with the training
    module: the reference.
-3. Merges every peft LoRA layer into its base weight and puts the base layer back in its place;
+4. Merges every peft LoRA layer into its base weight and puts the base layer back in its place;
    folds the ``label_rows`` offset into the LM-head rows of the label tokens (untying the head from
    the input embeddings first when they are tied, so the embeddings stay the base's).
-4. Writes ``save_pretrained`` safetensors weights + config, the base's tokenizer / image-processor /
-   chat-template files, ``rerank_config.json`` (base model id, base config hash and fingerprint,
-   objective and its arguments, the score definition, label tokens, judge prompt, token and pixel
-   budgets), the score head for the ``projection`` direction (``score_head.safetensors``: the
-   objective's parameters) and a model card ``README.md``.
-5. Loads the written folder through :class:`lightning_modules.inference.Reranker` and compares its
+5. Writes ``save_pretrained`` safetensors weights + config, the base's tokenizer / image-processor /
+   chat-template files with the export's pixel budget written into ``preprocessor_config.json``
+   (checked: the plain image processor read from the folder resizes like rerank-lab),
+   ``rerank_config.json`` (base model, base config hash and fingerprint, objective and its
+   arguments, the score definition, label tokens, judge prompt, token and pixel budgets), the
+   score head for the ``projection`` direction (``score_head.safetensors``) and a model card
+   ``README.md`` (``export_folder``: Hub metadata, a rendered prompt and a plain-transformers
+   scoring snippet that ``tests/test_export_card.py`` runs against ``Reranker``).
+6. Loads the written folder through :class:`lightning_modules.inference.Reranker` and compares its
    scores with the reference: max |diff| <= 1e-4 or it raises (``ExportParityError``) and nothing
    is left at ``--out``. The measured difference is recorded in ``rerank_config.json``.
 
 The folder is written next to ``--out`` under a temporary name and renamed at the end, so ``--out``
-only ever holds a checked export. An existing non-empty ``--out`` is refused (never overwritten).
+only ever holds a checked export, with ordinary modes (0755 folders, 0644 files under umask 022). An existing non-empty ``--out`` is refused (never overwritten).
 With ``--dtype bfloat16`` the merge still runs in float32; the weights are rounded once when saved,
 and the parity check then compares the folder with the same rounded weights (the rounding's own
 effect on the scores is recorded as ``bf16_rounding_max_abs_diff``).
@@ -37,8 +45,8 @@ effect on the scores is recorded as ``bf16_rounding_max_abs_diff``).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -51,8 +59,24 @@ from PIL import Image
 from torch import nn
 
 from datamodules.formats import Doc
+from lightning_modules.checkpoint_io import (  # noqa: F401  (base_fingerprint: used by reranker.py)
+    UnsafeCheckpointError,
+    base_fingerprint,
+    config_sha256,
+    load_checkpoint,
+    module_arguments,
+)
 from lightning_modules.encoding import SYSTEM_PROMPT, EncodedPair, PairEncoder
+from lightning_modules.export_folder import (
+    ExportParityError,
+    check_image_processor,
+    publish_modes,
+    write_card,
+    write_pixel_budget,
+)
 from lightning_modules.inference import RERANK_CONFIG, SCORE_HEAD, Reranker, as_doc
+
+log = logging.getLogger(__name__)
 
 FORMAT = "rerank-lab/1"
 PARITY_TOLERANCE = 1e-4
@@ -68,76 +92,6 @@ PARITY_TEXTS = (
     ("how to open a zip file", "Read and write ZIP archives with the zipfile module."),
     ("two birds", "Two small birds sit in a tree at night, one of them looking at the sky."),
 )
-
-
-class ExportParityError(RuntimeError):
-    """The exported folder does not score like the training module."""
-
-
-# ---- fingerprints ----------------------------------------------------------------------------
-
-
-def base_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The base model's own weights, named as in the plain model (LoRA layers seen through).
-
-    LoRA parameters are left out and peft's ``.base_layer`` is removed from names, so a
-    LoRA-injected model and the plain base give the same names and tensors.
-    """
-    state = {}
-    for name, param in model.named_parameters():
-        if "lora_" in name:
-            continue
-        state[name.replace(".base_layer.", ".")] = param
-    return state
-
-
-def base_fingerprint(model: nn.Module, samples: int = 4096) -> str | None:
-    """A cheap, dtype-independent fingerprint of a base model's weights.
-
-    Hashes every parameter's name, shape and ``samples`` evenly strided values rounded to bfloat16
-    (so a float32 and a bfloat16 load of the same bf16 checkpoint agree). Seconds even for 7B.
-
-    Args:
-        model: the base model, optionally LoRA-injected by peft (see :func:`base_state`).
-        samples: values sampled per parameter.
-
-    Returns:
-        Hex SHA-256, or ``None`` when a weight is not floating point (a quantized base).
-    """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(base_state(model).items()):
-        if not tensor.is_floating_point():
-            return None
-        flat = tensor.detach().reshape(-1)
-        step = max(1, flat.numel() // samples)
-        sample = flat[::step][:samples].to("cpu", torch.bfloat16).view(torch.int16)
-        digest.update(f"{name}:{tuple(tensor.shape)}:".encode())
-        digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()
-
-
-def config_sha256(config) -> str:
-    """SHA-256 of a model config's architecture (``to_dict`` without bookkeeping keys), sorted JSON."""
-    volatile = {  # bookkeeping and run-time switches, not the architecture
-        "transformers_version",
-        "_name_or_path",
-        "dtype",
-        "torch_dtype",
-        "architectures",
-        "quantization_config",
-        "use_cache",
-        "output_attentions",
-        "output_hidden_states",
-        "return_dict",
-    }
-
-    def clean(value):
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in sorted(value.items()) if k not in volatile}
-        return value
-
-    text = json.dumps(clean(config.to_dict()), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # ---- merging ---------------------------------------------------------------------------------
@@ -250,16 +204,6 @@ def score_kind(objective) -> str:
     return {"CLObjective": "yes_logit"}.get(name, "yes_minus_no")
 
 
-SCORE_TEXT = {
-    "yes_minus_no": "z_yes - z_no: the difference of the `yes` and `no` logits at the answer position",
-    "yes_logit": "z_yes: the `yes` logit at the answer position",
-    "multi_token_log_odds": (
-        "logsumexp of the positive label-token logits minus logsumexp of the negative ones"
-    ),
-    "projection": "w . h + b: a learned linear score on the last hidden state (`score_head.safetensors`)",
-}
-
-
 # ---- export ----------------------------------------------------------------------------------
 
 
@@ -269,70 +213,11 @@ def _copy_base_files(base: str, staging: Path, encoder: PairEncoder) -> None:
         for path in sorted(folder.iterdir()):
             skip = path.name in OWN_FILES or path.name.endswith((*WEIGHT_SUFFIXES, ".index.json"))
             if path.is_file() and not skip and not (staging / path.name).exists():
-                shutil.copy2(path, staging / path.name)
+                shutil.copyfile(path, staging / path.name)
     else:  # a hub id: write what the loaders give back
         encoder.tokenizer.save_pretrained(staging)
         if encoder.image_processor is not None:
             encoder.image_processor.save_pretrained(staging)
-
-
-def _model_card(config: dict, merged: int, untied: bool) -> str:
-    score = config["score"]
-    args = json.dumps(config["objective_args"] or {})
-    lines = [
-        "---",
-        "library_name: transformers",
-        "pipeline_tag: text-ranking",
-        f"base_model: {config['base_model']}",
-        "tags: [reranker, rerank-lab]",
-        "---",
-        "",
-        "# Reranker exported by rerank-lab",
-        "",
-        f"- **Base model:** `{config['base_model']}` (config sha256 `{config['base_config_sha256'][:16]}...`)",
-        f"- **Objective:** `{config['objective']}` with `{args}`",
-        f"- **Score:** `{score}`: {SCORE_TEXT.get(score, score)}; higher means more relevant.",
-        f"- **Label tokens:** {', '.join(f'`{w}`' for w in config['label_tokens'])}",
-        f"- **LoRA:** {merged} layers merged into the base weights; no adapter is needed."
-        + (
-            " The LM head was untied from the input embeddings to fold in the label-row offset."
-            if untied
-            else ""
-        ),
-        f"- **Budgets:** max_length {config['max_length']} tokens per pair, "
-        f"{config['min_pixels']}-{config['max_pixels']} pixels per image.",
-        f"- **Parity:** max |score difference| to the training module {config['parity']['max_abs_diff']:.2e} "
-        f"on {config['parity']['pairs']} pairs (tolerance {config['parity']['tolerance']:.0e}).",
-        "",
-        "## Prompt",
-        "",
-        "System turn:",
-        "",
-        f"> {config['system_prompt']}",
-        "",
-        "User turn: `<Instruct>: {instruction}` `<Query>:` [query image] [query text] `\\n<Document>:` "
-        "[document image] [document text]; then the assistant generation prompt. The score is read at "
-        "the last input position (the answer position).",
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from lightning_modules.inference import Reranker  # pip install rerank-lab",
-        "",
-        'reranker = Reranker.from_pretrained("<this folder>", dtype="float32")',
-        'reranker.rank("a red car", ["A red car parks.", {"image": "photo.png"}], instruction="...")',
-        "```",
-        "",
-        "Without rerank-lab: load with `AutoModelForImageTextToText.from_pretrained` (plain weights),",
-        "render the prompt above with the tokenizer's chat template, left-pad, and compute the score at",
-        (
-            "the last position from the last hidden state with the linear head in `score_head.safetensors`."
-            if score == "projection"
-            else f"the last position from the logits of {', '.join(f'`{w}`' for w in config['label_tokens'])}."
-        ),
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def export(
@@ -343,6 +228,8 @@ def export(
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     tolerance: float = PARITY_TOLERANCE,
+    base: str | None = None,
+    trust_remote_code: bool = False,
 ) -> Path:
     """Merge a rerank-lab checkpoint into a plain Hugging Face folder and check score parity.
 
@@ -354,13 +241,18 @@ def export(
         min_pixels: per-image minimum pixels recorded (default: the training data's).
         max_pixels: per-image maximum pixels recorded (default: the training data's).
         tolerance: largest allowed |score difference| between the export and the module.
+        base: the base model to merge into, when it moved since training (default: the checkpoint's
+            ``model_name_or_path``); its weights must match the recorded fingerprint.
+        trust_remote_code: allow code shipped with the base. Never taken from the checkpoint: a
+            checkpoint trained with it needs this switch too.
 
     Returns:
         The folder.
 
     Raises:
         FileExistsError: ``out`` exists and is not an empty folder.
-        ValueError: the base read now is not the base the checkpoint was trained on.
+        UnsafeCheckpointError: the checkpoint needs more than the weights-only unpickler.
+        ValueError: unreadable checkpoint, or the base read now is not the one it was trained on.
         ExportParityError: the exported folder does not score like the training module.
     """
     from lightning_modules.reranker import RerankerModule
@@ -370,26 +262,57 @@ def export(
         raise FileExistsError(f"{out} exists and is not empty; choose a new folder (exports never overwrite)")
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"export dtype must be float32 or bfloat16, got {dtype!r}")
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
-    recorded = checkpoint.get("rerank_lab", {})
+    checkpoint = load_checkpoint(ckpt)
+    recorded = checkpoint.get("rerank_lab") or {}
     data_hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
-    del checkpoint
-
-    module = RerankerModule.load_from_checkpoint(ckpt, map_location="cpu", dtype="float32", quantization=None)
-    module.eval()
-    hparams = module.hparams
-    base = str(hparams.model_name_or_path)
+    if checkpoint["hyper_parameters"].get("trust_remote_code") and not trust_remote_code:
+        raise ValueError(
+            f"{ckpt}: its base was loaded with trust_remote_code, which runs code shipped with the base; "
+            "pass --trust-remote-code if you trust it"
+        )
+    arguments = module_arguments(checkpoint, str(ckpt), dtype="float32", quantization=None)
+    arguments["trust_remote_code"] = trust_remote_code
+    base = str(base or arguments["model_name_or_path"])
+    arguments["model_name_or_path"] = base
+    try:
+        module = RerankerModule(**arguments)
+    except OSError as err:  # the base folder or hub id cannot be read
+        raise ValueError(
+            f"{ckpt}: cannot load its base {base!r} ({str(err).splitlines()[0]}); pass --base with the "
+            "base model it was trained on"
+        ) from None
+    except (TypeError, ValueError) as err:  # hyper-parameters of the wrong type or value
+        raise ValueError(f"{ckpt}: its hyper_parameters do not build a reranker: {err}") from None
+    # The base's identity is taken now, before the checkpoint's weights replace any of its tensors
+    # (lora_r 0, lm_head full and train_merger train base weights themselves).
     model = module.scorer.model
     fingerprint = base_fingerprint(model)
-    if recorded.get("base_fingerprint") and recorded["base_fingerprint"] != fingerprint:
+    if recorded.get("base_fingerprint") and fingerprint and recorded["base_fingerprint"] != fingerprint:
         raise ValueError(
             f"{ckpt} was trained on a base with fingerprint {recorded['base_fingerprint'][:16]}..., but "
-            f"{base} now has {str(fingerprint)[:16]}...: the base changed since training; point "
-            "model_name_or_path at the original base before exporting"
+            f"{base} now has {str(fingerprint)[:16]}...: the base changed since training; pass --base "
+            "with the original base model"
         )
     config_hash = config_sha256(model.config)
     if recorded.get("base_config_sha256") and recorded["base_config_sha256"] != config_hash:
-        raise ValueError(f"{ckpt}: the config of {base} changed since training; export it against that base")
+        raise ValueError(
+            f"{ckpt}: the config of {base} changed since training; pass --base with the original base model"
+        )
+    module.on_load_checkpoint(checkpoint)
+    try:
+        result = module.load_state_dict(checkpoint["state_dict"], strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(
+            f"{ckpt}: its weights do not fit {base}: {str(err).splitlines()[-1].strip()}"
+        ) from None
+    if result.unexpected_keys:
+        raise ValueError(
+            f"{ckpt}: holds weights the module built from its hyper-parameters lacks "
+            f"({result.unexpected_keys[:3]}); was it written by this version of rerank-lab?"
+        )
+    module.eval()
+    hparams = module.hparams
+    del checkpoint
 
     budgets = {
         "max_length": max_length or data_hparams.get("max_length") or 3200,
@@ -398,7 +321,7 @@ def export(
     }
     encoder = PairEncoder.from_pretrained(
         base,
-        trust_remote_code=hparams.trust_remote_code,
+        trust_remote_code=trust_remote_code,
         **{k: v for k, v in budgets.items() if v is not None},
     )
     budgets.update(min_pixels=encoder.min_pixels, max_pixels=encoder.max_pixels)
@@ -424,22 +347,27 @@ def export(
 
     objective = module.objective
     score_params = dict(objective.state_dict())
+    positive, negative = objective.label_tokens
     config = {
         "format": FORMAT,
         "base_model": base,
         "base_config_sha256": config_hash,
-        "base_fingerprint": fingerprint,
+        "base_fingerprint": recorded.get("base_fingerprint") or fingerprint,
         "objective": hparams.objective,
         "objective_args": dict(hparams.objective_args or {}),
         "score": score_kind(objective),
         "score_head": SCORE_HEAD if score_params else None,
         "label_tokens": list(module.token_words),
         "label_token_ids": module.scorer.label_token_ids.tolist(),
+        "positive_tokens": list(positive),
+        "negative_tokens": list(negative),
         "system_prompt": encoder.system_prompt or SYSTEM_PROMPT,
         **budgets,
         "dtype": dtype,
         "lora": {"r": hparams.lora_r, "alpha": hparams.lora_alpha, "merged_layers": merged},
+        "train_merger": bool(hparams.train_merger),
         "lm_head": {"mode": hparams.lm_head, "row_delta_folded": hparams.lm_head == "label_rows"},
+        "lm_head_untied": untied,
         "parity": {"pairs": len(pairs), "tolerance": tolerance, "max_abs_diff": None},
     }
     if rounding_diff is not None:
@@ -454,6 +382,8 @@ def export(
         model.to(torch.bfloat16 if dtype == "bfloat16" else torch.float32)
         model.save_pretrained(staging)
         _copy_base_files(base, staging, encoder)
+        write_pixel_budget(staging, encoder.min_pixels, encoder.max_pixels)
+        check_image_processor(staging, encoder, triples)
         if score_params:
             from safetensors.torch import save_file
 
@@ -463,7 +393,9 @@ def export(
         (staging / RERANK_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
         del module, model, objective  # the export is checked from disk, with its own files
-        exported = Reranker.from_pretrained(staging, device="cpu", dtype="float32", prefix_cache=False)
+        exported = Reranker.from_pretrained(
+            staging, device="cpu", dtype="float32", prefix_cache=False, trust_remote_code=trust_remote_code
+        )
         got = torch.tensor(exported.score_encoded(encode_all(exported.encoder, triples)))
         diff = float((got - expected).abs().max())
         if not diff <= tolerance:
@@ -473,7 +405,8 @@ def export(
             )
         config["parity"]["max_abs_diff"] = diff
         (staging / RERANK_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        (staging / "README.md").write_text(_model_card(config, merged, untied), encoding="utf-8")
+        write_card(staging, config, encoder, score_params)
+        publish_modes(staging)
         if out.exists():
             out.rmdir()  # empty (checked above)
         staging.rename(out)
@@ -504,10 +437,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--tolerance", type=float, default=PARITY_TOLERANCE, help="max allowed score difference"
     )
+    parser.add_argument(
+        "--base",
+        default=None,
+        help="base model folder or hub id, if it moved since training (default: the checkpoint's)",
+    )
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow code shipped with the base model"
+    )
     args = parser.parse_args(argv)
     try:
         path = export(
-            args.ckpt, args.out, args.dtype, args.max_length, args.min_pixels, args.max_pixels, args.tolerance
+            args.ckpt,
+            args.out,
+            args.dtype,
+            args.max_length,
+            args.min_pixels,
+            args.max_pixels,
+            args.tolerance,
+            base=args.base,
+            trust_remote_code=args.trust_remote_code,
         )
     except (FileExistsError, ValueError, ExportParityError) as err:
         print(f"export failed: {err}", file=sys.stderr)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 
 import pytest
 import torch
@@ -31,12 +33,20 @@ def make_data(tiny_model_dir, demo_dir, base=None) -> RerankDataModule:
 def fit_checkpoint(folder, base, demo_dir, **module_kwargs):
     """Two optimizer steps through the real Trainer and checkpoint code (LoRA B becomes non-zero)."""
     torch.manual_seed(0)
-    module = RerankerModule(str(base), lora_r=4, lr=1e-2, **module_kwargs)
+    module = RerankerModule(str(base), **{"lora_r": 4, "lr": 1e-2, **module_kwargs})
     trainer = cpu_trainer(folder, max_steps=2, limit_val_batches=0)
     trainer.fit(module, datamodule=make_data(None, demo_dir, base=base))
     path = folder / "last.ckpt"
     trainer.save_checkpoint(path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _umask_022():
+    """Exports get the modes an ordinary umask gives (the test machine's umask may differ)."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +85,8 @@ def reranker_scores(reranker, triples) -> torch.Tensor:
 
 def check_round_trip(ckpt, out, base, demo_dir) -> tuple[dict, Reranker]:
     export(ckpt, out)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o644}
     config = json.loads((out / "rerank_config.json").read_text())
     assert config["base_model"] == str(base)
     assert config["parity"]["max_abs_diff"] <= 1e-4
@@ -103,7 +115,7 @@ def check_round_trip(ckpt, out, base, demo_dir) -> tuple[dict, Reranker]:
 
 
 def test_export_round_trip_with_label_rows(trained_ckpt, tiny_model_dir, demo_dir, tmp_path):
-    checkpoint = torch.load(trained_ckpt, weights_only=False)
+    checkpoint = torch.load(trained_ckpt, weights_only=True)
     lora_b = [v for k, v in checkpoint["state_dict"].items() if "lora_B" in k]
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b)
     config, reranker = check_round_trip(trained_ckpt, tmp_path / "export", tiny_model_dir, demo_dir)
@@ -179,7 +191,7 @@ def test_export_refuses_a_non_empty_folder(trained_ckpt, tmp_path):
 
 
 def test_export_refuses_a_base_that_changed_since_training(trained_ckpt, tmp_path):
-    checkpoint = torch.load(trained_ckpt, weights_only=False)
+    checkpoint = torch.load(trained_ckpt, weights_only=True)
     checkpoint.setdefault("rerank_lab", {})["base_fingerprint"] = "0" * 64
     torch.save(checkpoint, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="base changed"):
@@ -203,3 +215,79 @@ def test_parity_failure_leaves_nothing_behind(trained_ckpt, tmp_path, monkeypatc
         export(trained_ckpt, tmp_path / "export")
     assert not (tmp_path / "export").exists()
     assert not any(p.name.startswith(".export.partial") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "trained",
+    [{"lora_r": 0}, {"lm_head": "full"}, {"train_merger": True}],
+    ids=["lora_r0", "lm_head_full", "train_merger"],
+)
+def test_export_of_checkpoints_that_trained_base_weights(trained, tiny_model_dir, demo_dir, tmp_path):
+    """Base tensors trained in place (not LoRA): the base is fingerprinted before they are loaded."""
+    ckpt = fit_checkpoint(tmp_path, tiny_model_dir, demo_dir, **trained)
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    base_tensors = [name for name in state if "lora_" not in name and "row_delta" not in name]
+    assert base_tensors  # the checkpoint holds trained copies of base weights
+    config, reranker = check_round_trip(ckpt, tmp_path / "export", tiny_model_dir, demo_dir)
+    assert config["lora"]["r"] == trained.get("lora_r", 4)
+    assert config["lm_head"]["mode"] == trained.get("lm_head", "frozen")
+    assert config["train_merger"] is bool(trained.get("train_merger"))
+    base = Reranker.from_pretrained(tiny_model_dir, device="cpu").scorer.model.state_dict()
+    exported = reranker.scorer.model.state_dict()
+    changed = [name for name in base_tensors if name.startswith("scorer.model.")]
+    assert changed and any(
+        not torch.equal(
+            exported[name.removeprefix("scorer.model.")], base[name.removeprefix("scorer.model.")]
+        )
+        for name in changed
+    )
+
+
+def test_export_takes_a_moved_base_and_still_checks_it(trained_ckpt, tiny_model_dir, tmp_path, capsys):
+    from lightning_modules.export import main
+    from lightning_modules.tiny import build_tiny
+
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_model_dir, moved)
+    checkpoint = torch.load(trained_ckpt, weights_only=True)
+    checkpoint["hyper_parameters"]["model_name_or_path"] = str(tmp_path / "gone")
+    torch.save(checkpoint, tmp_path / "moved.ckpt")
+    assert main(["--ckpt", str(tmp_path / "moved.ckpt"), "--out", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot load its base" in err and "--base" in err and "Traceback" not in err
+    assert not (tmp_path / "a").exists()
+
+    out = tmp_path / "b"
+    assert main(["--ckpt", str(tmp_path / "moved.ckpt"), "--out", str(out), "--base", str(moved)]) == 0
+    assert json.loads((out / "rerank_config.json").read_text())["base_model"] == str(moved)
+
+    other = build_tiny(tmp_path / "other", family="qwen2_vl", seed=1)
+    args = ["--ckpt", str(trained_ckpt), "--out", str(tmp_path / "c"), "--base", str(other)]
+    assert main(args) == 1
+    assert "the base changed since training" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_export_never_trusts_remote_code_on_the_checkpoint_s_word(trained_ckpt, tmp_path, capsys):
+    from lightning_modules.export import main
+
+    checkpoint = torch.load(trained_ckpt, weights_only=True)
+    checkpoint["hyper_parameters"]["trust_remote_code"] = True
+    torch.save(checkpoint, tmp_path / "remote.ckpt")
+    assert main(["--ckpt", str(tmp_path / "remote.ckpt"), "--out", str(tmp_path / "out")]) == 1
+    assert "--trust-remote-code" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_writes_its_pixel_budget_into_the_image_processor(trained_ckpt, tmp_path):
+    """A plain AutoImageProcessor read from the export resizes like rerank-lab (not the base's range)."""
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    out = export(trained_ckpt, tmp_path / "export", min_pixels=3136, max_pixels=6272)
+    processor = AutoImageProcessor.from_pretrained(out, backend="pil")
+    assert (processor.size["shortest_edge"], processor.size["longest_edge"]) == (3136, 6272)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8))
+    grid = processor(images=[image], return_tensors="pt")["image_grid_thw"][0]
+    assert int(grid.prod()) * 14 * 14 <= 6272 and grid.tolist() == [1, 4, 4]
