@@ -28,18 +28,21 @@ class CLObjective(Objective):
     group-coupled sibling of ``sft``; ``listwise`` is the same softmax on z_y - z_n.
     """
 
+    objective_name = "cl"  # in error messages; ``listwise`` reuses this class on another score
+
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
         self.temperature = check_temperature(temperature)
 
     def compute(self, batch: GroupBatch) -> LossParts:
-        fn.require_single_positive(batch.positives, "objective 'cl'")
-        yes_logits = batch.yes_logits
-        loss = fn.infonce_loss_per_group(yes_logits, batch.positives, self.temperature).mean()
-        weights = fn.infonce_weights(yes_logits.detach(), batch.positives, self.temperature)
-        return LossParts(loss=loss, weights=weights, scores=yes_logits.detach())
+        fn.require_single_positive(batch.positives, f"objective '{self.objective_name}'")
+        scores = self.compute_score(batch)
+        loss = fn.infonce_loss_per_group(scores, batch.positives, self.temperature).mean()
+        weights = fn.infonce_weights(scores.detach(), batch.positives, self.temperature)
+        return LossParts(loss=loss, weights=weights, scores=scores.detach())
 
     def compute_score(self, batch: GroupBatch) -> Tensor:
+        """The scores the group softmax runs over: z_y."""
         return batch.yes_logits
 
     def extra_repr(self) -> str:

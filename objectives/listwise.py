@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from objectives import functional as fn
-from objectives.base import GroupBatch, LossParts, Objective, check_temperature
+from objectives.base import GroupBatch
+from objectives.cl import CLObjective
 
 
-class ListwiseObjective(Objective):
+class ListwiseObjective(CLObjective):
     """InfoNCE over each group on u = z_y - z_n instead of z_y.
 
     Formula: ``L = mean_groups[ -log softmax_0(u / T) ]``, u = z_y - z_n, index 0 the positive.
@@ -31,19 +31,8 @@ class ListwiseObjective(Objective):
     with ``WeightInputs(group_logits=u)`` reproduces it exactly, as the tests check).
     """
 
-    def __init__(self, temperature: float = 1.0) -> None:
-        super().__init__()
-        self.temperature = check_temperature(temperature)
-
-    def compute(self, batch: GroupBatch) -> LossParts:
-        fn.require_single_positive(batch.positives, "objective 'listwise'")
-        log_odds = batch.log_odds
-        loss = fn.infonce_loss_per_group(log_odds, batch.positives, self.temperature).mean()
-        weights = fn.infonce_weights(log_odds.detach(), batch.positives, self.temperature)
-        return LossParts(loss=loss, weights=weights, scores=log_odds.detach())
+    objective_name = "listwise"
 
     def compute_score(self, batch: GroupBatch) -> Tensor:
+        """The scores the group softmax runs over: u = z_y - z_n."""
         return batch.log_odds
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"

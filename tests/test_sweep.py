@@ -1,4 +1,4 @@
-"""The sweep YAMLs and the local sweep runner (experiments/sweep.py).
+"""The sweep YAMLs and the local sweep runner (experiments/sweep/).
 
 Fast tests run the runner on a stand-in command (a tiny script that writes what the CLI writes);
 the `slow` test runs the real demo_probe sweep with 2 training steps per run.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("datamodules/demo", "lightning_modules/tiny")
+PACKAGES = ("datamodules/demo", "lightning_modules/tiny", "experiments/sweep")
 
 
 def _hashes(root: Path) -> dict[str, str]:
@@ -48,6 +48,7 @@ def _run_module(*args: str) -> subprocess.CompletedProcess:
     [
         ("datamodules.demo", "usage: python -m datamodules.demo [-h] --out OUT"),
         ("lightning_modules.tiny", "usage: python -m lightning_modules.tiny [-h] --out OUT"),
+        ("experiments.sweep", "usage: python -m experiments.sweep [-h] [--count COUNT] [--local]"),
     ],
 )
 def test_python_dash_m_reaches_the_command_line(module: str, usage: str) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
-import uuid
 from pathlib import Path
 
 import yaml
+
+from datamodules.files import atomic_write
 
 from . import plots, render
 from .claims import (
@@ -179,18 +179,8 @@ def owned_outputs(out: Path) -> dict[str, str]:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write next to the final name, then rename: the file appears whole or not at all (created with
-    ``open(..., "xb")``, so it gets the usual permissions of the umask)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write ``data`` so that the file appears whole or not at all (:func:`datamodules.files.atomic_write`)."""
+    atomic_write(path, lambda handle: handle.write(data))
 
 
 def write_outputs(out: Path, files: dict[str, bytes], record: dict) -> list[Path]:

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from experiments.keys import flatten
+from experiments.sweep.folders import DONE, LOG, read_done, read_jsonl
 
 FAMILIES = ("T2T", "I2I", "T2I", "I2T", "T2VD", "T2IT", "IT2T", "IT2I", "IT2IT")
 ORDER = {
@@ -97,17 +98,6 @@ class Row:
 
 
 # ---- reading run folders ----------------------------------------------------------------------
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue  # a line cut short by a run still writing
-    return rows
-
-
 def find_run_folders(root: Path) -> list[Path]:
     """Run folders under ``root`` (itself included), not descending into one or into hidden folders."""
     found = []
@@ -137,16 +127,12 @@ def sweep_record(path: Path) -> tuple[str, dict | None]:
     ``done.json``, ``unfinished``; ``unknown`` for a run outside a sweep. A ``done.json`` that names
     another run folder (an older attempt of the same run) does not describe this one."""
     parent = path.parent
-    done_path = parent / "done.json"
-    if done_path.is_file():
-        try:
-            done = json.loads(done_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            done = None
-        if isinstance(done, dict) and done.get("run_dir") not in (None, path.name):
+    if (parent / DONE).is_file():
+        done = read_done(parent)
+        if done is not None and done.get("run_dir") not in (None, path.name):
             return "unfinished", None
-        return "finished", done if isinstance(done, dict) else None
-    if (parent / "run.log").is_file():
+        return "finished", done
+    if (parent / LOG).is_file():
         return "unfinished", None
     return "unknown", None
 
