@@ -10,15 +10,14 @@
   atomic step on every POSIX filesystem), and the folder is fsynced so the rename survives a crash.
   Reading a checkpoint that is truncated or corrupt raises :class:`CheckpointError` naming the
   newest readable checkpoint of the same folder.
-* :func:`append_line` appends one JSON line or none: a failed write is cut back to the old size.
+* :func:`append_line` appends one JSON line or none: a failed write is cut back to the old size
+  (it and :func:`atomic_write` live in datamodules/files.py, shared with the TREC writer).
 * :func:`choose_wandb_mode` decides offline W&B before anything waits on the network.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import json
 import os
 import pickle
 import re
@@ -27,7 +26,6 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,9 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
+
+# Atomic writes and appends: one implementation for every package, re-exported for the run folder.
+from datamodules.files import append_line, atomic_write  # noqa: F401
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 
@@ -85,56 +86,6 @@ def create_run_dir(runs_dir: str | Path, name: str, stamp: str | None = None) ->
     raise RunError(f"runs_dir {str(parent)!r}: 10,000 runs named {name}-{stamp} already exist")
 
 
-# ---- atomic files ------------------------------------------------------------------------------
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
-    """Call ``write(binary_file)`` on a temporary file next to ``path``, fsync it, rename it to ``path``.
-
-    On any failure (a full disk, an interrupt) the temporary file is removed and ``path`` keeps
-    its previous content, or stays absent.
-    """
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
-def append_line(path: str | Path, row: dict) -> None:
-    """Append ``row`` as one JSON line; on a failed or short write the file is cut back to its old size,
-    so a reader never sees half a line."""
-    data = (json.dumps(row) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        size = os.fstat(fd).st_size
-        try:
-            written = 0
-            while written < len(data):
-                written += os.write(fd, data[written:])
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, size)
-            raise
-    finally:
-        os.close(fd)
-
-
 # ---- checkpoints -------------------------------------------------------------------------------
 def _is_local(path: Any) -> bool:
     return isinstance(get_filesystem(str(path)), LocalFileSystem)
@@ -181,18 +132,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             ) from error
 
     def load_checkpoint(self, path, map_location: Any = lambda storage, loc: storage, weights_only=None):
+        # Always weights-only, whatever the caller or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says: a resumed
+        # checkpoint is a user-supplied file, and a full unpickle would run any code it carries.
+        weights_only = True
         if not _is_local(path) or not Path(path).is_file():
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         path = Path(path)
         try:
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except pickle.UnpicklingError as error:
+            if readable_checkpoint(path):
+                raise CheckpointError(
+                    f"checkpoint {path}: refused to load: it asks for Python objects beyond tensors and "
+                    "plain values, and unpickling them could run code; resume only from checkpoints "
+                    "written by rerank-lab"
+                ) from None
+            raise damaged_checkpoint(path, type(error).__name__) from None
         except (
             EOFError,
             RuntimeError,
             zipfile.BadZipFile,
             OSError,
             ValueError,
-            pickle.UnpicklingError,
         ) as error:
             if readable_checkpoint(path):
                 raise  # a complete archive: the error is about its content, not a damaged file

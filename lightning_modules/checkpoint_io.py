@@ -138,15 +138,15 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
-def module_arguments(checkpoint: dict, where: str, **overrides) -> dict:
-    """``RerankerModule`` keyword arguments from a checkpoint's hyper-parameters, with ``overrides``.
+def module_arguments(checkpoint: dict, where: str, module_class: type, **overrides) -> dict:
+    """``module_class`` (the ``RerankerModule``) keyword arguments from a checkpoint's
+    hyper-parameters, with ``overrides``.
 
     Keys the module does not take (LightningCLI's ``_instantiator`` / ``_class_path``, or keys of
-    another rerank-lab version) are left out, the unknown ones with a warning.
+    another rerank-lab version) are left out, the unknown ones with a warning. The class is passed
+    in, not imported, because the module itself imports this file (for the base fingerprint).
     """
-    from lightning_modules.reranker import RerankerModule
-
-    accepted = set(inspect.signature(RerankerModule.__init__).parameters) - {"self"}
+    accepted = set(inspect.signature(module_class.__init__).parameters) - {"self"}
     hparams = dict(checkpoint["hyper_parameters"])
     unknown = sorted(k for k in hparams if k not in accepted and not k.startswith("_"))
     if unknown:

@@ -59,8 +59,7 @@ from PIL import Image
 from torch import nn
 
 from datamodules.formats import Doc
-from lightning_modules.checkpoint_io import (  # noqa: F401  (base_fingerprint: used by reranker.py)
-    UnsafeCheckpointError,
+from lightning_modules.checkpoint_io import (
     base_fingerprint,
     config_sha256,
     load_checkpoint,
@@ -75,6 +74,7 @@ from lightning_modules.export_folder import (
     write_pixel_budget,
 )
 from lightning_modules.inference import RERANK_CONFIG, SCORE_HEAD, Reranker, as_doc
+from lightning_modules.reranker import RerankerModule
 
 log = logging.getLogger(__name__)
 
@@ -255,8 +255,6 @@ def export(
         ValueError: unreadable checkpoint, or the base read now is not the one it was trained on.
         ExportParityError: the exported folder does not score like the training module.
     """
-    from lightning_modules.reranker import RerankerModule
-
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not empty; choose a new folder (exports never overwrite)")
@@ -270,7 +268,7 @@ def export(
             f"{ckpt}: its base was loaded with trust_remote_code, which runs code shipped with the base; "
             "pass --trust-remote-code if you trust it"
         )
-    arguments = module_arguments(checkpoint, str(ckpt), dtype="float32", quantization=None)
+    arguments = module_arguments(checkpoint, str(ckpt), RerankerModule, dtype="float32", quantization=None)
     arguments["trust_remote_code"] = trust_remote_code
     base = str(base or arguments["model_name_or_path"])
     arguments["model_name_or_path"] = base

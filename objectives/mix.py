@@ -9,10 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from objectives.base import GroupBatch, LossParts, Objective
+from objectives.catalog import build_plain
 
 
 class MixObjective(Objective):
-    """``L = sum_k c_k L_k`` over named terms, each any objective of the registry.
+    """``L = sum_k c_k L_k`` over named terms, each a plain objective (``objectives.catalog``; not another mix).
 
     Terms are a named dict so that a sweep can address each one by a dotted key:
     ``terms.sft`` (a bare coefficient) or ``terms.<key>.coef`` / ``terms.<key>.weight`` (a dict)::
@@ -52,9 +53,6 @@ class MixObjective(Objective):
         score_term: str | None = None,
     ) -> None:
         super().__init__()
-        # Imported here because the registry imports this module to register "mix".
-        from objectives.registry import build
-
         if not terms:
             raise ValueError("objective 'mix' needs at least one term, e.g. terms={'sft': 1.0, 'cl': 0.5}")
         self.terms = nn.ModuleDict()
@@ -64,7 +62,7 @@ class MixObjective(Objective):
                 raise ValueError(f"objective 'mix': term key {key!r} must be a non-empty name without '.'")
             name, coefficient, kwargs = _parse_term(key, spec)
             try:
-                self.terms[key] = build(name, hidden_size=hidden_size, **kwargs)
+                self.terms[key] = build_plain(name, hidden_size=hidden_size, **kwargs)
             except ValueError as error:
                 raise ValueError(f"objective 'mix', term {key!r}: {error}") from error
             self.coefficients[key] = coefficient

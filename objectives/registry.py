@@ -4,20 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from objectives.base import Objective, construct, lookup
-from objectives.cl import CLObjective
-from objectives.listwise import ListwiseObjective
+from objectives.base import Objective
+from objectives.catalog import PLAIN_OBJECTIVES, build_from
 from objectives.mix import MixObjective
-from objectives.sft import SFTObjective
-from objectives.url import UnifiedRerankingLoss
 
-OBJECTIVES: dict[str, type[Objective]] = {
-    "sft": SFTObjective,
-    "cl": CLObjective,
-    "url": UnifiedRerankingLoss,
-    "mix": MixObjective,
-    "listwise": ListwiseObjective,
-}
+OBJECTIVES: dict[str, type[Objective]] = {**PLAIN_OBJECTIVES, "mix": MixObjective}
 
 
 def build(name: str, hidden_size: int | None = None, **kwargs: Any) -> Objective:
@@ -35,5 +26,4 @@ def build(name: str, hidden_size: int | None = None, **kwargs: Any) -> Objective
     Raises:
         ValueError: unknown name, or an argument the objective does not take (listing the known ones).
     """
-    cls = lookup(OBJECTIVES, name, "objective")
-    return construct(cls, f"objective {name!r}", kwargs, optional={"hidden_size": hidden_size})
+    return build_from(OBJECTIVES, name, hidden_size, **kwargs)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from datamodules import convert as convert_module
 from datamodules.convert import ConversionError, convert, detect
+from datamodules.convert import cli as convert_module
 from datamodules.formats import FormatError, load_task
 from datamodules.validate import main as validate_main
 

@@ -50,7 +50,7 @@ from datamodules.metrics import parse_metric
 
 KINDS = ("beir", "mteb", "umrb", "mbeir")
 
-__all__ = ["KINDS", "ConversionError", "convert", "convert_train", "detect", "main", "open_source"]
+__all__ = ["KINDS", "ConversionError", "convert", "convert_train", "detect", "open_source"]
 
 
 def detect(src: Path) -> str:
@@ -154,9 +154,3 @@ def convert_train(
 
 def _opt(path: str | Path | None) -> Path | None:
     return Path(path) if path else None
-
-
-def main(argv: list[str] | None = None) -> int:
-    from datamodules.convert.cli import main as cli_main
-
-    return cli_main(argv)
