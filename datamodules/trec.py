@@ -21,6 +21,8 @@ import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from datamodules.files import atomic_write
+
 Qrels = dict[str, dict[str, int]]
 Run = dict[str, dict[str, float]]
 
@@ -208,16 +210,18 @@ def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str
 
     Ties are written in the order trec_eval would rank them (descending docid), so the ranks in
     the file agree with what the evaluator computes. The file appears whole or not at all
-    (written next to its final name, then renamed).
+    (datamodules/files.py: a temporary file in the same folder, fsynced, then renamed).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    with open(partial, "w", encoding="utf-8") as handle:
+
+    def write(handle) -> None:
         for qid in sorted(run):
             ranked = sorted(run[qid].items(), key=lambda item: (item[1], item[0]), reverse=True)
-            for rank, (docid, score) in enumerate(ranked, start=1):  # repr: round-trips exactly
-                handle.write(f"{qid} Q0 {docid} {rank} {float(score)!r} {tag}\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+            lines = (  # repr: round-trips exactly
+                f"{qid} Q0 {docid} {rank} {float(score)!r} {tag}\n"
+                for rank, (docid, score) in enumerate(ranked, start=1)
+            )
+            handle.write("".join(lines).encode("utf-8"))
+
+    atomic_write(path, write)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -31,9 +32,11 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 import objectives
 from datamodules.datamodule import RerankDataModule
 from datamodules.trec import FormatError, error_message
+from experiments.eval_writer import EvalWriter
 from experiments.keys import flatten, run_name
 from experiments.runs import (
     AtomicCheckpointIO,
+    CheckpointError,
     RunError,
     append_line,
     check_checkpoint,
@@ -367,8 +370,16 @@ class RerankCLI(LightningCLI):
         # LightningCLI reads --ckpt_path here (for its hyperparameters) before any of our hooks: a
         # damaged file is reported with the last good checkpoint instead of a raw zip error.
         subcommand = self.config.get("subcommand")
-        check_checkpoint(self.config[subcommand].get("ckpt_path") if subcommand else None)
-        super()._parse_ckpt_path()
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        check_checkpoint(ckpt_path)
+        try:
+            super()._parse_ckpt_path()  # torch.load(weights_only=True): never runs code from the file
+        except pickle.UnpicklingError:
+            raise CheckpointError(
+                f"checkpoint {ckpt_path}: refused to load: it asks for Python objects beyond tensors and "
+                "plain values, and unpickling them could run code; resume only from checkpoints written "
+                "by rerank-lab"
+            ) from None
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -446,7 +457,13 @@ def build_cli(args: list[str] | None = None) -> RerankCLI:
             save_config_callback=RunConfigSaver,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
-                "callbacks": [ParameterCount(), TrainingRecords(), LocalMetrics(), EvalBookkeeping()]
+                "callbacks": [
+                    ParameterCount(),
+                    TrainingRecords(),
+                    LocalMetrics(),
+                    EvalWriter(),  # before EvalBookkeeping: its W&B table row precedes the summary
+                    EvalBookkeeping(),
+                ]
             },
             parser_kwargs={
                 "parser_mode": "omegaconf+",

@@ -3,29 +3,37 @@
 A training step, top to bottom: score the B·(1+N) pairs of the batch (label-token logits at the
 answer position), reshape to [B, 1+N], hand them to the objective (objectives/), log its loss and
 weight statistics. Validation reranks each query's first-stage candidates with the objective's
-score and reports the task's own metric next to the retriever's.
+score and reports the task's own metric next to the retriever's: the module computes and logs
+(``val/<task>/<metric>``, ``val/family/<F>``, ``val/mrb_avg``, ``val/retriever_avg``) and leaves
+an :class:`~lightning_modules.evaluation.EvalResult` in ``eval_result``; tables, ``eval_history.jsonl``, TREC files and the W&B
+table are written by a callback (experiments/eval_writer.py), so a bare Trainer writes no files.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from torchmetrics.aggregation import CatMetric
 
 import objectives
-from datamodules.metrics import Summary, TaskResult, format_table, query_metric, summarize
-from datamodules.trec import write_run
-from lightning_modules.backbone import LabelScorer, label_token_id, label_words, load_backbone
+from datamodules.metrics import TaskResult, query_metric, summarize
+from lightning_modules.backbone import (
+    LabelScorer,
+    label_token_id,
+    label_words,
+    load_backbone,
+    lora_target_for,
+)
+from lightning_modules.checkpoint_io import base_fingerprint, config_sha256
 from lightning_modules.encoding import EncodedPair, collate_pairs, pad_token_id, unbatch
-from lightning_modules.export import base_fingerprint, config_sha256
+from lightning_modules.evaluation import EvalResult, all_values, per_query_values
 from lightning_modules.prefix import (
     ImageFeatureCache,
     pairs_features,
@@ -85,7 +93,8 @@ class RerankerModule(L.LightningModule):
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up steps, then linear decay to 0 at the last step.
-        write_runs: write one TREC run per task into the run folder at each validation.
+        write_runs: keep each evaluation's reranked runs in :attr:`eval_result`, which the evaluation
+            writer (experiments/eval_writer.py) saves as one TREC file per task.
     """
 
     def __init__(
@@ -135,6 +144,7 @@ class RerankerModule(L.LightningModule):
         if lora_r > 0:
             from peft import LoraConfig, inject_adapter_in_model
 
+            lora_target = lora_target_for(model, lora_target, DEFAULT_LORA_TARGET)  # plain causal LMs too
             target = f"(?:{lora_target})|(?:{VISION_LORA_TARGET})" if lora_vision else lora_target
             config = LoraConfig(
                 r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target
@@ -169,10 +179,12 @@ class RerankerModule(L.LightningModule):
         self._image_token_id = getattr(model.config, "image_token_id", None)
         self._merge_size = getattr(getattr(model.config, "vision_config", None), "spatial_merge_size", 1)
         self._token_columns = [self.token_words.index(w) for w in (*positive_words, *negative_words)]
-        # Per rank: reranked scores per task/query, and per-query metric values (reranked, retriever);
-        # gathered over ranks at the end of an evaluation (each query lives on exactly one rank).
+        # Per rank: reranked scores per task/query (each query lives on exactly one rank), and per
+        # task the per-query metric values, reranked and retriever, in torchmetrics CatMetrics that
+        # gather them over ranks at the end of an evaluation (_finish_eval).
         self._val_runs: dict[str, dict[str, dict[str, float]]] = {}
-        self._val_values: dict[str, dict[str, tuple[float, float]]] = {}
+        self._val_metrics: dict[str, dict[str, CatMetric]] = {}
+        self.eval_result: EvalResult | None = None  # the last evaluation's, for the writer callback
         self._metas: dict = {}  # the evaluation tasks' TaskMeta by name, set at each epoch start
         self.strict_loading = False  # checkpoints hold trainable weights only (on_save_checkpoint)
         self._weights_seen: dict[str, list[torch.Tensor]] = {"pos": [], "neg": []}
@@ -215,7 +227,7 @@ class RerankerModule(L.LightningModule):
         forward keeps no activations, the objective sees the scores of the whole group (so
         group-coupled weights such as CL's softmax are exact), and backward recomputes one
         micro-batch at a time. Peak activation memory is that of ``pairs_per_forward`` pairs plus
-        the groups' prefixes, whatever the number of negatives (design.md §6).
+        the groups' prefixes, whatever the number of negatives (docs/architecture.md §4).
         """
         pairs = unbatch(inputs)
         device, rows = inputs["input_ids"].device, len(pairs)
@@ -306,8 +318,7 @@ class RerankerModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         positives = batch["positives"]
         groups, group_size = positives.shape
-        stream = batch.get("stream", {})
-        self.log("train/skipped_records", float(stream.get("skipped", 0)), reduce_fx="sum", batch_size=1)
+        stream = batch.get("stream", {})  # train/skipped_records: a running total (experiments.cli)
         if groups == 0:
             # Every group of this batch was a skipped bad record. Every rank must still run a step
             # touching all trainable parameters, or DDP's gradient all-reduce would hang.
@@ -332,7 +343,7 @@ class RerankerModule(L.LightningModule):
         return out.loss
 
     def _remember_weights(self, weights: torch.Tensor, positives: torch.Tensor, cap: int = 100_000) -> None:
-        """Keep a bounded uniform sample of this epoch's W+ and W- for the histograms."""
+        """Keep a bounded uniform sample of the W+ and W- since the last histograms."""
         for side, mask in (("pos", positives), ("neg", ~positives)):
             parts = self._weights_seen[side]
             parts.append(weights[mask].float().cpu())
@@ -346,7 +357,12 @@ class RerankerModule(L.LightningModule):
             self.log("train/grad_norm", torch.stack(norms).norm())
 
     def on_train_epoch_end(self) -> None:
-        """Histograms of W+ and W- seen this epoch (the paper's weight comparison, per epoch)."""
+        self._log_weight_histograms()
+
+    def _log_weight_histograms(self) -> None:
+        """Histograms of the W+ and W- seen since the last ones (the paper's weight comparison), at
+        every validation during training and at each epoch end: a one-epoch run gets one slice per
+        validation, not one in all."""
         seen = {side: torch.cat(parts) for side, parts in self._weights_seen.items() if parts}
         self._weights_seen = {"pos": [], "neg": []}
         if not seen or not self.trainer.is_global_zero:
@@ -363,7 +379,17 @@ class RerankerModule(L.LightningModule):
                     | {"trainer/global_step": self.global_step}
                 )
 
+    def float32_trainables(self) -> None:
+        """With LoRA, keep trainable weights float32 (as set in ``__init__``) even where the
+        precision plugin cast the whole module to bf16/fp16 (``precision: bf16-true``, before
+        :meth:`configure_optimizers`): the frozen backbone computes in half precision and the
+        adapters' AdamW updates are not rounded away."""
+        for param in self.parameters() if self.hparams.lora_r > 0 else []:
+            if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
+                param.data = param.data.float()
+
     def configure_optimizers(self):
+        self.float32_trainables()
         params = [p for p in self.parameters() if p.requires_grad]
         if self.hparams.optimizer == "adamw8bit":
             import bitsandbytes as bnb
@@ -389,7 +415,12 @@ class RerankerModule(L.LightningModule):
         self._image_cache.clear()  # training may have changed the vision tower (lora_vision, merger)
         self._metas = {meta.name: meta for meta in self.trainer.datamodule.task_metas}
         self._val_runs = {name: {} for name in self._metas}
-        self._val_values = {name: {} for name in self._metas}
+        self._val_metrics = {
+            name: {side: per_query_values(self.device) for side in ("reranked", "retriever")}
+            for name in self._metas
+        }
+        self.eval_result = None
+        self._val_skipped = {name: {} for name in self._metas}  # bad candidates left out (on_bad_record=skip)
 
     on_test_epoch_start = on_validation_epoch_start
 
@@ -455,13 +486,16 @@ class RerankerModule(L.LightningModule):
         task, relevance = batch["task"], batch["relevance"]
         scores = self.rerank_query(batch)
         self._val_runs[task][batch["qid"]] = dict(zip(batch["doc_ids"], scores, strict=True))
+        if batch.get("skipped"):
+            self._val_skipped[task][batch["qid"]] = len(batch["skipped"])
         if not any(grade > 0 for grade in relevance.values()):
             return  # trec_eval skips queries without a relevant document
         metric, doc_ids = metas[task].metric, batch["doc_ids"]
-        self._val_values[task][batch["qid"]] = (
-            query_metric(metric, doc_ids, scores, relevance),
-            query_metric(metric, doc_ids, batch["first_stage"], relevance),
-        )
+        for side, ranking in (("reranked", scores), ("retriever", batch["first_stage"])):
+            value = query_metric(metric, doc_ids, ranking, relevance)
+            self._val_metrics[task][side].update(
+                torch.tensor([value], dtype=torch.float64, device=self.device)
+            )
 
     test_step = validation_step
 
@@ -471,17 +505,18 @@ class RerankerModule(L.LightningModule):
         self._val_runs[batch["task"]][batch["qid"]] = dict(
             zip(batch["doc_ids"], self.rerank_query(batch), strict=True)
         )
+        if batch.get("skipped"):
+            self._val_skipped[batch["task"]][batch["qid"]] = len(batch["skipped"])
 
     def on_predict_epoch_end(self) -> None:
-        runs = self._gather(self._val_runs)
-        if self.trainer.is_global_zero:
-            folder = Path(self.trainer.default_root_dir) / "predictions"
-            for task, run in runs.items():
-                write_run(folder / f"{task}.trec", run)
-            print(f"predictions: one TREC run per task in {folder}", flush=True)
+        self._report_skipped("predict")
+        self.eval_result = EvalResult("predict", self.global_step, runs=self._val_runs)
 
-    def _gather(self, per_rank: dict[str, dict]) -> dict[str, dict]:
-        """Merge a ``{task: {qid: ...}}`` table over ranks (each query lives on exactly one rank)."""
+    def gather_over_ranks(self, per_rank: dict[str, dict]) -> dict[str, dict]:
+        """Merge a ``{task: {qid: ...}}`` table over ranks (each query lives on exactly one rank).
+
+        A collective: every rank calls it. Python objects (query and document ids with their
+        scores), hence ``all_gather_object`` rather than a tensor metric."""
         if self.trainer.world_size == 1:
             return per_rank
         gathered = [None] * self.trainer.world_size
@@ -489,24 +524,24 @@ class RerankerModule(L.LightningModule):
         return {task: {q: v for part in gathered for q, v in part[task].items()} for task in per_rank}
 
     def _finish_eval(self, stage: str) -> None:
-        """Exact task means from every rank's per-query values (float64, same on every rank)."""
-        values = self._gather(self._val_values)
+        """Exact task means from every rank's per-query values, the same on every rank.
+
+        Each task's CatMetrics gather the float64 per-query values of all ranks (torchmetrics'
+        DDP sync); ``TaskResult.from_per_query`` averages them with ``math.fsum``, which is exactly
+        rounded whatever order the ranks' values arrive in, so 1 and N processes log identical
+        numbers. The result is left in :attr:`eval_result` for the writer callback.
+        """
+        self.eval_result = None
         reranked, retriever = [], []
         for name, meta in self._metas.items():
-            per_query = values[name]
-            if not per_query:  # partial validation (fast_dev_run, limit_val_batches) never reached it
+            values = {side: all_values(metric) for side, metric in self._val_metrics[name].items()}
+            if not values["reranked"]:  # partial validation (fast_dev_run, limit_val_batches)
                 continue
-            reranked.append(
-                TaskResult.from_per_query(
-                    name, meta.family, meta.metric, {q: v for q, (v, _) in per_query.items()}
-                )
-            )
-            retriever.append(
-                TaskResult.from_per_query(
-                    name, meta.family, meta.metric, {q: b for q, (_, b) in per_query.items()}
-                )
-            )
+            for results, side in ((reranked, "reranked"), (retriever, "retriever")):
+                per_query = dict(enumerate(values[side]))
+                results.append(TaskResult.from_per_query(name, meta.family, meta.metric, per_query))
             self.log(f"{stage}/{name}/{meta.metric}", reranked[-1].value)
+        self._report_skipped(stage)
         if not reranked:
             return
         summary, base_summary = summarize(reranked), summarize(retriever)
@@ -514,43 +549,33 @@ class RerankerModule(L.LightningModule):
             self.log(f"{stage}/family/{family}", value)
         self.log(f"{stage}/mrb_avg", summary.average, prog_bar=True)
         self.log(f"{stage}/retriever_avg", base_summary.average)
-        if not self.trainer.sanity_checking:
-            self._write_eval_outputs(stage, summary, base_summary)
+        runs = self._val_runs if self.hparams.write_runs else None
+        self.eval_result = EvalResult(stage, self.global_step, summary, base_summary, runs)
 
-    def _write_eval_outputs(self, stage: str, summary: Summary, base_summary: Summary) -> None:
-        """Terminal table, local record, TREC runs and the W&B task table (global rank 0)."""
-        runs = self._gather(self._val_runs) if self.hparams.write_runs else {}
-        if not self.trainer.is_global_zero:
-            return
-        step = self.global_step
-        table = format_table(summary, baseline=base_summary)
-        print(f"\n{stage} at step {step} (reranked vs first-stage retriever)\n{table}", flush=True)
-        record = {"stage": stage, "step": step, **summary.to_dict(), "retriever": base_summary.to_dict()}
-        log_dir = Path(self.trainer.default_root_dir)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with open(log_dir / "eval_history.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        for task, run in runs.items():
-            write_run(log_dir / "runs" / f"{stage}-step{step}" / f"{task}.trec", run)
-        rows = [
-            [
-                name,
-                r.family,
-                r.metric,
-                r.value,
-                base_summary.tasks[name].value,
-                r.value - base_summary.tasks[name].value,
-                r.n_queries,
-            ]
-            for name, r in summary.tasks.items()
-        ]
-        columns = ["task", "family", "metric", "reranked", "retriever", "delta", "queries"]
-        for logger in self.loggers:
-            if hasattr(logger, "log_table"):
-                logger.log_table(key=f"{stage}/tasks", columns=columns, data=rows, step=step)
+    def _report_skipped(self, stage: str) -> None:
+        """Bad evaluation records left out with ``data.on_bad_record=skip``, per task: candidates
+        whose image could not be used (they count as not retrieved) and lines left out when the
+        task was loaded. Logged as ``<stage>/<task>/skipped_candidates`` and printed; never silent."""
+        skipped = self.gather_over_ranks(self._val_skipped)
+        loaded = getattr(self.trainer.datamodule, "eval_load_problems", {}) or {}
+        for name in self._metas:
+            candidates, lines = sum(skipped.get(name, {}).values()), len(loaded.get(name, ()))
+            if not candidates and not lines:
+                continue
+            if stage != "predict":  # Lightning does not log in predict
+                self.log(f"{stage}/{name}/skipped_candidates", float(candidates))
+            if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+                print(
+                    f"{stage}: task {name}: {candidates} candidate(s) left out as bad records in "
+                    f"{len(skipped.get(name, {}))} query(ies), {lines} bad line(s) left out when loading "
+                    "(data.on_bad_record=skip; the warnings above name them)",
+                    flush=True,
+                )
 
     def on_validation_epoch_end(self) -> None:
         self._finish_eval("val")
+        if not self.trainer.sanity_checking:
+            self._log_weight_histograms()
 
     def on_test_epoch_end(self) -> None:
         self._finish_eval("test")

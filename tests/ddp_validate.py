@@ -16,6 +16,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from datamodules.datamodule import RerankDataModule  # noqa: E402
+from experiments.eval_writer import EvalWriter  # noqa: E402
 from lightning_modules.reranker import RerankerModule  # noqa: E402
 
 
@@ -42,6 +43,7 @@ def main() -> None:
         enable_model_summary=False,
         inference_mode=False,
         default_root_dir=os.path.dirname(out),
+        callbacks=[EvalWriter()],  # as the CLI: TREC runs of every rank's queries, written by rank 0
     )
     (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
     if trainer.is_global_zero:

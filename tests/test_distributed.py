@@ -49,6 +49,12 @@ def test_two_process_validation_equals_one_process(tiny_model_dir, demo_dir, tmp
     assert single.keys() == double.keys()
     for key, value in single.items():
         assert double[key] == pytest.approx(value, abs=1e-6), key
+    # The float64 record is identical to the last bit: per-query values gathered by torchmetrics,
+    # averaged with math.fsum (independent of the order the ranks' values arrive in).
+    history = {
+        devices: (tmp_path / f"metrics-{devices}" / "eval_history.jsonl").read_text() for devices in (1, 2)
+    }
+    assert history[1] == history[2] and len(history[1].splitlines()) == 1
     # Each rank wrote nothing twice: the per-task TREC runs hold every judged query exactly once.
     runs = tmp_path / "metrics-2" / "runs" / "val-step0"
     lines = (runs / "stdlib-docs.trec").read_text().splitlines()
@@ -71,3 +77,45 @@ def test_two_process_training_equals_one_process_on_the_same_global_batch(tiny_m
     assert double["losses"] == pytest.approx(single["losses"], abs=1e-5)
     for name, value in single["lora"].items():
         torch.testing.assert_close(double["lora"][name], value, atol=1e-5, rtol=0, msg=name)
+
+
+def _gather_worker(rank: int, world: int, port: int, out: str) -> None:
+    """One rank of test_per_query_values_gather_over_uneven_ranks (spawned, gloo)."""
+    import torch
+
+    from lightning_modules.evaluation import all_values, per_query_values
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        mine = {  # per task, this rank's per-query values: one rank holds none of "a" or of "c"
+            "a": [0.1, 1 / 3] if rank == 0 else [],
+            "b": [0.5] if rank == 0 else [0.25, 0.75],
+            "c": [],
+        }
+        gathered = {}
+        for task, values in mine.items():
+            metric = per_query_values(torch.device("cpu"))
+            for value in values:
+                metric.update(torch.tensor([value], dtype=torch.float64))
+            gathered[task] = all_values(metric)
+        Path(out, f"{rank}.json").write_text(json.dumps(gathered))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_per_query_values_gather_over_uneven_ranks(tmp_path):
+    """Tasks with no query on a rank (or on any) still gather every value exactly, on every rank."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_gather_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        gathered = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert sorted(gathered["a"]) == [0.1, 1 / 3]
+        assert sorted(gathered["b"]) == [0.25, 0.5, 0.75]
+        assert gathered["c"] == []

@@ -11,6 +11,7 @@ import torch
 from datamodules.datamodule import RerankDataModule
 from datamodules.metrics import evaluate_run
 from datamodules.stream import StreamBatch
+from experiments.eval_writer import EvalWriter
 from lightning_modules.reranker import RerankerModule, count_parameters
 
 
@@ -30,8 +31,9 @@ def make_data(tiny_model_dir, demo_dir, **overrides) -> RerankDataModule:
     return RerankDataModule(**kwargs)
 
 
-def cpu_trainer(root, **overrides) -> L.Trainer:
-    """A quiet CPU Trainer for tests: no logger, bar, summary or checkpoints unless overridden."""
+def cpu_trainer(root, writer: bool = True, **overrides) -> L.Trainer:
+    """A quiet CPU Trainer for tests: no logger, bar, summary or checkpoints unless overridden; with
+    the evaluation writer the CLI adds (tables, eval_history.jsonl, TREC runs) unless ``writer=False``."""
     kwargs = dict(
         accelerator="cpu",
         logger=False,
@@ -40,7 +42,8 @@ def cpu_trainer(root, **overrides) -> L.Trainer:
         enable_checkpointing=False,
         default_root_dir=root,
     )
-    return L.Trainer(**{**kwargs, **overrides})
+    callbacks = [*overrides.pop("callbacks", []), *([EvalWriter()] if writer else [])]
+    return L.Trainer(**{**kwargs, **overrides, "callbacks": callbacks})
 
 
 def first_batch(data: RerankDataModule, count: int = 2, predicate=lambda group: True) -> dict:
@@ -118,6 +121,29 @@ def test_validation_reports_every_task_and_the_retriever_exactly(tiny_model_dir,
     assert record["average"] == pytest.approx(metrics["val/mrb_avg"], abs=1e-6)
     written = sorted(p.stem for p in (tmp_path / "runs" / "val-step0").glob("*.trec"))
     assert written == sorted(m.name for m in tasks)
+
+
+def test_the_module_alone_computes_and_logs_but_writes_no_file(tiny_model_dir, demo_dir, tmp_path, capsys):
+    """Without the evaluation writer (experiments/eval_writer.py) validate, test and predict leave
+    the run folder empty and print no table; the result is handed over in ``eval_result``."""
+    data = make_data(tiny_model_dir, demo_dir, eval_tasks=["faces-i2i", "stdlib-docs"], eval_top_k=5)
+    module = RerankerModule(str(tiny_model_dir), lora_r=0)
+    trainer = cpu_trainer(tmp_path / "run", writer=False)
+    (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
+    result = module.eval_result
+    assert (result.stage, result.step) == ("val", 0)
+    # Logged from the same float64 summary (Lightning keeps logged scalars as float32).
+    assert result.summary.average == pytest.approx(metrics["val/mrb_avg"], abs=1e-7)
+    assert result.retriever.average == pytest.approx(metrics["val/retriever_avg"], abs=1e-7)
+    assert sorted(result.runs) == sorted(result.summary.tasks) == ["faces-i2i", "stdlib-docs"]
+    for task, run in result.runs.items():  # every judged query's candidates, scored
+        assert len(run) >= result.summary.tasks[task].n_queries and all(len(d) == 5 for d in run.values())
+    trainer.test(module, datamodule=data, verbose=False)
+    assert module.eval_result.stage == "test"
+    trainer.predict(module, datamodule=data)
+    assert module.eval_result.stage == "predict" and module.eval_result.summary is None
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*"))
+    assert "reranked vs first-stage retriever" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("mode", ["frozen", "label_rows", "full"])
