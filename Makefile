@@ -13,7 +13,7 @@ SWEEP ?= experiments/sweeps/demo_probe.yaml
 COUNT ?=
 DEMO_DIR ?= runs/demo
 
-.PHONY: help install demo test test-slow test-gpu lint format sweep bench clean
+.PHONY: help install demo test test-slow test-gpu lint format sweep bench real clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -51,8 +51,13 @@ test: install ## Run the fast test tier (CPU, tiny models)
 test-slow: install ## Run the slow tier (learning checks, multi-process)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow
 
-test-gpu: install ## Run the GPU tier (needs CUDA)
+test-gpu: install ## Run the GPU tier (needs CUDA): bf16 training, prefix sharing, export on CUDA
 	$(PY) -m pytest -q -m gpu
+
+# No `install` step: a lent GPU machine has no package index, so this uses .venv where it exists and
+# the machine's python3 (with carried wheels on PYTHONPATH) otherwise; the script says what is missing.
+gpu-check: ## One table for a single H100/H200 (< 8 min); without CUDA a CPU dry run (< 2 min)
+	OMP_NUM_THREADS=1 $$( [ -x $(PY) ] && echo $(PY) || echo python3 ) -m experiments.bench.gpu_check
 
 lint: install ## ruff lint + format check
 	$(VENV)/bin/ruff check .
@@ -67,8 +72,11 @@ sweep: install ## Run a sweep: make sweep SWEEP=experiments/sweeps/demo_probe.ya
 
 bench: install ## Speed/memory vs a naive baseline, data stream and evaluator speed (writes runs/bench/)
 	OMP_NUM_THREADS=1 $(PY) -m experiments.bench --out runs/bench
-	OMP_NUM_THREADS=1 $(PY) -m experiments.bench_data --json runs/bench/data.json
-	OMP_NUM_THREADS=1 $(PY) -m experiments.bench_eval --json runs/bench/eval.json
+	OMP_NUM_THREADS=1 $(PY) -m experiments.bench.data --json runs/bench/data.json
+	OMP_NUM_THREADS=1 $(PY) -m experiments.bench.eval --json runs/bench/eval.json
+
+real: install ## Real SmolLM2-135M reranker on real text: fetch, BM25, mining, zero-shot/SFT/CL, table (runs/real/)
+	OMP_NUM_THREADS=1 $(PY) -m experiments.real --out runs/real
 
 clean: ## Remove caches (keeps .venv and runs/)
 	rm -rf .pytest_cache .ruff_cache $$(find . -name __pycache__ -not -path './.venv/*')

@@ -1,23 +1,33 @@
 """Score TREC runs against an MRB folder: per-task metric, family means and the average.
 
     python -m experiments.evaluate --data <mrb_root> --run <file-or-folder> [--json out.json]
+    python -m experiments.evaluate --data <mrb_root> --model <dir-or-hub-id> [--json out.json]
 
+``--model`` scores a checkpoint itself (an exported reranker, or a base model as a zero-shot
+judge) on every task and reports the same metrics and JSON (:mod:`experiments.score_model`).
 ``--run`` is a folder of ``<task>.trec`` files, one TREC file whose query ids are ``<task>/<qid>``,
-or the literal ``first-stage`` to score each task's ``candidates.trec`` (the retriever baseline;
-write ``./first-stage`` for a folder of that name). Metric semantics are trec_eval's
-(:mod:`datamodules.metrics`). Problems are reported as ``file:line: reason`` with exit code 2.
+a run folder of ``experiments.cli`` (``runs/<name>-<time>/``: its latest validation,
+``runs/val-step<N>/``, is scored and the step is printed), or the literal ``first-stage`` to score
+each task's ``candidates.trec`` (the retriever baseline; write ``./first-stage`` for a folder of
+that name). Metric semantics are trec_eval's (:mod:`datamodules.metrics`). The MRB folder is read
+by the same readers as training and ``datamodules.validate`` (:mod:`datamodules.formats`).
+Problems are reported as ``file:line: reason`` with exit code 2; what is scored but suspicious
+(judged queries missing from the run, which score 0; run documents absent from the corpus) is
+reported as a ``warning:`` line on stderr with counts.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from datamodules.formats import iter_jsonl, list_tasks, read_task_meta
+from datamodules.formats import list_tasks, read_docs, read_judgements, read_task_meta
 from datamodules.metrics import Summary, TaskResult, evaluate_run, format_table, parse_metric, summarize
-from datamodules.trec import FormatError, Run, read_qrels, read_run
+from datamodules.trec import FormatError, Run, read_run
+from experiments import score_model
 
 FIRST_STAGE = "first-stage"
 
@@ -34,9 +44,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", required=True, type=Path, help="MRB root: one folder per task")
     parser.add_argument(
         "--run",
-        required=True,
-        help="folder of <task>.trec files, one file with '<task>/<qid>' query ids, "
-        f"or '{FIRST_STAGE}' to score each task's candidates.trec",
+        help="folder of <task>.trec files, one file with '<task>/<qid>' query ids, a run folder "
+        f"(its latest validation), or '{FIRST_STAGE}' to score each task's candidates.trec",
     )
     parser.add_argument("--json", type=Path, help="write the results as JSON to this new file")
     parser.add_argument("--overwrite", action="store_true", help="allow --json to replace an existing file")
@@ -44,24 +53,50 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--depth", type=int, help="only the top DEPTH documents of each query in the run count (default: all)"
     )
+    score_model.add_arguments(parser)  # --model and its options
     args = parser.parse_args(argv)
+    if (args.run is None) == (args.model is None):
+        parser.error("give exactly one of --run (score TREC runs) or --model (score a checkpoint)")
     if args.depth is not None and args.depth < 1:
         parser.error(f"--depth must be >= 1, got {args.depth}")
     return args
 
 
-def _line_of(path: Path, qid: str) -> int:
-    """The first line of a TREC file whose query id is ``qid`` (only used to point at errors)."""
-    with open(path, encoding="utf-8") as handle:
+def _line_of(path: Path, qid: str, docid: str | None = None) -> int:
+    """The first line of a TREC file with query id ``qid`` (and document ``docid``), to point at it."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
         for lineno, line in enumerate(handle, start=1):
-            fields = line.split(maxsplit=1)
-            if fields and fields[0] == qid:
+            fields = line.split()
+            if fields and fields[0] == qid and (docid is None or fields[2:3] == [docid]):
                 return lineno
     return 1
 
 
+_STEP_FOLDER = re.compile(r"(val|test)-step(\d+)")
+
+
+def resolve_run(run_arg: str) -> tuple[str, str]:
+    """``(run to read, what it is)``. A run folder of ``experiments.cli`` (it holds ``runs/`` with
+    ``val-step<N>/`` folders, or is that ``runs/`` folder) becomes its latest validation
+    (``test-step<N>`` when it was never validated); anything else is returned as it is."""
+    path = Path(run_arg)
+    if run_arg == FIRST_STAGE or not path.is_dir() or any(path.glob("*.trec")):
+        return run_arg, run_arg
+    for folder in (path / "runs", path):
+        steps = [
+            (m.group(1) == "val", int(m.group(2)), p)
+            for p in folder.glob("*-step*")
+            if p.is_dir() and (m := _STEP_FOLDER.fullmatch(p.name))
+        ]
+        if steps:
+            is_val, step, chosen = max(steps)
+            stage = "validation" if is_val else "test"
+            return str(chosen), f"{run_arg}: the latest {stage}, at step {step} ({chosen})"
+    return run_arg, run_arg
+
+
 def _query_ids(task_dir: Path) -> set[str]:
-    return {record.get("id") for _, record in iter_jsonl(task_dir / "queries.jsonl")}
+    return set(read_docs(task_dir / "queries.jsonl", task_dir)[1])
 
 
 def load_runs(run_arg: str, task_dirs: list[Path], all_tasks: set[str], strict: bool) -> dict[str, Run]:
@@ -149,8 +184,45 @@ def load_runs(run_arg: str, task_dirs: list[Path], all_tasks: set[str], strict: 
     return runs
 
 
-def evaluate(data: Path, run_arg: str, tasks: list[str] | None = None, depth: int | None = None) -> Summary:
-    """Score ``run_arg`` (see module docstring) on the tasks under ``data``.
+def _run_source(run_arg: str, task_dir: Path) -> Path:
+    path = Path(run_arg)
+    if run_arg == FIRST_STAGE:
+        return task_dir / "candidates.trec"
+    return path / f"{task_dir.name}.trec" if path.is_dir() else path
+
+
+def check_coverage(
+    task: str, run: Run, qrels: dict, corpus: dict, source: Path, prefix: str = ""
+) -> list[str]:
+    """Warnings (with counts) about a task's run: judged queries it lacks (they score 0) and
+    documents it names that the corpus does not hold."""
+    warnings = []
+    judged = sorted(q for q, docs in qrels.items() if any(g > 0 for g in docs.values()))
+    missing = [q for q in judged if q not in run]
+    if missing:
+        warnings.append(
+            f"warning: task {task}: {len(missing)} of {len(judged)} judged queries are not in the run and "
+            f"score 0 (first: {missing[0]!r}); rerank every query, or pass the run that covers them"
+        )
+    unknown = [(q, d) for q, docs in run.items() for d in docs if d not in corpus]
+    if unknown:
+        qid, docid = unknown[0]
+        warnings.append(
+            f"warning: {source}:{_line_of(source, prefix + qid, docid)}: task {task}: {len(unknown)} run "
+            f"line(s) name documents that are not in corpus.jsonl (first: {docid!r}); they cannot be relevant"
+        )
+    return warnings
+
+
+def evaluate(
+    data: Path,
+    run_arg: str,
+    tasks: list[str] | None = None,
+    depth: int | None = None,
+    warnings: list[str] | None = None,
+) -> Summary:
+    """Score ``run_arg`` (see module docstring) on the tasks under ``data``; ``warnings`` (when
+    given) receives the coverage warnings of :func:`check_coverage`.
 
     Raises:
         EvaluationError, FormatError: with ``file:line: reason``.
@@ -163,7 +235,14 @@ def evaluate(data: Path, run_arg: str, tasks: list[str] | None = None, depth: in
         meta = read_task_meta(task_dir)
         qrels_path = task_dir / "qrels.tsv"
         metric = parse_metric(meta.metric)
-        per_query = evaluate_run(runs[task_dir.name], read_qrels(qrels_path), metric, depth=depth)
+        queries = read_docs(task_dir / "queries.jsonl", task_dir)[1]
+        corpus = read_docs(task_dir / "corpus.jsonl", task_dir)[1]
+        qrels = read_judgements(qrels_path, queries, corpus)  # unknown ids are file:line errors
+        source = _run_source(run_arg, task_dir)
+        prefix = f"{task_dir.name}/" if source.is_file() and source.name != f"{task_dir.name}.trec" else ""
+        if warnings is not None:
+            warnings.extend(check_coverage(meta.name, runs[task_dir.name], qrels, corpus, source, prefix))
+        per_query = evaluate_run(runs[task_dir.name], qrels, metric, depth=depth)
         if not per_query:
             raise EvaluationError(f"{qrels_path}:1: no query has a relevant document (relevance > 0)")
         results.append(TaskResult.from_per_query(meta.name, meta.family, str(metric), per_query))
@@ -179,9 +258,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise EvaluationError(
                 f"{args.json}: already exists; pass --overwrite to replace it or pick another path"
             )
-        summary = evaluate(args.data, args.run, tasks, args.depth)
+        warnings: list[str] = []
+        if args.model is not None:
+            summary, described = score_model.summary_from_args(args, tasks), f"model {args.model}"
+        else:
+            run, described = resolve_run(args.run)
+            summary = evaluate(args.data, run, tasks, args.depth, warnings)
+        for warning in warnings:
+            print(warning, file=sys.stderr)
         depth = f", top {args.depth} per query" if args.depth else ""
-        print(f"run: {args.run}{depth}")
+        print(f"run: {described}{depth}")
         print(format_table(summary))
         if args.json is not None:
             args.json.parent.mkdir(parents=True, exist_ok=True)

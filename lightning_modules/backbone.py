@@ -7,15 +7,19 @@ says so, and weights are read from safetensors only.
 
 Scoring never materialises vocabulary logits: the decoder's last hidden state at the answer
 position (index -1 of a left-padded batch) is multiplied by the LM-head rows of the label tokens
-only (paper.md §1: z_y = M_y·h, z_n = M_n·h), in fp32.
+only (docs/science.md §1: z_y = M_y·h, z_n = M_n·h), in fp32.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 LM_HEAD_MODES = ("frozen", "label_rows", "full")
 DTYPES = {
@@ -46,6 +50,7 @@ def load_backbone(
 
     if dtype not in DTYPES:
         raise ValueError(f"model dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    check_attn_implementation(attn_implementation)
     kwargs: dict = {
         "dtype": DTYPES[dtype],
         "trust_remote_code": trust_remote_code,
@@ -75,6 +80,26 @@ def load_backbone(
     return auto_class.from_pretrained(name_or_path, **kwargs)
 
 
+def check_attn_implementation(name: str) -> None:
+    """Refuse an attention implementation this machine cannot run, before any weights load.
+
+    ``flash_attention_2`` needs the flash-attn package (CUDA builds only); without it transformers
+    would fail only after reading the config, with a message that does not name the setting. Other
+    names (``sdpa``, ``eager``, ...) are left to transformers, which lists the valid ones.
+
+    Raises:
+        ValueError: naming ``model.attn_implementation`` and what to do.
+    """
+    import importlib.util
+
+    if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ValueError(
+            "model.attn_implementation 'flash_attention_2' needs the flash-attn package, which is not "
+            "installed here: install it on a CUDA machine (pip install flash-attn --no-build-isolation) "
+            "or set model.attn_implementation to 'sdpa' (the default; same scores)"
+        )
+
+
 def label_words(objective) -> list[str]:
     """Label words whose logits are read, in LabelScorer column order: yes, no, then the
     objective's extra positive and negative words, duplicates dropped."""
@@ -83,13 +108,57 @@ def label_words(objective) -> list[str]:
 
 
 def label_token_id(tokenizer, word: str) -> int:
-    """The single vocabulary id of a label word, or a clear error if it splits into several."""
-    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise ValueError(
-            f"label word {word!r} is {len(ids)} tokens in this tokenizer; label words must be single tokens"
+    """The vocabulary id whose logit stands for a label word at the answer position.
+
+    A word that is one token gives that token. A word the tokenizer splits (SmolLM2 writes
+    ``irrelevant`` as ``ir`` + ``relevant``) gives its FIRST token, the one the model must emit to
+    start answering with the word, and a warning says so; :class:`LabelScorer` refuses two label
+    words that end up on the same id. Text is tokenised exactly as it follows ``assistant\n`` in
+    the chat (no leading space, no special tokens).
+    """
+    ids = tokenizer(word, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    if not ids:
+        raise ValueError(f"label word {word!r} encodes to no token in this tokenizer")
+    if len(ids) > 1:
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        log.warning(
+            "label word %r is %d tokens in this tokenizer (%s); its first token %r is read",
+            word,
+            len(ids),
+            pieces,
+            pieces[0],
         )
     return ids[0]
+
+
+# LoRA on the language model: the Qwen-VL layout (``model.language_model.layers.N...``) and plain
+# causal LMs (Llama, SmolLM2, Qwen2/3, Mistral: ``model.layers.N.self_attn|mlp...``).
+LANGUAGE_MODEL_LORA_TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+CAUSAL_LM_LORA_TARGET = (
+    r"(?:.*\.)?layers\.\d+\.(?:self_attn|mlp)\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+)
+
+
+def lora_target_for(model: nn.Module, target: str, default: str = LANGUAGE_MODEL_LORA_TARGET) -> str:
+    """The LoRA target regex to use on ``model``.
+
+    A ``target`` set by the user is kept as it is. The default (the Qwen-VL ``language_model``
+    regex) is swapped for the plain causal-LM one when the model has no ``language_model``
+    submodule, so text-only checkpoints get LoRA on their decoder layers without a config change.
+
+    Raises:
+        ValueError: the default applies but neither layout matches; names the linear layers found.
+    """
+    if target != default:
+        return target
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    for candidate in (default, CAUSAL_LM_LORA_TARGET):
+        if any(re.fullmatch(candidate, name) for name in names):
+            return candidate
+    raise ValueError(
+        "model.lora_target: the default regex matches no layer of this model; set model.lora_target to a "
+        f"regex over its linear layers, e.g. some of: {', '.join(names[:6])}"
+    )
 
 
 @dataclass
@@ -114,13 +183,18 @@ class LabelScorer(nn.Module):
         label_token_ids: vocabulary ids whose logits are needed; the first two are yes and no.
         lm_head: ``frozen`` (default), ``label_rows`` (train an offset on the label rows only) or
             ``full`` (the head weight trains; still only its label rows are multiplied). The
-            paper's LM-head unfreezing probe (paper.md §4).
+            paper's LM-head unfreezing probe (docs/science.md §4).
     """
 
     def __init__(self, model: nn.Module, label_token_ids: list[int], lm_head: str = "frozen") -> None:
         super().__init__()
         if lm_head not in LM_HEAD_MODES:
             raise ValueError(f"model.lm_head {lm_head!r} is not one of {LM_HEAD_MODES}")
+        if len(set(label_token_ids)) != len(label_token_ids):
+            raise ValueError(
+                f"label token ids {label_token_ids} repeat an id: two label words share a (first) token in "
+                "this tokenizer; choose label words that start with different tokens"
+            )
         self.model = model
         self.register_buffer(
             "label_token_ids", torch.tensor(label_token_ids, dtype=torch.long), persistent=False

