@@ -477,8 +477,14 @@ def build_cli(args: list[str] | None = None) -> RerankCLI:
         if os.environ.get("LOCAL_RANK", "0") == "0":  # the next run in this process picks its own folder
             os.environ.pop(RUN_DIR_ENV, None)
         # Lightning leaves the W&B run open; a second run in the same process would be logged into it.
-        if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
-            sys.modules["wandb"].finish()
+        # W&B also keeps the settings of its first run in a process-wide singleton (a first run under
+        # WANDB_MODE=disabled would silence every later offline run): tear it down between runs.
+        if "wandb" in sys.modules:
+            wandb = sys.modules["wandb"]
+            if wandb.run is not None:
+                wandb.finish()
+            if hasattr(wandb, "teardown"):
+                wandb.teardown()
     return cli
 
 

@@ -37,10 +37,18 @@ def _fit_args(tiny_model_dir, demo_dir, runs_dir, *extra):
 def test_offline_fit_writes_run_folder_and_wandb_history(
     tiny_model_dir, demo_dir, tmp_path, monkeypatch, capsys
 ):
+    # An earlier run in this process under WANDB_MODE=disabled (here one that fails at once) must not
+    # silence this one: W&B keeps its first settings process-wide unless the CLI tears them down.
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    with pytest.raises(SystemExit):
+        main(
+            ["validate", "--config", "experiments/configs/demo.yaml", f"--data.eval_root={tmp_path / 'none'}"]
+        )
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    capsys.readouterr()
     cli = build_cli(_fit_args(tiny_model_dir, demo_dir, tmp_path / "runs"))
     assert "no login found, logging offline" in capsys.readouterr().err
 
