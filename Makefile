@@ -13,7 +13,7 @@ SWEEP ?= experiments/sweeps/demo_probe.yaml
 COUNT ?=
 DEMO_DIR ?= runs/demo
 
-.PHONY: help install demo test test-slow test-gpu lint format sweep bench real clean
+.PHONY: help install demo test test-slow test-gpu gpu-check lint format sweep bench real clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -56,7 +56,8 @@ test-gpu: install ## Run the GPU tier (needs CUDA): bf16 training, prefix sharin
 
 # No `install` step: a lent GPU machine has no package index, so this uses .venv where it exists and
 # the machine's python3 (with carried wheels on PYTHONPATH) otherwise; the script says what is missing.
-gpu-check: ## One table for a single H100/H200 (< 8 min); without CUDA a CPU dry run (< 2 min)
+gpu-check: ## One table for a single H100/H200 (< 8 min); without CUDA a CPU dry run (a few minutes)
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(MAKE) --no-print-directory install; fi
 	OMP_NUM_THREADS=1 $$( [ -x $(PY) ] && echo $(PY) || echo python3 ) -m experiments.bench.gpu_check
 
 lint: install ## ruff lint + format check

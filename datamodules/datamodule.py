@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import lightning as L
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from datamodules.encoding import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PairEncoder
 from datamodules.formats import (
     MRB_FILES,
     Doc,
@@ -34,7 +35,6 @@ from datamodules.stream import (
     collate_stream_batch,
 )
 from datamodules.trec import regular_file_problem
-from lightning_modules.encoding import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PairEncoder
 
 log = logging.getLogger("rerank_lab.data")
 _MAX_EVAL_WARNINGS = 20  # per process; the per-task counts hold the totals

@@ -524,7 +524,7 @@ ENCODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
 
 
 def collate_stream_batch(encoder, batch: StreamBatch) -> dict[str, Any]:
-    """Encode a :class:`StreamBatch` with a :class:`~lightning_modules.encoding.PairEncoder`.
+    """Encode a :class:`StreamBatch` with a :class:`~datamodules.encoding.PairEncoder`.
 
     A group whose images are missing, undecodable or oversized (or that cannot fit ``max_length``)
     raises ``file:line: reason`` with ``on_bad_record="error"``; with ``"skip"`` it leaves the batch

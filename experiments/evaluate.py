@@ -249,6 +249,30 @@ def evaluate(
     return summarize(results)
 
 
+def model_summary(args, tasks: list[str] | None) -> Summary:
+    """Run :func:`experiments.score_model.evaluate_model` for parsed ``experiments.evaluate`` arguments; input problems
+    become ``EvaluationError`` (one line, exit 2) instead of tracebacks."""
+    if getattr(args, "depth", None) is not None:
+        raise EvaluationError("--depth applies to --run; with --model use --top-k")
+    try:
+        return score_model.evaluate_model(
+            args.data,
+            args.model,
+            tasks,
+            top_k=args.top_k,
+            fusion_alpha=args.fusion_alpha,
+            write_runs=args.write_runs,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            dtype=args.dtype,
+            device=args.device,
+        )
+    except (ValueError, OSError) as err:
+        if type(err).__name__ == "FormatError":
+            raise
+        raise EvaluationError(f"--model {args.model}: {err}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code (2 on a user error)."""
     args = parse_args(argv)
@@ -260,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         warnings: list[str] = []
         if args.model is not None:
-            summary, described = score_model.summary_from_args(args, tasks), f"model {args.model}"
+            summary, described = model_summary(args, tasks), f"model {args.model}"
         else:
             run, described = resolve_run(args.run)
             summary = evaluate(args.data, run, tasks, args.depth, warnings)

@@ -156,29 +156,3 @@ def add_arguments(parser) -> None:
     group.add_argument("--max-length", type=int, help="tokens per pair (default: the export's, else 3200)")
     group.add_argument("--dtype", default="float32", help="model dtype (float32 or bfloat16)")
     group.add_argument("--device", help="cpu, cuda, ... (default cuda when available)")
-
-
-def summary_from_args(args, tasks: list[str] | None) -> Summary:
-    """Run :func:`evaluate_model` for parsed ``experiments.evaluate`` arguments; input problems
-    become ``EvaluationError`` (one line, exit 2) instead of tracebacks."""
-    from experiments.evaluate import EvaluationError
-
-    if getattr(args, "depth", None) is not None:
-        raise EvaluationError("--depth applies to --run; with --model use --top-k")
-    try:
-        return evaluate_model(
-            args.data,
-            args.model,
-            tasks,
-            top_k=args.top_k,
-            fusion_alpha=args.fusion_alpha,
-            write_runs=args.write_runs,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            dtype=args.dtype,
-            device=args.device,
-        )
-    except (ValueError, OSError) as err:
-        if type(err).__name__ == "FormatError":
-            raise
-        raise EvaluationError(f"--model {args.model}: {err}") from None

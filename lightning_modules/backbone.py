@@ -233,7 +233,9 @@ class LabelScorer(nn.Module):
         rows = head.weight[self.label_token_ids].to(dtype)
         if self.row_delta is not None:
             rows = rows + self.row_delta
-        logits = hidden.to(dtype) @ rows.T
+        # Outside autocast: under bf16-mixed the product would otherwise come back in bf16.
+        with torch.autocast(hidden.device.type, enabled=False):
+            logits = hidden.to(dtype) @ rows.T
         if getattr(head, "bias", None) is not None:
             logits = logits + head.bias[self.label_token_ids].to(dtype)
         return Scores(label_logits=logits, hidden=hidden)

@@ -58,6 +58,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from datamodules.encoding import SYSTEM_PROMPT, EncodedPair, PairEncoder
 from datamodules.formats import Doc
 from lightning_modules.checkpoint_io import (
     base_fingerprint,
@@ -65,7 +66,6 @@ from lightning_modules.checkpoint_io import (
     load_checkpoint,
     module_arguments,
 )
-from lightning_modules.encoding import SYSTEM_PROMPT, EncodedPair, PairEncoder
 from lightning_modules.export_folder import (
     ExportParityError,
     check_image_processor,

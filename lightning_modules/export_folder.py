@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from datamodules.encoding import PairEncoder
 from datamodules.formats import Doc
-from lightning_modules.encoding import PairEncoder
 
 MODEL_PLACEHOLDER = "path/to/this/folder"
 SNIPPET_HEADING = "## Score it with plain transformers"

@@ -25,7 +25,7 @@ Inputs. A query or document is
 - a :class:`datamodules.formats.Doc`.
 
 Same code path as training. Pairs are rendered, tokenised and image-processed by
-:class:`~lightning_modules.encoding.PairEncoder` (left padding, the chat layout, the truncation
+:class:`~datamodules.encoding.PairEncoder` (left padding, the chat layout, the truncation
 rule) and scored by :class:`~lightning_modules.backbone.LabelScorer` (label-token rows only, fp32)
 followed by the objective's own ``score``. PIL images go through the very same
 ``PairEncoder.process_images`` (``encoding.load_image`` takes them as they are, so the pixel
@@ -70,15 +70,15 @@ import torch
 from PIL import Image
 
 import objectives
-from datamodules.formats import Doc
-from lightning_modules.backbone import DTYPES, LabelScorer, label_token_id, label_words, load_backbone
-from lightning_modules.encoding import (
+from datamodules.encoding import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
     SYSTEM_PROMPT,
     EncodedPair,
     PairEncoder,
 )
+from datamodules.formats import Doc
+from lightning_modules.backbone import DTYPES, LabelScorer, label_token_id, label_words, load_backbone
 from lightning_modules.prefix import (
     ImageFeatureCache,
     PrefixKV,

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 
 import torch
 
+from datamodules.encoding import EncodedPair
 from lightning_modules.backbone import LabelScorer, Scores, text_position_ids
-from lightning_modules.encoding import EncodedPair
 
 Image = tuple[torch.Tensor, torch.Tensor]  # (pixel patches, grid t/h/w) of one processed image
 # Without gradients (evaluation, inference) the prefix's keys/values are copied into every batch;

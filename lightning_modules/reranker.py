@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from torchmetrics.aggregation import CatMetric
 
 import objectives
+from datamodules.encoding import EncodedPair, collate_pairs, pad_token_id, unbatch
 from datamodules.metrics import TaskResult, query_metric, summarize
 from lightning_modules.backbone import (
     LabelScorer,
@@ -32,7 +33,6 @@ from lightning_modules.backbone import (
     lora_target_for,
 )
 from lightning_modules.checkpoint_io import base_fingerprint, config_sha256
-from lightning_modules.encoding import EncodedPair, collate_pairs, pad_token_id, unbatch
 from lightning_modules.evaluation import EvalResult, all_values, per_query_values
 from lightning_modules.prefix import (
     ImageFeatureCache,

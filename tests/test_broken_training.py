@@ -107,7 +107,7 @@ TRAIN_CASES = {
 
 @pytest.fixture(scope="module")
 def encoder(tiny_model_dir):
-    from lightning_modules.encoding import PairEncoder
+    from datamodules.encoding import PairEncoder
 
     return PairEncoder.from_pretrained(tiny_model_dir, max_length=512, min_pixels=3136, max_pixels=3136)
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from datamodules.encoding import SYSTEM_PROMPT, PairEncoder, PairTooLongError
 from datamodules.formats import Doc
 from lightning_modules.backbone import LabelScorer, load_backbone
-from lightning_modules.encoding import SYSTEM_PROMPT, PairEncoder, PairTooLongError
 
 VISION = "<|vision_start|><|image_pad|><|vision_end|>"
 HEAD = f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n<Instruct>: Find the match."

@@ -123,7 +123,7 @@ def test_card_snippet_for_a_text_only_model_with_a_string_only_template(tiny_mod
     snippet sends the user turn as one string and matches Reranker's zero-shot scores."""
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from lightning_modules.encoding import PairEncoder
+    from datamodules.encoding import PairEncoder
     from lightning_modules.export_folder import write_card
 
     base = tmp_path / "text-lm"

@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch.plugins.precision import HalfPrecision, MixedPrecision, Precision
 
 import lightning_modules.reranker as reranker
-from lightning_modules.encoding import unbatch
+from datamodules.encoding import unbatch
 from tests.test_reranker import cpu_trainer, first_batch, make_data
 
 OBJECTIVES = {
@@ -156,3 +156,14 @@ def test_trainer_fits_in_bf16_on_cpu_with_float32_adapters(precision, tiny_model
     assert any(not torch.equal(after[n], before[n]) for n in before if "lora_B" in n)
     backbone = module.scorer.model.get_input_embeddings().weight.dtype
     assert backbone == (torch.bfloat16 if precision == "bf16-true" else torch.float32)
+
+
+def test_label_logits_stay_float32_under_bf16_autocast(tiny_model_dir, image_batch):
+    module = reranker.RerankerModule(str(tiny_model_dir), lora_r=4)
+    one = unbatch(image_batch["inputs"])[0]
+    pair = {k: v[:1] for k, v in image_batch["inputs"].items() if k != "image_counts"}
+    pair["pixel_values"] = torch.cat(one.pixel_values)
+    pair["image_grid_thw"] = torch.stack(one.image_grid_thw)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = module.scorer(pair)
+    assert scores.label_logits.dtype == torch.float32  # the docstring's promise, also under autocast

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.encoding import EncodedPair, unbatch
+from datamodules.encoding import EncodedPair, unbatch
 from lightning_modules.prefix import shared_prefix
 from lightning_modules.reranker import RerankerModule
 from tests.test_reranker import first_batch, make_data

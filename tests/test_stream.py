@@ -298,7 +298,7 @@ def test_resume_with_skipped_records_replays_the_same_negatives(bad_root):
 
 
 def test_collate_refuses_bad_images_with_file_line_or_skips_and_counts(tmp_path, tiny_model_dir):
-    from lightning_modules.encoding import PairEncoder
+    from datamodules.encoding import PairEncoder
 
     root = tmp_path / "train"
     (root / "img").mkdir(parents=True)

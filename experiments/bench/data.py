@@ -3,7 +3,7 @@
 Builds a tiny Qwen2-VL checkpoint (:func:`lightning_modules.tiny.build_tiny`) and a synthetic training
 root (JSONL shards; every query and document has text and a 56x56 PNG: 4 visual tokens), then
 feeds :class:`datamodules.stream.TrainStream` through a DataLoader whose workers encode each batch
-with the model's :class:`~lightning_modules.encoding.PairEncoder` (chat template, tokenizer, image
+with the model's :class:`~datamodules.encoding.PairEncoder` (chat template, tokenizer, image
 processor, left-padded collation: everything a training step receives). Prints one JSON object::
 
     python -m experiments.bench.data [--workers 2] [--seconds 20] [--json out.json]
@@ -93,8 +93,8 @@ def measure(
 ) -> dict:
     import torch
 
+    from datamodules.encoding import PairEncoder
     from datamodules.stream import TrainStream, collate_stream_batch
-    from lightning_modules.encoding import PairEncoder
     from lightning_modules.tiny import build_tiny
 
     torch.set_num_threads(1)

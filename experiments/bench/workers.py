@@ -152,8 +152,8 @@ def train_worker(
     import torch
 
     import objectives
+    from datamodules.encoding import PairEncoder
     from lightning_modules.backbone import label_token_id
-    from lightning_modules.encoding import PairEncoder
     from lightning_modules.reranker import DEFAULT_LORA_TARGET, RerankerModule
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
