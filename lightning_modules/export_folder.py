@@ -144,6 +144,8 @@ def reference_snippet(
     lines += [
         '    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": content}]',
         "    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)",
+        "    # rerank-lab tokenises user text as plain text; this one-piece call matches it unless a text",
+        "    # holds a special-token string such as <|im_end|> (then it would become a control token).",
         "    ids = tokenizer(text, add_special_tokens=False).input_ids",
     ]
     if vision:
