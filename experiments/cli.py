@@ -320,6 +320,7 @@ def check_config(config) -> None:
                     else "(candidate pairs per evaluation forward pass)"
                 )
             )
+    check_model_path(model.get("model_name_or_path"))
     args = model.get("objective_args") or {}
     if not isinstance(args, dict):
         raise RunError(f"model.objective_args={args!r}: must be a mapping of the objective's arguments")
@@ -330,6 +331,18 @@ def check_config(config) -> None:
         raise RunError(
             f"model.objective={model['objective']!r} with model.objective_args={dict(args)}: {error}"
         ) from None
+
+
+def check_model_path(path) -> None:
+    """A ``model.model_name_or_path`` that can only be a local folder (absolute, relative with more
+    than one part, ``~``) must exist; a Hub id (``name`` or ``namespace/name``) is left to the loader."""
+    text = str(path or "")
+    local = text.startswith(("/", ".", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text
+    if not text or (local and not Path(text).expanduser().is_dir()):
+        raise RunError(
+            f"model.model_name_or_path={text!r}: no such model folder; point it at a local checkpoint "
+            "folder (e.g. the one `make demo` builds, runs/demo/model) or a Hugging Face Hub id"
+        )
 
 
 class RerankCLI(LightningCLI):

@@ -42,7 +42,13 @@ def test_offline_fit_writes_run_folder_and_wandb_history(
     monkeypatch.setenv("WANDB_MODE", "disabled")
     with pytest.raises(SystemExit):
         main(
-            ["validate", "--config", "experiments/configs/demo.yaml", f"--data.eval_root={tmp_path / 'none'}"]
+            [
+                "validate",
+                "--config",
+                "experiments/configs/demo.yaml",
+                f"--model.model_name_or_path={tiny_model_dir}",
+                f"--data.eval_root={tmp_path / 'none'}",
+            ]
         )
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -271,6 +277,17 @@ def test_bad_settings_are_refused_at_once_with_the_key_named(
     assert caught.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "x").exists()
+
+
+def test_a_missing_model_folder_is_one_error_line_before_anything_loads(tmp_path, capsys):
+    missing = f"{tmp_path}/no/model"
+    with pytest.raises(SystemExit) as caught:
+        main(
+            ["validate", "--config", "experiments/configs/demo.yaml", f"--model.model_name_or_path={missing}"]
+        )
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert f"model.model_name_or_path='{missing}': no such model folder" in err and "Traceback" not in err
 
 
 def test_help_lists_export(capsys):
