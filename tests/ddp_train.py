@@ -33,9 +33,8 @@ class LossRecorder(L.Callback):
         self.losses.append(loss.item())
 
 
-def main() -> None:
-    model_dir, demo_dir, out, devices = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    torch.set_num_threads(1)
+def rank_batch(model_dir: str, demo_dir: str, devices: int):
+    """This process's share of the same 4 training groups (all 4 with one process), collated."""
     data = RerankDataModule(
         model_name_or_path=model_dir,
         train_root=f"{demo_dir}/train",
@@ -49,7 +48,13 @@ def main() -> None:
     groups = next(iter(data.train_stream)).groups  # the same 4 groups on every process
     rank = int(os.environ.get("LOCAL_RANK", 0))
     share = groups[rank * 4 // devices : (rank + 1) * 4 // devices]
-    batch = data.collate_train(StreamBatch(0, 0, rank, share, ids=[], group_size=4))
+    return data.collate_train(StreamBatch(0, 0, rank, share, ids=[], group_size=4))
+
+
+def main() -> None:
+    model_dir, demo_dir, out, devices = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    torch.set_num_threads(1)
+    batch = rank_batch(model_dir, demo_dir, devices)
     L.seed_everything(0, verbose=False)
     module = RerankerModule(model_dir, lora_r=4, lora_dropout=0.0, lr=1e-2)
     for name, param in module.named_parameters():

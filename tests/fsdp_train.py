@@ -21,11 +21,9 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from datamodules.datamodule import RerankDataModule  # noqa: E402
-from datamodules.stream import StreamBatch  # noqa: E402
 from lightning_modules.reranker import RerankerModule  # noqa: E402
 from lightning_modules.sharding import ShardedRerankerModule  # noqa: E402
-from tests.ddp_train import LossRecorder  # noqa: E402
+from tests.ddp_train import LossRecorder, rank_batch  # noqa: E402
 
 
 def strategy(devices: int, state_dict_type: str):
@@ -46,20 +44,7 @@ def main() -> None:
     model_dir, demo_dir, out, devices = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     state_dict_type = sys.argv[5] if len(sys.argv) > 5 else "full"
     torch.set_num_threads(1)
-    data = RerankDataModule(
-        model_name_or_path=model_dir,
-        train_root=f"{demo_dir}/train",
-        num_negatives=3,
-        batch_size=4,
-        max_length=512,
-        min_pixels=3136,
-        max_pixels=3136,
-    )
-    data.setup("fit")
-    groups = next(iter(data.train_stream)).groups  # the same 4 groups on every process
-    rank = int(os.environ.get("LOCAL_RANK", 0))
-    share = groups[rank * 4 // devices : (rank + 1) * 4 // devices]
-    batch = data.collate_train(StreamBatch(0, 0, rank, share, ids=[], group_size=4))
+    batch = rank_batch(model_dir, demo_dir, devices)
     L.seed_everything(0, verbose=False)
     module = (ShardedRerankerModule if devices > 1 else RerankerModule)(
         model_dir, lora_r=4, lora_dropout=0.0, lr=1e-2, pairs_per_forward=2, objective="cl"
