@@ -36,6 +36,8 @@ from pathlib import Path
 
 from lightning.pytorch import Callback
 
+from datamodules.files import atomic_write
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "experiments" / "configs"
 MODEL_KEY = "smollm2-135m"
@@ -68,9 +70,7 @@ def peak_rss_mib() -> float:
 
 def write_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    atomic_write(path, lambda handle: handle.write((json.dumps(data, indent=2) + "\n").encode("utf-8")))
 
 
 def run_module(args: list[str]) -> None:

@@ -39,10 +39,11 @@ import random
 import re
 import sys
 import sysconfig
-import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+
+from datamodules.files import atomic_write
 
 SKIP_DIRS = {
     "test",
@@ -149,11 +150,7 @@ def _write_task(folder: Path, corpus: list[dict], queries: list[Function], metri
         "qrels.tsv": "".join(f"{f.qualname} 0 {f.qualname} 1\n" for f in queries),
     }
     for name, text in files.items():
-        with tempfile.NamedTemporaryFile(
-            "w", dir=folder, delete=False, encoding="utf-8", suffix=".tmp"
-        ) as handle:
-            handle.write(text)
-        os.replace(handle.name, folder / name)
+        atomic_write(folder / name, lambda handle, text=text: handle.write(text.encode("utf-8")))
 
 
 def build_real_data(

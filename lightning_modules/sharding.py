@@ -33,12 +33,12 @@ Checkpoints: with ``save_distributed_checkpoint=True`` each rank writes its shar
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
 import torch
 
+from datamodules.files import atomic_write
 from lightning_modules.reranker import RerankerModule
 
 
@@ -100,7 +100,5 @@ def consolidate(folder: str | Path, out: str | Path) -> Path:
         optimizers = sorted(k for k in state if k.startswith("optimizer_"))
         if optimizers:
             checkpoint["optimizer_states"] = [state[k] for k in optimizers]
-        partial = Path(scratch) / "checkpoint.ckpt"
-        torch.save(checkpoint, partial)
-        os.replace(partial, out)
+        atomic_write(out, lambda handle: torch.save(checkpoint, handle))
     return out
