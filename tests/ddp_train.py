@@ -51,20 +51,14 @@ def rank_batch(model_dir: str, demo_dir: str, devices: int):
     return data.collate_train(StreamBatch(0, 0, rank, share, ids=[], group_size=4))
 
 
-def main() -> None:
-    model_dir, demo_dir, out, devices = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    torch.set_num_threads(1)
-    batch = rank_batch(model_dir, demo_dir, devices)
-    L.seed_everything(0, verbose=False)
-    module = RerankerModule(model_dir, lora_r=4, lora_dropout=0.0, lr=1e-2)
-    for name, param in module.named_parameters():
-        if "lora_B" in name:  # non-zero B so that both LoRA factors move in the first step
-            torch.nn.init.normal_(param, std=0.02, generator=torch.Generator().manual_seed(1))
+def fit_two_steps(module, batch, devices: int, strategy, out: str):
+    """Two optimizer steps on ``batch`` with ``strategy`` on ``devices`` CPU processes; the trainer
+    and the recorded losses."""
     recorder = LossRecorder()
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
+        strategy=strategy,
         max_steps=2,
         logger=False,
         enable_progress_bar=False,
@@ -75,6 +69,19 @@ def main() -> None:
         default_root_dir=os.path.dirname(out),
     )
     trainer.fit(module, train_dataloaders=DataLoader([batch, batch], batch_size=None))
+    return trainer, recorder
+
+
+def main() -> None:
+    model_dir, demo_dir, out, devices = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    torch.set_num_threads(1)
+    batch = rank_batch(model_dir, demo_dir, devices)
+    L.seed_everything(0, verbose=False)
+    module = RerankerModule(model_dir, lora_r=4, lora_dropout=0.0, lr=1e-2)
+    for name, param in module.named_parameters():
+        if "lora_B" in name:  # non-zero B so that both LoRA factors move in the first step
+            torch.nn.init.normal_(param, std=0.02, generator=torch.Generator().manual_seed(1))
+    trainer, recorder = fit_two_steps(module, batch, devices, "ddp" if devices > 1 else "auto", out)
     if trainer.is_global_zero:
         lora = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
         torch.save({"losses": recorder.losses, "lora": lora}, out)

@@ -19,11 +19,10 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
 from lightning_modules.reranker import RerankerModule  # noqa: E402
 from lightning_modules.sharding import ShardedRerankerModule  # noqa: E402
-from tests.ddp_train import LossRecorder, rank_batch  # noqa: E402
+from tests.ddp_train import fit_two_steps, rank_batch  # noqa: E402
 
 
 def strategy(devices: int, state_dict_type: str):
@@ -52,21 +51,7 @@ def main() -> None:
     for name, param in module.named_parameters():
         if "lora_B" in name:  # non-zero B so that both LoRA factors move in the first step
             torch.nn.init.normal_(param, std=0.02, generator=torch.Generator().manual_seed(1))
-    recorder = LossRecorder()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=devices,
-        strategy=strategy(devices, state_dict_type),
-        max_steps=2,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        use_distributed_sampler=False,
-        callbacks=[recorder],
-        default_root_dir=os.path.dirname(out),
-    )
-    trainer.fit(module, train_dataloaders=DataLoader([batch, batch], batch_size=None))
+    trainer, recorder = fit_two_steps(module, batch, devices, strategy(devices, state_dict_type), out)
     checkpoint = os.path.join(os.path.dirname(out), "last.ckpt")
     trainer.save_checkpoint(checkpoint)
     if devices > 1:  # gather the shards (DTensors): every rank takes part
