@@ -159,6 +159,14 @@ def test_export_projection_direction_saves_the_score_head(tiny_model_dir, demo_d
         atol=1e-4,
         rtol=0,
     )
+    # The same export's model card: its plain-transformers snippet reads the projection head too.
+    from tests.test_export_card import INSTRUCTION, run_snippet
+
+    score = run_snippet((out / "README.md").read_text(encoding="utf-8"), out)["score"]
+    for document in ({"text": "A red car parks near the house."}, {"text": "The cat sits."}):
+        expected = reranker.score("a red car", [document], instruction=INSTRUCTION)[0]
+        got = score(INSTRUCTION, {"text": "a red car"}, document)
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), atol=1e-5, rtol=0)
 
 
 def test_export_unties_a_tied_head_before_folding_label_rows(tiny_model_dir, demo_dir, tmp_path):

@@ -101,23 +101,6 @@ def test_hub_metadata_names_only_hub_ids(tmp_path):
     assert meta["base_model"] == "Qwen/Qwen2-VL-2B-Instruct" and meta["base_model_relation"] == "finetune"
 
 
-def test_card_snippet_reads_the_projection_head(tiny_model_dir, demo_dir, tmp_path):
-    ckpt = fit_checkpoint(
-        tmp_path,
-        tiny_model_dir,
-        demo_dir,
-        objective="url",
-        objective_args={"weight": "cl", "direction": "projection"},
-    )
-    out = export(ckpt, tmp_path / "export")
-    score = run_snippet((out / "README.md").read_text(encoding="utf-8"), out)["score"]
-    reranker = Reranker.from_pretrained(out, device="cpu")
-    for document in ({"text": "A red car parks near the house."}, {"text": "The cat sits."}):
-        expected = reranker.score("a red car", [document], instruction=INSTRUCTION)[0]
-        got = score(INSTRUCTION, {"text": "a red car"}, document)
-        torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), atol=1e-5, rtol=0)
-
-
 def test_card_snippet_for_a_text_only_model_with_a_string_only_template(tiny_model_dir, tmp_path):
     """A causal LM whose ChatML template takes string content only (SmolLM2-style): the card's
     snippet sends the user turn as one string and matches Reranker's zero-shot scores."""
