@@ -13,7 +13,7 @@ SWEEP ?= experiments/sweeps/demo_probe.yaml
 COUNT ?=
 DEMO_DIR ?= runs/demo
 
-.PHONY: help install demo test test-slow test-gpu gpu-check lint format sweep bench real clean
+.PHONY: help install demo test test-slow test-gpu gpu-check lint format sweep bench real probe-real clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -78,6 +78,17 @@ bench: install ## Speed/memory vs a naive baseline, data stream and evaluator sp
 
 real: install ## Real SmolLM2-135M reranker on real text: fetch, BM25, mining, zero-shot/SFT/CL, table (runs/real/)
 	OMP_NUM_THREADS=1 $(PY) -m experiments.real --out runs/real
+
+# The paper's probe on the real model: the 2x2 weight x direction grid, then the Table 2 rows, then the
+# report into docs/results/real_probe/. Resumable: run it again to finish an interrupted sweep.
+# PROBE_AGENTS runs (one torch thread each) share the CPUs; 2 on a 2-core machine.
+PROBE_AGENTS ?= 2
+probe-real: install ## Paper's W x D probe on SmolLM2-135M, 3 seeds (~2 h on 2 cores; resumable) + report
+	OMP_NUM_THREADS=1 $(PY) -m experiments.real --out runs/real --prepare-only
+	OMP_NUM_THREADS=1 $(PY) -m experiments.sweep experiments/sweeps/real_probe.yaml --local --agents $(PROBE_AGENTS)
+	OMP_NUM_THREADS=1 $(PY) -m experiments.sweep experiments/sweeps/real_probe_table2.yaml --local \
+	  --agents $(PROBE_AGENTS) --runs-dir runs/sweeps/real_probe/table2
+	$(PY) -m experiments.report runs/sweeps/real_probe --out docs/results/real_probe
 
 clean: ## Remove caches (keeps .venv and runs/)
 	rm -rf .pytest_cache .ruff_cache $$(find . -name __pycache__ -not -path './.venv/*')

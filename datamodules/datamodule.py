@@ -109,7 +109,9 @@ class RerankDataModule(L.LightningDataModule):
         min_pixels: per-image lower bound on pixels.
         max_pixels: per-image upper bound on pixels.
         num_workers: DataLoader worker processes.
-        seed: seed of the negative sampling and shuffling.
+        seed: seed of the negative sampling and shuffling; ``None`` (the default) means 0 here, and
+            the run's ``seed_everything`` under ``experiments.cli``, so one seed sets both the
+            initialisation and the data order.
         shuffle_buffer: records held by the bounded shuffle buffer of the training stream.
         on_bad_record: ``error`` (stop with file:line) or ``skip`` (drop the record, count and log it).
             Evaluation follows it too: with ``skip`` a bad line of an MRB task is left out when the
@@ -135,7 +137,7 @@ class RerankDataModule(L.LightningDataModule):
         min_pixels: int = DEFAULT_MIN_PIXELS,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: int | None = None,
         shuffle_buffer: int = 1024,
         on_bad_record: str = "error",
         trust_remote_code: bool = False,
@@ -219,7 +221,7 @@ class RerankDataModule(L.LightningDataModule):
                 num_negatives=hp.num_negatives,
                 hard_negative_ratio=hp.hard_negative_ratio,
                 task_instructions=instructions,
-                seed=hp.seed,
+                seed=0 if hp.seed is None else hp.seed,
                 shuffle_buffer=hp.shuffle_buffer,
                 on_bad_record=hp.on_bad_record,
             )

@@ -413,6 +413,10 @@ class RerankCLI(LightningCLI):
                 os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the worker processes Lightning starts
         except RunError as error:
             self.parser.error(str(error))
+        if config["data"].get("seed") is None:
+            # One seed per run: the data order follows seed_everything unless data.seed is given
+            # (Lightning has already turned seed_everything=true into a number here).
+            config["data"]["seed"] = int(config.get("seed_everything") or 0)
         self.test_root = config["data"].pop("test_root", None)  # not a RerankDataModule argument
         if self.subcommand == "test" and not self.test_root:
             print(

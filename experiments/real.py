@@ -1,6 +1,7 @@
 """`make real`: a real pretrained LLM trained end to end on real text, on this CPU, in one command.
 
     python -m experiments.real [--out runs/real] [--steps 300] [--test-queries 50] [--top-k 15] [--objectives sft,cl]
+    python -m experiments.real --out runs/real --prepare-only    # stages 1-4 only (make probe-real)
 
 Stages (each writes its result under ``--out`` and is skipped when that result exists, so an
 interrupted run resumes where it stopped; ``--fresh`` refuses a non-empty ``--out`` instead):
@@ -187,6 +188,9 @@ def pipeline(args: argparse.Namespace) -> dict:
                 f"--seed={args.seed}",
             ]
         )
+    if args.prepare_only:
+        print(f"prepared {model_dir} and {data} (training groups: {groups})")
+        return {}
     dense = data / "minilm.trec"  # a reference row of the table, not reranked
     if args.dense_reference and not dense.is_file():
         run_module(
@@ -309,6 +313,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip the MiniLM dense retriever's reference row",
     )
     parser.add_argument("--fresh", action="store_true", help="refuse a non-empty --out instead of resuming")
+    parser.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="stop after fetch, data, first stage and mining (what experiments/sweeps/real_probe.yaml needs)",
+    )
     # internal: one stage in this (child) process
     parser.add_argument("--stage", choices=("score", "fit"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -336,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     start = time.perf_counter()
     pipeline(args)
-    print(f"make real: {time.perf_counter() - start:.0f} s")
+    print(f"{'prepared' if args.prepare_only else 'make real'}: {time.perf_counter() - start:.0f} s")
     return 0
 
 

@@ -88,6 +88,17 @@ def test_two_runs_in_one_directory_do_not_collide(tiny_model_dir, demo_dir, tmp_
     assert (first.run_dir / "config.yaml").is_file() and (second.run_dir / "config.yaml").is_file()
 
 
+def test_the_data_order_follows_the_run_seed_unless_data_seed_is_given(tiny_model_dir, demo_dir, tmp_path):
+    args = _fit_args(
+        tiny_model_dir, demo_dir, tmp_path, "--trainer.max_steps=1", "--validate_before_fit=false"
+    )
+    tied = build_cli([*args, "--seed_everything=5"])
+    assert tied.datamodule.hparams.seed == 5
+    recorded = yaml.safe_load((tied.run_dir / "config.yaml").read_text(encoding="utf-8"))
+    assert recorded["data"]["seed"] == 5  # the config a rerun reads holds the resolved seed
+    assert build_cli([*args, "--seed_everything=5", "--data.seed=2"]).datamodule.hparams.seed == 2
+
+
 def test_run_names_and_flattened_keys():
     config = {
         "model": {"objective": "url", "objective_args": {"weight": "sft", "direction": "cl"}},

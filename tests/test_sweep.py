@@ -395,10 +395,17 @@ def test_a_run_locked_by_a_live_runner_is_left_alone_and_a_stale_lock_is_taken(f
     assert f"[1/3] x1 ... skipped (running elsewhere: pid {os.getpid()} on {host})" in out
 
 
-def test_one_agent_per_gpu_shares_the_sweep_folder_without_running_a_run_twice(fake_sweep, capsys):
-    code, called = fake_sweep.run("--gpus", "0,1")
+@pytest.mark.parametrize("agents", [("--gpus", "0,1"), ("--agents", "2")])
+def test_agents_share_the_sweep_folder_without_running_a_run_twice(fake_sweep, agents, capsys):
+    code, called = fake_sweep.run(*agents)
     assert code == 0 and sorted(called) == ["x1", "x2", "x3"]
     assert all((fake_sweep.dir / key / "done.json").is_file() for key in ("x1", "x2", "x3"))
+
+
+@pytest.mark.parametrize("bad", [("--agents", "0"), ("--gpus", "0", "--agents", "2")])
+def test_bad_agent_counts_exit_2_with_a_message(fake_sweep, bad, capsys):
+    assert fake_sweep.run(*bad)[0] == 2
+    assert "--agents" in capsys.readouterr().err
 
 
 def test_dry_run_prints_commands_and_runs_nothing(fake_sweep, capsys):

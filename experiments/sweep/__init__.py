@@ -47,7 +47,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .agents import AGENT_TAG_ENV, run_wandb, spawn_agents, strip_gpus, use_wandb
+from .agents import AGENT_TAG_ENV, run_wandb, spawn_agents, strip_agents, use_wandb
 from .command import build_command, command_args, run_args
 from .config import DEFAULT_COMMAND, Run, SweepError, load_sweep, parse_overrides
 from .demo_assets import prepare_demo
@@ -60,7 +60,7 @@ __all__ = [
     "AGENT_TAG_ENV", "DEFAULT_COMMAND", "DONE", "LOCAL_METHODS", "LOCK", "LOG", "LocalRunner", "Run",
     "SweepError", "build_command", "command_args", "final_metric", "is_finished", "load_sweep", "main",
     "parse_overrides", "plan_runs", "prepare_demo", "read_done", "read_jsonl", "run_args", "run_key",
-    "run_wandb", "spawn_agents", "strip_gpus", "use_wandb",
+    "run_wandb", "spawn_agents", "strip_agents", "use_wandb",
 ]  # fmt: skip
 
 
@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         "--sweep-id", default=None, help="join this existing W&B sweep instead of creating one"
     )
     parser.add_argument("--gpus", default=None, help="comma-separated GPU ids: one agent per GPU")
+    parser.add_argument(
+        "--agents", type=int, default=None, help="N agents on this machine's CPUs, sharing the plan"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the command of each run and exit")
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -100,8 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         online, reason = (False, "--local") if args.local or args.dry_run else use_wandb()
         if args.sweep_id and not online:
             raise SweepError(f"--sweep-id needs W&B, but {reason}")
-        if args.gpus:
-            gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+        if args.gpus and args.agents:
+            raise SweepError("--gpus and --agents: choose one (one agent per GPU, or N CPU agents)")
+        if args.agents is not None and args.agents < 1:
+            raise SweepError(f"--agents {args.agents}: give at least 1")
+        if args.gpus or (args.agents or 0) > 1:
+            if args.gpus:
+                gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+                agents = [(f"gpu{gpu}", {"CUDA_VISIBLE_DEVICES": gpu}) for gpu in gpus]
+            else:
+                agents = [(f"cpu{i}", {}) for i in range(args.agents)]
             extra = []
             if online and not args.sweep_id:
                 import wandb
@@ -112,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 extra = ["--local"]
                 plan_runs(config, args.count, args.seed)  # fail here, once, on a bad plan
             prepare_demo(config)
-            return spawn_agents(strip_gpus(argv), gpus, extra)
+            return spawn_agents(strip_agents(argv), agents, extra)
         if not args.dry_run:
             prepare_demo(config)
         if online:

@@ -48,27 +48,30 @@ def run_wandb(config: dict, sweep_dir: Path, count: int | None, sweep_id: str | 
     return 0
 
 
-def spawn_agents(argv: list[str], gpus: list[str], extra: list[str]) -> int:
-    """One agent process per GPU (``CUDA_VISIBLE_DEVICES``); returns the worst exit code."""
+def spawn_agents(argv: list[str], agents: list[tuple[str, dict[str, str]]], extra: list[str]) -> int:
+    """One agent process per ``(tag, environment)`` pair; returns the worst exit code.
+
+    ``--gpus 0,1`` gives each agent one GPU (``CUDA_VISIBLE_DEVICES``); ``--agents N`` starts N
+    agents on this machine's CPUs. Agents share the plan through the run folders' locks."""
     processes = []
-    for gpu in gpus:
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu, **{AGENT_TAG_ENV: f"gpu{gpu}"})
+    for tag, env in agents:
+        env = dict(os.environ, **env, **{AGENT_TAG_ENV: tag})
         processes.append(
             subprocess.Popen([sys.executable, "-m", "experiments.sweep", *argv, *extra], env=env)
         )
     return max(process.wait() for process in processes)
 
 
-def strip_gpus(argv: list[str]) -> list[str]:
-    """The command line without ``--gpus`` (each agent gets one GPU instead)."""
+def strip_agents(argv: list[str]) -> list[str]:
+    """The command line without ``--gpus`` / ``--agents`` (each spawned agent is one of them)."""
     out, skip = [], False
     for item in argv:
         if skip:
             skip = False
             continue
-        if item == "--gpus":
+        if item in ("--gpus", "--agents"):
             skip = True
             continue
-        if not item.startswith("--gpus="):
+        if not item.startswith(("--gpus=", "--agents=")):
             out.append(item)
     return out
