@@ -32,7 +32,7 @@ from datamodules.stream import (
     ENCODE_ERRORS,
     StreamBatch,
     TrainStream,
-    collate_stream_batch,
+    encode_stream_batch,
 )
 from datamodules.trec import regular_file_problem
 
@@ -226,12 +226,12 @@ class RerankDataModule(L.LightningDataModule):
                 on_bad_record=hp.on_bad_record,
             )
 
-    # ---- collation (runs in DataLoader workers) ------------------------------------------
-    def collate_train(self, batch: StreamBatch) -> dict:
-        return collate_stream_batch(self.encoder, batch)
+    # ---- encoding (runs in DataLoader workers; the module collates, once) -------------------
+    def encode_train(self, batch: StreamBatch) -> dict:
+        return encode_stream_batch(self.encoder, batch)
 
-    def collate_eval(self, items: list[EvalQuery]) -> dict:
-        (item,) = items  # one query per batch: its candidates are cut into micro-batches below
+    def encode_eval(self, items: list[EvalQuery]) -> dict:
+        (item,) = items  # one query per batch
         self._eval_tasks()
         task = self._tasks_by_name[item.task]
         query = task.queries[item.qid]
@@ -249,19 +249,16 @@ class RerankDataModule(L.LightningDataModule):
             pairs, kept, skipped = self._encode_each(task, item, query, documents)
             doc_ids = [item.doc_ids[i] for i in kept]
             first_stage = [item.first_stage[i] for i in kept]
-        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].input_ids))
-        size = self.hparams.eval_pairs_per_batch
-        chunks = [order[i : i + size] for i in range(0, len(order), size)]
         return {
             "task": item.task,
             "qid": item.qid,
-            "doc_ids": [doc_ids[i] for i in order],
-            "first_stage": [first_stage[i] for i in order],
+            "doc_ids": doc_ids,
+            "first_stage": first_stage,
             "relevance": item.relevance,
-            "chunks": [self.encoder.collate([pairs[i] for i in chunk]) for chunk in chunks],
-            # Each pair's image paths in its images' order (query image first): evaluation keeps
-            # the features of images it has encoded (RerankerModule.eval_image_cache_mb).
-            "image_keys": [pairs[i].image_keys for chunk in chunks for i in chunk],
+            # The encoded pairs, in doc_ids' order, each with its image paths (image_keys): the
+            # module collates them in micro-batches of pairs_per_forward (lightning_modules/scoring.py).
+            "pairs": pairs,
+            "pairs_per_forward": self.hparams.eval_pairs_per_batch,
             # "file:line: reason" of the candidates left out (on_bad_record=skip)
             "skipped": skipped,
         }
@@ -307,13 +304,13 @@ class RerankDataModule(L.LightningDataModule):
             # Overfitting replays the same first batches every epoch, while the stream would move
             # on to new data; they are collated once and are no stream progress (no "stream" key).
             count = int(overfit) if overfit >= 1 else 1
-            loader = self.train_stream.dataloader(collate_fn=self.collate_train, num_workers=0)
+            loader = self.train_stream.dataloader(collate_fn=self.encode_train, num_workers=0)
             batches = list(itertools.islice(iter(loader), count))
             for batch in batches:
                 batch.pop("stream", None)
             return DataLoader(batches, batch_size=None, shuffle=False)
         return self.train_stream.dataloader(
-            collate_fn=self.collate_train, num_workers=self.hparams.num_workers
+            collate_fn=self.encode_train, num_workers=self.hparams.num_workers
         )
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
@@ -334,7 +331,7 @@ class RerankDataModule(L.LightningDataModule):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         dataset = EvalQueries(self._eval_tasks(), top_k=self.hparams.eval_top_k, rank=rank, world_size=world)
         return DataLoader(
-            dataset, batch_size=1, collate_fn=self.collate_eval, num_workers=self.hparams.num_workers
+            dataset, batch_size=1, collate_fn=self.encode_eval, num_workers=self.hparams.num_workers
         )
 
     def val_dataloader(self) -> DataLoader:

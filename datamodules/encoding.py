@@ -402,19 +402,3 @@ def collate_pairs(
         batch["mm_token_type_ids"] = (input_ids == image_token_id).long()
         batch["image_counts"] = torch.tensor([len(pair.image_grid_thw) for pair in pairs], dtype=torch.long)
     return batch
-
-
-def unbatch(batch: dict[str, torch.Tensor]) -> list[EncodedPair]:
-    """The pairs of a collated batch (the inverse of :func:`collate_pairs`; pixels are views)."""
-    lengths = batch["attention_mask"].sum(dim=1).tolist()
-    rows = batch["input_ids"].tolist()
-    pairs = [EncodedPair(ids[len(ids) - n :]) for ids, n in zip(rows, lengths, strict=True)]
-    if "pixel_values" in batch:
-        grids = list(batch["image_grid_thw"])
-        pixels = torch.split(batch["pixel_values"], batch["image_grid_thw"].prod(dim=-1).tolist())
-        start = 0
-        for pair, count in zip(pairs, batch["image_counts"].tolist(), strict=True):
-            pair.pixel_values = list(pixels[start : start + count])
-            pair.image_grid_thw = grids[start : start + count]
-            start += count
-    return pairs

@@ -83,7 +83,7 @@ __all__ = [
     "StreamIndex",
     "StreamLoader",
     "TrainStream",
-    "collate_stream_batch",
+    "encode_stream_batch",
     "list_shards",
 ]
 
@@ -116,7 +116,7 @@ def _parse_remote_group(fs, record: dict, base: str, where: str) -> TrainGroup:
 # ---- the stream ----------------------------------------------------------------------------------
 @dataclass
 class StreamBatch:
-    """What a worker yields for one rank batch; :func:`collate_stream_batch` turns it into tensors.
+    """What a worker yields for one rank batch; :func:`encode_stream_batch` turns it into tensors.
 
     ``ids`` and ``skipped_ids`` name examples as ``(shard index, record index in the shard)``.
     """
@@ -523,16 +523,16 @@ class StreamLoader(DataLoader):
 ENCODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
 
 
-def collate_stream_batch(encoder, batch: StreamBatch) -> dict[str, Any]:
+def encode_stream_batch(encoder, batch: StreamBatch) -> dict[str, Any]:
     """Encode a :class:`StreamBatch` with a :class:`~datamodules.encoding.PairEncoder`.
 
     A group whose images are missing, undecodable or oversized (or that cannot fit ``max_length``)
     raises ``file:line: reason`` with ``on_bad_record="error"``; with ``"skip"`` it leaves the batch
-    and is counted. The result has the keys of ``RerankDataModule.collate_train`` plus ``"stream"``
-    (position and counters, for :meth:`TrainStream.mark_consumed` and logging). ``inputs`` is
-    ``None`` and ``positives`` has 0 rows when every group of the batch was skipped.
+    and is counted. The result has the keys of ``RerankDataModule.encode_train`` plus ``"stream"``
+    (position and counters, for :meth:`TrainStream.mark_consumed` and logging). ``groups`` is
+    empty and ``positives`` has 0 rows when every group of the batch was skipped.
     """
-    pairs, kept, skipped = [], [], []
+    groups, kept, skipped = [], [], []
     for group in batch.groups:
         try:
             encoded = encoder.encode_group(
@@ -545,11 +545,12 @@ def collate_stream_batch(encoder, batch: StreamBatch) -> dict[str, Any]:
             skipped.append(message)
             log.warning("skipping bad training record: %s", message)
             continue
-        pairs.extend(encoded)
+        groups.append(encoded)
         kept.append(group)
+    pairs = [pair for encoded in groups for pair in encoded]
     positives = torch.tensor([g.positives for g in kept], dtype=torch.bool)
     return {
-        "inputs": encoder.collate(pairs) if pairs else None,
+        "groups": groups,  # encoded pairs per group; the module collates them (lightning_modules/scoring.py)
         "positives": positives.view(len(kept), batch.group_size),
         "tasks": [g.task for g in kept],
         "filled_hard": sum(g.filled_hard for g in kept),

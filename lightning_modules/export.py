@@ -179,11 +179,11 @@ def encode_all(encoder: PairEncoder, triples: Sequence[tuple[str, Doc, Doc]]) ->
 
 
 @torch.no_grad()
-def module_scores(module, pairs: Sequence[EncodedPair], encoder: PairEncoder) -> torch.Tensor:
+def module_scores(module, pairs: Sequence[EncodedPair]) -> torch.Tensor:
     """Scores of encoded pairs by the training module (its own scoring path), one pair per forward."""
     scores = []
     for pair in pairs:
-        logits, extra = module.score_pairs(encoder.collate([pair]))
+        logits, extra = module.score_pairs([pair])
         extra = {k: v.unsqueeze(0) for k, v in extra.items()}
         scores.append(module.objective.score(logits.unsqueeze(0), **extra)[0].float())
     return torch.cat(scores)
@@ -325,7 +325,7 @@ def export(
     budgets.update(min_pixels=encoder.min_pixels, max_pixels=encoder.max_pixels)
     triples = parity_pairs(encoder.image_processor is not None, encoder.min_pixels)
     pairs = encode_all(encoder, triples)
-    reference = module_scores(module, pairs, encoder)
+    reference = module_scores(module, pairs)
 
     merged = merge_lora(model)
     untied = False
@@ -333,14 +333,14 @@ def export(
         untied = fold_row_delta(model, module.scorer.label_token_ids, module.scorer.row_delta)
         module.scorer.row_delta = None
     model.requires_grad_(False)
-    merged_scores = module_scores(module, pairs, encoder)
+    merged_scores = module_scores(module, pairs)
     merge_diff = float((merged_scores - reference).abs().max())
     if not merge_diff <= tolerance:
         raise ExportParityError(f"merging changed the scores by up to {merge_diff:.3e} (> {tolerance:.0e})")
     expected, rounding_diff = reference, None
     if dtype == "bfloat16":
         model.to(torch.bfloat16).to(torch.float32)  # the rounding the saved weights will carry
-        expected = module_scores(module, pairs, encoder)
+        expected = module_scores(module, pairs)
         rounding_diff = float((expected - reference).abs().max())
 
     objective = module.objective

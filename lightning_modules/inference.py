@@ -31,10 +31,12 @@ followed by the objective's own ``score``. PIL images go through the very same
 ``PairEncoder.process_images`` (``encoding.load_image`` takes them as they are, so the pixel
 limits and the decompression-bomb check are the training ones).
 
-Batching. All pairs of a call are encoded first, sorted by token length (image tokens included;
-ties keep input order), cut into batches of ``batch_size`` pairs, scored, and put back into input
-order, so padding stays small. On ``torch.OutOfMemoryError`` the batch size is halved (and kept
-halved for later calls) and the failed batch is retried; a single pair that does not fit raises.
+Batching. All pairs of a call are encoded first and scored through the one scoring path of
+training and evaluation (:func:`lightning_modules.scoring.score_pairs`): sorted by token length
+(image tokens included; ties keep input order), cut into batches of ``batch_size`` pairs, scored,
+and put back into input order, so padding stays small. On ``torch.OutOfMemoryError`` the batch size
+is halved (and kept halved for later calls) and the call is scored again; a single pair that does
+not fit raises.
 
 Determinism. Scores are computed and returned in float32 (float64 Python floats of float32 values),
 whatever the model dtype. :meth:`Reranker.rank` sorts by descending score and breaks exact ties by
@@ -81,14 +83,12 @@ from datamodules.formats import Doc
 from lightning_modules.backbone import DTYPES, LabelScorer, label_token_id, label_words, load_backbone
 from lightning_modules.prefix import (
     ImageFeatureCache,
-    PrefixKV,
     pairs_features,
     prefix_usable,
     query_prefix,
-    start_prefix,
     vision_frozen,
 )
-from lightning_modules.prefix import score as score_after_prefix
+from lightning_modules.scoring import rank_scores, score_pairs
 
 log = logging.getLogger(__name__)
 
@@ -285,17 +285,16 @@ class Reranker:
         query_doc = as_doc(query, "query")
         docs = [as_doc(d, f"document {i}") for i, d in enumerate(documents)]
         pairs = self.encoder.encode_group(instruction, query_doc, docs, where="rerank")
+        prefix = (0, 0)
         if len(pairs) > 1 and self.prefix_cache is not False and self._prefix_cache_available():
-            length, images = query_prefix(
+            prefix = query_prefix(
                 self.scorer,
                 pairs,
                 self.encoder.image_token_id,
                 self.encoder.merge_size,
                 self.prefix_cache is True,
             )
-            if length > 0:
-                return self.score_encoded_with_prefix(pairs, length, images)
-        return self.score_encoded(pairs)
+        return self.score_encoded(pairs, prefix)
 
     def rank(
         self, query: DocLike, documents: Sequence[DocLike], instruction: str = DEFAULT_INSTRUCTION
@@ -304,20 +303,27 @@ class Reranker:
         scores = self.score(query, documents, instruction=instruction)
         return sorted(enumerate(scores), key=lambda item: (-item[1], item[0]))
 
-    # ---- plain path ------------------------------------------------------------------------
-    def score_encoded(self, pairs: Sequence[EncodedPair]) -> list[float]:
-        """Scores of already encoded pairs, in their order: length-sorted batches, OOM back-off."""
-        order = sorted(range(len(pairs)), key=lambda i: (len(pairs[i].input_ids), i))
-        return self._run_batches(order, lambda chunk: self._score_batch([pairs[i] for i in chunk]))
-
-    def _run_batches(self, order: list[int], run) -> list[float]:
-        scores = [0.0] * len(order)
-        start = 0
-        while start < len(order):
-            size = min(self.batch_size, len(order) - start)
-            chunk = order[start : start + size]
+    # ---- scoring ---------------------------------------------------------------------------
+    def score_encoded(self, pairs: Sequence[EncodedPair], prefix: tuple[int, int] = (0, 0)) -> list[float]:
+        """Scores of one query's encoded pairs, in their order (``prefix``: the ``(length, images)``
+        they share, run once; ``(0, 0)`` scores every pair whole). Halves ``batch_size`` and scores
+        again on out-of-memory."""
+        if not pairs:
+            return []
+        while True:
+            size = min(self.batch_size, len(pairs))
             try:
-                values = run(chunk)
+                with torch.inference_mode():
+                    logits, hidden = score_pairs(
+                        self.scorer,
+                        list(pairs),
+                        collate=self._collate,
+                        features=self._features,
+                        size=size,
+                        prefix=prefix,
+                    )
+                    scores = rank_scores(self.objective, logits, hidden, self._token_columns)
+                return scores.float().cpu().tolist()
             except torch.OutOfMemoryError:
                 if size == 1:
                     raise
@@ -325,23 +331,9 @@ class Reranker:
                 log.warning("out of memory with %d pairs per batch; retrying with %d", size, self.batch_size)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-                continue
-            for index, value in zip(chunk, values, strict=True):
-                scores[index] = value
-            start += size
-        return scores
 
-    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-
-    def _objective_scores(self, label_logits: torch.Tensor, hidden: torch.Tensor) -> list[float]:
-        extra = {}
-        if "hidden" in self.objective.needs:
-            extra["hidden"] = hidden.float().unsqueeze(0)
-        if "token_logits" in self.objective.needs:
-            extra["token_logits"] = label_logits[:, self._token_columns].unsqueeze(0)
-        scores = self.objective.score(label_logits[:, :2].unsqueeze(0), **extra)[0]
-        return scores.float().cpu().tolist()
+    def _collate(self, pairs: list[EncodedPair]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in self.encoder.collate(pairs).items()}
 
     def _features(self, pairs: Sequence[EncodedPair]):
         """Image features of ``pairs`` through the cache (frozen vision tower), or ``None``."""
@@ -349,13 +341,6 @@ class Reranker:
             return None
         return pairs_features(self.scorer, pairs, self.image_cache)
 
-    @torch.inference_mode()
-    def _score_batch(self, pairs: Sequence[EncodedPair]) -> list[float]:
-        batch = self._to_device(self.encoder.collate(pairs))
-        out = score_after_prefix(self.scorer, batch, None, self._features(pairs))
-        return self._objective_scores(out.label_logits, out.hidden)
-
-    # ---- shared-prefix path ----------------------------------------------------------------
     def _prefix_cache_available(self) -> bool:
         """Whether this backbone can run the shared-prefix path (checked once)."""
         if self._prefix_supported is None:
@@ -363,22 +348,3 @@ class Reranker:
             if not self._prefix_supported:
                 log.warning("prefix_cache: not supported by this backbone; scoring without it")
         return self._prefix_supported
-
-    def score_encoded_with_prefix(
-        self, pairs: Sequence[EncodedPair], length: int, images: int
-    ) -> list[float]:
-        """Scores of one query's encoded pairs whose first ``length`` tokens (holding ``images``
-        images) are shared, computing that prefix once and reusing its keys/values (exact)."""
-        with torch.inference_mode():
-            collate = lambda items: self._to_device(self.encoder.collate(items))  # noqa: E731
-            prefix, suffixes = start_prefix(self.scorer, pairs, length, images, collate, self._features)
-        order = sorted(range(len(pairs)), key=lambda i: (len(pairs[i].input_ids), i))
-        return self._run_batches(
-            order, lambda chunk: self._score_suffixes([suffixes[i] for i in chunk], prefix)
-        )
-
-    @torch.inference_mode()
-    def _score_suffixes(self, suffixes: Sequence[EncodedPair], prefix: PrefixKV) -> list[float]:
-        batch = self._to_device(self.encoder.collate(suffixes))
-        out = score_after_prefix(self.scorer, batch, prefix, self._features(suffixes))
-        return self._objective_scores(out.label_logits, out.hidden)

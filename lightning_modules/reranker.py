@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import logging
 import warnings
-from functools import partial
 from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 from torchmetrics.aggregation import CatMetric
 
 import objectives
-from datamodules.encoding import EncodedPair, collate_pairs, pad_token_id, unbatch
+from datamodules.encoding import EncodedPair, collate_pairs, pad_token_id
 from datamodules.metrics import TaskResult, query_metric, summarize
 from lightning_modules.backbone import (
     LabelScorer,
@@ -40,10 +38,9 @@ from lightning_modules.prefix import (
     prefix_usable,
     query_prefix,
     shared_prefix,
-    start_prefix,
     vision_frozen,
 )
-from lightning_modules.prefix import score as score_after_prefix
+from lightning_modules.scoring import objective_inputs, rank_scores, score_pairs
 
 log = logging.getLogger(__name__)
 
@@ -195,42 +192,35 @@ class RerankerModule(L.LightningModule):
         self._vision_frozen = vision_frozen(self.scorer)
         self._image_cache = ImageFeatureCache(eval_image_cache_mb * 2**20)
 
-    # ---- scoring ---------------------------------------------------------------------------
-    def _extras(self, label_logits: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        extra = {}
-        if "hidden" in self.objective.needs:
-            extra["hidden"] = hidden.float()
-        if "token_logits" in self.objective.needs:
-            extra["token_logits"] = label_logits[:, self._token_columns]
-        return label_logits[:, :2], extra
-
-    def score_pairs(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        """Label logits [n, 2] (yes, no) of a collated batch in one forward, plus the extra inputs
-        the objective needs (evaluation and export; training goes through :meth:`score_groups`)."""
-        scores = self.scorer(inputs)
-        return self._extras(scores.label_logits, scores.hidden)
-
-    def _collate(self, pairs: list[EncodedPair], device: torch.device) -> dict[str, torch.Tensor]:
+    # ---- scoring (lightning_modules/scoring.py is the one path) ----------------------------
+    def _collate(self, pairs: list[EncodedPair]) -> dict[str, torch.Tensor]:
         batch = collate_pairs(pairs, self._pad_token_id, self._image_token_id)
-        return {key: value.to(device) for key, value in batch.items()}
+        return {key: value.to(self.device) for key, value in batch.items()}
 
-    def score_groups(self, inputs: dict[str, torch.Tensor], group_size: int) -> tuple[torch.Tensor, dict]:
-        """Label logits [n, 2] and the objective's extras for a training batch of whole groups.
+    def _features(self, cache: ImageFeatureCache | None = None):
+        """pairs -> their images' features through the frozen vision tower (and ``cache``), or a
+        function giving ``None`` when the tower trains (pixels then go through the decoder)."""
+        if not self._vision_frozen:
+            return lambda pairs: None
+        return lambda pairs: pairs_features(self.scorer, pairs, cache)
 
-        Group by group, exactly (lightning_modules/prefix.py): the tokens all pairs of a group
-        share (system prompt, instruction, query and its image) run once and each document's
-        remaining tokens are scored against their keys/values; images go through a frozen vision
-        tower once. With ``pairs_per_forward`` set, a group's suffixes are scored in length-sorted
-        micro-batches of that many pairs, each under non-reentrant activation checkpointing
-        except the batch's last, a full one of the longest suffixes (backward starts with it, so
-        keeping its activations adds no peak and saves recomputing the most expensive pairs): the
-        forward keeps no activations, the objective sees the scores of the whole group (so
-        group-coupled weights such as CL's softmax are exact), and backward recomputes one
-        micro-batch at a time. Peak activation memory is that of ``pairs_per_forward`` pairs plus
-        the groups' prefixes, whatever the number of negatives (docs/architecture.md §4).
+    def score_pairs(self, pairs: list[EncodedPair]) -> tuple[torch.Tensor, dict]:
+        """Label logits [n, 2] and the objective's extras of ``pairs``, each scored whole in one
+        forward (no shared prefix): the reference the exported model is checked against."""
+        logits, hidden = score_pairs(
+            self.scorer, pairs, collate=self._collate, features=self._features(), size=len(pairs)
+        )
+        return objective_inputs(logits, hidden, self.objective.needs, self._token_columns)
+
+    def score_groups(self, groups: list[list[EncodedPair]]) -> tuple[torch.Tensor, dict]:
+        """Label logits [n, 2] and the objective's extras of a training batch's groups, in order.
+
+        Group by group through :func:`~lightning_modules.scoring.score_pairs`: the tokens a
+        group's pairs share run once (``share_prefix``), images go through a frozen vision tower
+        once, and with ``pairs_per_forward`` set a group's pairs run in micro-batches of that many
+        under activation checkpointing, except the batch's last micro-batch.
         """
-        pairs = unbatch(inputs)
-        device, rows = inputs["input_ids"].device, len(pairs)
+        group_size, rows = len(groups[0]), sum(len(group) for group in groups)
         per_forward = self.hparams.pairs_per_forward
         checkpointed = torch.is_grad_enabled() and 0 < per_forward < rows
         size = per_forward if per_forward > 0 else group_size
@@ -243,39 +233,24 @@ class RerankerModule(L.LightningModule):
                 if self.hparams.gradient_checkpointing
                 else "this backbone has no multimodal RoPE helper",
             )
-        collate = partial(self._collate, device=device)
-
-        def features(items: list[EncodedPair]):
-            return pairs_features(self.scorer, items) if self._vision_frozen else None
-
-        def run(batch, prefix, image_feats) -> tuple[torch.Tensor, torch.Tensor]:
-            out = score_after_prefix(self.scorer, batch, prefix, image_feats)
-            return out.label_logits, out.hidden
-
-        parts, order = [], []
-        for start in range(0, rows, group_size):
-            group = pairs[start : start + group_size]
-            length, images = shared_prefix(group, self._image_token_id, self._merge_size) if share else (0, 0)
-            prefix, suffixes = None, group
-            if length > 0:
-                prefix, suffixes = start_prefix(self.scorer, group, length, images, collate, features)
-            ranked = sorted(range(len(group)), key=lambda i: (len(suffixes[i].input_ids), i))
-            # Full micro-batches from the longest suffixes down, the remainder first: the batch's last
-            # micro-batch (kept, not recomputed) is then a full one of the longest suffixes.
-            chunks = [ranked[max(0, end - size) : end] for end in range(len(ranked), 0, -size)][::-1]
-            for number, chunk in enumerate(chunks):
-                items = [suffixes[i] for i in chunk]
-                args = (collate(items), prefix, features(items))
-                last = start + group_size >= rows and number == len(chunks) - 1
-                if checkpointed and not last:
-                    parts.append(checkpoint(run, *args, use_reentrant=False))
-                else:
-                    parts.append(run(*args))
-                order += [start + i for i in chunk]
-        restore = torch.argsort(torch.as_tensor(order, device=device))
-        label_logits = torch.cat([logits for logits, _ in parts])[restore]
-        hidden = torch.cat([hidden for _, hidden in parts])[restore]
-        return self._extras(label_logits, hidden)
+        features, parts = self._features(), []
+        for number, group in enumerate(groups):
+            prefix = shared_prefix(group, self._image_token_id, self._merge_size) if share else (0, 0)
+            parts.append(
+                score_pairs(
+                    self.scorer,
+                    group,
+                    collate=self._collate,
+                    features=features,
+                    size=size,
+                    prefix=prefix,
+                    checkpointed=checkpointed,
+                    checkpoint_last=number < len(groups) - 1,
+                )
+            )
+        label_logits = torch.cat([logits for logits, _ in parts])
+        hidden = torch.cat([hidden for _, hidden in parts])
+        return objective_inputs(label_logits, hidden, self.objective.needs, self._token_columns)
 
     # ---- checkpoints -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -323,14 +298,15 @@ class RerankerModule(L.LightningModule):
             # Every group of this batch was a skipped bad record. Every rank must still run a step
             # touching all trainable parameters, or DDP's gradient all-reduce would hang.
             return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
-        logits, extra = self.score_groups(batch["inputs"], group_size)
+        logits, extra = self.score_groups(batch["groups"])
         extra = {k: v.view(groups, group_size, *v.shape[1:]) for k, v in extra.items()}
         out = self.objective(logits.view(groups, group_size, 2), positives, **extra)
         self._remember_weights(out.weights.detach(), positives)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=groups)
         for key, value in out.stats.items():
             self.log(f"train/{key}", value, batch_size=groups)
-        pairs, tokens = batch["inputs"]["attention_mask"].shape
+        pairs = [pair for group in batch["groups"] for pair in group]
+        tokens = max(len(pair.input_ids) for pair in pairs)  # a batch's padded width
         counters = {
             "filled_hard_negatives": batch["filled_hard"],
             "other_task_negatives": stream.get("other_task", 0),
@@ -338,7 +314,7 @@ class RerankerModule(L.LightningModule):
         }
         for key, value in counters.items():
             self.log(f"train/{key}", float(value), reduce_fx="sum", batch_size=groups)
-        self.log("train/visual_tokens_per_pair", batch["visual_tokens"] / pairs, batch_size=groups)
+        self.log("train/visual_tokens_per_pair", batch["visual_tokens"] / len(pairs), batch_size=groups)
         self.log("train/padded_tokens_per_pair", float(tokens), batch_size=groups)
         return out.loss
 
@@ -426,60 +402,37 @@ class RerankerModule(L.LightningModule):
 
     @torch.no_grad()
     def rerank_query(self, batch: dict) -> list[float]:
-        """Scores of a query's candidates (in the batch's order), one micro-batch at a time.
+        """Scores of a query's candidates (``batch["pairs"]``, in the batch's order).
 
-        With ``fusion_alpha`` set the score is α·minmax(reranker) + (1−α)·minmax(retriever), each
-        min-max normalised over the query's candidates.
+        The query's shared prefix runs once when it pays (``prefix.pays``, as in ``Reranker``); the
+        candidates run in micro-batches of ``batch["pairs_per_forward"]`` (``data.eval_pairs_per_batch``);
+        with a frozen vision tower each distinct image is encoded once per evaluation
+        (``eval_image_cache_mb``). With ``fusion_alpha`` set the score is
+        α·minmax(reranker) + (1−α)·minmax(retriever), each min-max normalised over the query.
         """
-        scores = []
-        for logits, extra in self._score_query_chunks(batch["chunks"], batch.get("image_keys")):
-            extra = {k: v.unsqueeze(0) for k, v in extra.items()}
-            scores.append(self.objective.score(logits.unsqueeze(0), **extra)[0].double())
-        if not scores:
+        pairs = batch["pairs"]
+        if not pairs:
             return []
-        reranked = torch.cat(scores)
+        cache = self._image_cache if self.hparams.eval_image_cache_mb > 0 else None
+        prefix = (
+            query_prefix(self.scorer, pairs, self._image_token_id, self._merge_size)
+            if self.hparams.share_prefix
+            else (0, 0)
+        )
+        logits, hidden = score_pairs(
+            self.scorer,
+            pairs,
+            collate=self._collate,
+            features=self._features(cache),
+            size=batch["pairs_per_forward"],
+            prefix=prefix,
+        )
+        reranked = rank_scores(self.objective, logits, hidden, self._token_columns).double()
         alpha = self.hparams.fusion_alpha
         if alpha is not None:
             retriever = torch.tensor(batch["first_stage"], dtype=torch.float64, device=reranked.device)
             reranked = alpha * _minmax(reranked) + (1 - alpha) * _minmax(retriever)
         return reranked.tolist()
-
-    def _score_query_chunks(
-        self, chunks: list[dict[str, torch.Tensor]], image_keys: list[list[str]] | None = None
-    ):
-        """(label logits, extras) of each chunk of one query's candidates.
-
-        The query's shared prefix runs once when it pays (``prefix.pays``, as in ``Reranker.score``)
-        and, with a frozen vision tower, images come from the evaluation's feature cache
-        (``eval_image_cache_mb``): each distinct image is encoded once per evaluation.
-        """
-        pairs = [pair for chunk in chunks for pair in unbatch(chunk)]
-        for pair, keys in zip(pairs, image_keys or [], strict=False):
-            pair.image_keys = keys
-        cached = self.hparams.eval_image_cache_mb > 0 and self._vision_frozen
-
-        def features(items: list[EncodedPair]):
-            return pairs_features(self.scorer, items, self._image_cache) if cached else None
-
-        length, images = (
-            query_prefix(self.scorer, pairs, self._image_token_id, self._merge_size)
-            if self.hparams.share_prefix
-            else (0, 0)
-        )
-        prefix = suffixes = None
-        if length > 0:
-            collate = partial(self._collate, device=chunks[0]["input_ids"].device)
-            prefix, suffixes = start_prefix(self.scorer, pairs, length, images, collate, features)
-        start = 0
-        for chunk in chunks:
-            rows = chunk["input_ids"].shape[0]
-            if prefix is None:
-                out = score_after_prefix(self.scorer, chunk, None, features(pairs[start : start + rows]))
-            else:
-                items = suffixes[start : start + rows]
-                out = score_after_prefix(self.scorer, collate(items), prefix, features(items))
-            yield self._extras(out.label_logits, out.hidden)
-            start += rows
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         metas = self._metas

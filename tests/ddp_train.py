@@ -48,7 +48,7 @@ def rank_batch(model_dir: str, demo_dir: str, devices: int):
     groups = next(iter(data.train_stream)).groups  # the same 4 groups on every process
     rank = int(os.environ.get("LOCAL_RANK", 0))
     share = groups[rank * 4 // devices : (rank + 1) * 4 // devices]
-    return data.collate_train(StreamBatch(0, 0, rank, share, ids=[], group_size=4))
+    return data.encode_train(StreamBatch(0, 0, rank, share, ids=[], group_size=4))
 
 
 def fit_two_steps(module, batch, devices: int, strategy, out: str):

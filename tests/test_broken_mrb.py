@@ -180,10 +180,7 @@ def test_skipped_candidates_are_left_out_of_the_ranking_and_counted(tmp_path, ti
     module = _datamodule(tiny_model_dir, root, "skip")
     batches = {b["qid"]: b for b in module.val_dataloader()}
     assert sorted(batches["q0"]["doc_ids"]) == ["d0", "d2", "d3", "d4", "d5"]
-    assert (
-        len(batches["q0"]["first_stage"]) == 5
-        and sum(c["input_ids"].shape[0] for c in batches["q0"]["chunks"]) == 5
-    )
+    assert len(batches["q0"]["first_stage"]) == 5 and len(batches["q0"]["pairs"]) == 5
     assert [m.split(": ")[0] for m in batches["q0"]["skipped"]] == [f"{root / 't' / 'corpus.jsonl'}:2"]
 
 

@@ -72,8 +72,7 @@ def module_scores(module, encoder, triples) -> torch.Tensor:
     scores = []
     with torch.no_grad():
         for instruction, query, docs in triples:
-            batch = encoder.collate(encoder.encode_group(instruction, query, docs))
-            logits, extra = module.score_pairs(batch)
+            logits, extra = module.score_pairs(encoder.encode_group(instruction, query, docs))
             extra = {k: v.unsqueeze(0) for k, v in extra.items()}
             scores.append(module.objective.score(logits.unsqueeze(0), **extra)[0])
     return torch.cat(scores)

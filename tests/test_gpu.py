@@ -31,7 +31,6 @@ def _batch(tiny_model_dir, demo_dir, image: bool) -> dict:
     batch = first_batch(data, count=2, predicate=lambda group: bool(group.query.image) == image)
     return {
         **batch,
-        "inputs": {k: v.cuda() for k, v in batch["inputs"].items()},
         "positives": batch["positives"].cuda(),
     }
 

@@ -99,7 +99,9 @@ def test_out_of_memory_halves_the_batch_and_retries(tiny_model_dir, images, monk
 
     monkeypatch.setattr(reranker.scorer, "forward", flaky)
     got = reranker.score("a red car", docs, instruction=INSTRUCTION)
-    assert calls[0] == 8 and reranker.batch_size == 4 and max(calls[1:]) == 4
+    # The first micro-batch to run is the remainder of the length-sorted pairs (scoring.micro_batches);
+    # after the out-of-memory the whole query is scored again at half the batch size.
+    assert calls[0] == (len(docs) % 8 or 8) and reranker.batch_size == 4 and max(calls[1:]) == 4
     torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), atol=1e-5, rtol=0)
 
     def always(batch):
@@ -108,8 +110,7 @@ def test_out_of_memory_halves_the_batch_and_retries(tiny_model_dir, images, monk
     monkeypatch.setattr(reranker.scorer, "forward", always)
     with pytest.raises(torch.OutOfMemoryError):  # a single sequence that does not fit is an error
         reranker.score("a red car", docs, instruction=INSTRUCTION)
-    if not prefix_cache:  # (with the cache the one-row prefix pass is the first to fail)
-        assert reranker.batch_size == 1
+    assert reranker.batch_size == 1
 
 
 def test_input_forms_are_checked():

@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch.plugins.precision import HalfPrecision, MixedPrecision, Precision
 
 import lightning_modules.reranker as reranker
-from datamodules.encoding import unbatch
+import lightning_modules.scoring as scoring
 from tests.test_reranker import cpu_trainer, first_batch, make_data
 
 OBJECTIVES = {
@@ -51,7 +51,7 @@ def image_batch(tiny_model_dir, demo_dir):
     """Two groups of 1 + 3 with image queries (prefix holds an image; documents have images)."""
     data = make_data(tiny_model_dir, demo_dir, num_negatives=3)
     batch = first_batch(data, count=2, predicate=lambda group: group.query.image)
-    assert "pixel_values" in batch["inputs"]
+    assert all(pair.pixel_values for group in batch["groups"] for pair in group)
     return batch
 
 
@@ -66,7 +66,7 @@ def _plugin(precision: str) -> Precision:
 def _step(folder, batch, precision: str, dtype: str, objective: str, args, monkeypatch) -> dict:
     """One training step (forward + backward) inside ``precision``'s plugin; what it produced."""
     seen = {"kv": set(), "features": set()}
-    start_prefix, pairs_features = reranker.start_prefix, reranker.pairs_features
+    start_prefix, pairs_features = scoring.start_prefix, reranker.pairs_features
 
     def recording_start_prefix(*a, **kw):
         prefix, suffixes = start_prefix(*a, **kw)
@@ -79,7 +79,7 @@ def _step(folder, batch, precision: str, dtype: str, objective: str, args, monke
             seen["features"] |= {f.dtype for f in features.pooler_output}
         return features
 
-    monkeypatch.setattr(reranker, "start_prefix", recording_start_prefix)
+    monkeypatch.setattr(scoring, "start_prefix", recording_start_prefix)
     monkeypatch.setattr(reranker, "pairs_features", recording_features)
     torch.manual_seed(0)
     module = reranker.RerankerModule(
@@ -101,10 +101,7 @@ def _step(folder, batch, precision: str, dtype: str, objective: str, args, monke
     with plugin.forward_context():
         loss = module.training_step(batch, 0)
         # The decoder's own cache dtype for a whole pair in this context (what the prefix must match).
-        pair = {k: v[:1] for k, v in batch["inputs"].items() if k not in ("image_counts",)}
-        one = unbatch(batch["inputs"])[0]
-        pair["pixel_values"] = torch.cat(one.pixel_values)
-        pair["image_grid_thw"] = torch.stack(one.image_grid_thw)
+        pair = {k: v for k, v in module._collate(batch["groups"][0][:1]).items() if k != "image_counts"}
         with torch.no_grad():
             out = module.scorer.decoder(**pair, use_cache=True)
         whole_kv = {(layer.keys.dtype, layer.values.dtype) for layer in out.past_key_values.layers}
@@ -160,10 +157,7 @@ def test_trainer_fits_in_bf16_on_cpu_with_float32_adapters(precision, tiny_model
 
 def test_label_logits_stay_float32_under_bf16_autocast(tiny_model_dir, image_batch):
     module = reranker.RerankerModule(str(tiny_model_dir), lora_r=4)
-    one = unbatch(image_batch["inputs"])[0]
-    pair = {k: v[:1] for k, v in image_batch["inputs"].items() if k != "image_counts"}
-    pair["pixel_values"] = torch.cat(one.pixel_values)
-    pair["image_grid_thw"] = torch.stack(one.image_grid_thw)
+    pair = {k: v for k, v in module._collate(image_batch["groups"][0][:1]).items() if k != "image_counts"}
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         scores = module.scorer(pair)
     assert scores.label_logits.dtype == torch.float32  # the docstring's promise, also under autocast

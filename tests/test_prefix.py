@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from datamodules.encoding import EncodedPair, unbatch
+from datamodules.encoding import EncodedPair
 from lightning_modules.prefix import shared_prefix
 from lightning_modules.reranker import RerankerModule
 from tests.test_reranker import first_batch, make_data
@@ -65,14 +65,14 @@ def test_shared_prefix_training_has_the_gradients_of_whole_pairs(tmp_path, demo_
     image_query = first_batch(data, count=1, predicate=lambda g: g.query.image)
     text_query = first_batch(data, count=1, predicate=lambda g: not g.query.image)
     merge = data.encoder.merge_size
-    group = unbatch(image_query["inputs"])
+    (group,) = image_query["groups"]
     length, images = shared_prefix(group, data.encoder.image_token_id, merge)
     assert images == 1 and length > 0.3 * min(len(p.input_ids) for p in group)  # the query image is shared
-    length, images = shared_prefix(unbatch(text_query["inputs"]), data.encoder.image_token_id, merge)
+    length, images = shared_prefix(text_query["groups"][0], data.encoder.image_token_id, merge)
     assert images == 0 and length > 20  # system prompt, instruction and query text
     both = first_batch(data, count=2)  # two groups in one batch: each keeps its own prefix
     for batch in (image_query, text_query, both):
-        images = len(batch["inputs"].get("image_grid_thw", []))  # every pair's images, query's included
+        images = sum(len(p.image_grid_thw) for g in batch["groups"] for p in g)  # the query's included
         for lora_r in (4, 0):  # LoRA: frozen vision tower, features once; full: pixels in every forward
             loss, reference, seen = _step(folder, batch, lora_r=lora_r, share_prefix=False)
             assert seen == images
@@ -106,9 +106,9 @@ def test_validation_scores_with_the_shared_prefix_equal_whole_pairs(tiny_model_d
     for index, batch in enumerate(data.val_dataloader()):
         if index % 7:  # a spread of tasks (text, image and image+text queries) keeps the test short
             continue
-        pairs = [p for chunk in batch["chunks"] for p in unbatch(chunk)]
+        pairs = batch["pairs"]
         length, _ = shared_prefix(pairs, data.encoder.image_token_id, data.encoder.merge_size)
-        used += pays(length, pairs) and len(batch["chunks"]) > 1
+        used += pays(length, pairs) and len(pairs) > batch["pairs_per_forward"]
         _assert_same_scores(shared, plain, batch)
     assert used >= 3  # the prefix path really ran, across several micro-batches per query
 
@@ -123,10 +123,21 @@ def test_evaluation_encodes_each_image_once_and_scores_the_same(tiny_model_dir, 
     for index, batch in enumerate(data.val_dataloader()):
         if index == 6:
             break
-        distinct.update(key for keys in batch["image_keys"] for key in keys)
-        pairs += len(batch["image_keys"])
+        distinct.update(key for pair in batch["pairs"] for key in pair.image_keys)
+        pairs += len(batch["pairs"])
         _assert_same_scores(cached, plain, batch)
     cache = cached._image_cache
     assert cache.encoded == len(distinct)  # every distinct image once (query images included)
     assert cache.reused > 0 and cache.encoded < pairs  # candidates recur across queries
     assert plain._image_cache.encoded == 0
+
+
+def test_micro_batches_put_the_remainder_first_and_the_longest_pairs_last():
+    from lightning_modules.scoring import micro_batches
+
+    pairs = [EncodedPair([0] * n) for n in (5, 2, 9, 2, 7)]
+    assert micro_batches(pairs, 2) == [[1], [3, 0], [4, 2]]  # ties keep input order
+    assert micro_batches(pairs, 5) == [[1, 3, 0, 4, 2]]
+    assert micro_batches(pairs, 1) == [[1], [3], [0], [4], [2]]
+    with pytest.raises(ValueError, match="micro-batch size"):
+        micro_batches(pairs, 0)

@@ -278,7 +278,7 @@ def test_shared_prefix_training_on_a_text_only_llm_has_the_gradients_of_whole_pa
     )
     data.setup("fit")
     groups = next(iter(data.train_stream)).groups[:1]
-    batch = data.collate_train(StreamBatch(0, 0, 0, groups, ids=[], group_size=4))
+    batch = data.encode_train(StreamBatch(0, 0, 0, groups, ids=[], group_size=4))
 
     def step(**kwargs):
         torch.manual_seed(0)

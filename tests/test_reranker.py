@@ -47,14 +47,14 @@ def cpu_trainer(root, writer: bool = True, **overrides) -> L.Trainer:
 
 
 def first_batch(data: RerankDataModule, count: int = 2, predicate=lambda group: True) -> dict:
-    """A collated training batch of the first ``count`` streamed groups that satisfy ``predicate``."""
+    """A training batch (encoded groups) of the first ``count`` streamed groups that satisfy ``predicate``."""
     data.setup("fit")
     groups = []
     for stream_batch in data.train_stream:
         groups += [g for g in stream_batch.groups if predicate(g)]
         if len(groups) >= count:
             break
-    return data.collate_train(
+    return data.encode_train(
         StreamBatch(0, 0, 0, groups[:count], ids=[], group_size=data.hparams.num_negatives + 1)
     )
 
@@ -171,8 +171,8 @@ def test_micro_batched_group_has_the_gradients_of_the_whole_group(tiny_model_dir
     """pairs_per_forward=1 (checkpointed two-pass) equals one forward over the group, fp64."""
     # Two groups with image queries, so image slicing is exercised.
     batch = first_batch(make_data(tiny_model_dir, demo_dir), predicate=lambda group: group.query.image)
-    assert "pixel_values" in batch["inputs"]
-    lengths = batch["inputs"]["attention_mask"].sum(dim=1).tolist()
+    assert any(pair.pixel_values for group in batch["groups"] for pair in group)
+    lengths = [len(pair.input_ids) for group in batch["groups"] for pair in group]
     assert lengths != sorted(lengths)  # micro-batches are length-sorted, so the row order is exercised
     grads = {}
     for chunk in (0, 1, 3):

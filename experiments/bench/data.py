@@ -94,7 +94,7 @@ def measure(
     import torch
 
     from datamodules.encoding import PairEncoder
-    from datamodules.stream import TrainStream, collate_stream_batch
+    from datamodules.stream import TrainStream, encode_stream_batch
     from lightning_modules.tiny import build_tiny
 
     torch.set_num_threads(1)
@@ -109,7 +109,7 @@ def measure(
         stream = TrainStream(
             str(tmp / "train"), batch_size=batch_size, num_negatives=num_negatives, hard_negative_ratio=0.5
         )
-        collate = functools.partial(collate_stream_batch, encoder)
+        collate = functools.partial(encode_stream_batch, encoder)
         groups = pairs = visual_tokens = batches = all_groups = 0
         start = None
         workers_cpu = -_cpu_seconds(resource.RUSAGE_CHILDREN)
@@ -127,7 +127,7 @@ def measure(
                     start = time.perf_counter()
                 elif start is not None:
                     groups += batch["positives"].shape[0]
-                    pairs += batch["inputs"]["input_ids"].shape[0]
+                    pairs += sum(len(group) for group in batch["groups"])
                     visual_tokens += batch["visual_tokens"]
                 if start is not None and time.perf_counter() - start >= seconds:
                     break

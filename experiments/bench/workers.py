@@ -173,9 +173,10 @@ def train_worker(
         params = [p for p in module.parameters() if p.requires_grad]
 
         def loss_of(batch: dict) -> torch.Tensor:
-            inputs = {k: v.to(device) for k, v in encoder.collate(batch["pairs"]).items()}
-            step_batch = {
-                "inputs": inputs,
+            size = batch["positives"].shape[1]
+            pairs = batch["pairs"]
+            step_batch = {  # what RerankDataModule yields: encoded groups, collated by the module
+                "groups": [pairs[i : i + size] for i in range(0, len(pairs), size)],
                 "positives": batch["positives"].to(device),
                 "filled_hard": 0,
                 "truncated": sum(p.truncated for p in batch["pairs"]),
@@ -292,7 +293,7 @@ def infer_worker(arch: str, folder: Path, data_dir: Path, work: Workload) -> dic
         encode = reranker.encoder.encode
         reranker.image_cache.max_bytes = 0  # every pair encodes its own images
         try:
-            return [reranker._score_batch([encode(INSTRUCTION, query, doc)])[0] for doc in docs]
+            return [reranker.score_encoded([encode(INSTRUCTION, query, doc)])[0] for doc in docs]
         finally:
             reranker.image_cache.max_bytes = cache_bytes
 
