@@ -156,3 +156,38 @@ def module_arguments(checkpoint: dict, where: str, module_class: type, **overrid
             f"{where}: hyper_parameters.model_name_or_path is missing; was it written by rerank-lab?"
         )
     return {**{k: v for k, v in hparams.items() if k in accepted}, **overrides}
+
+
+# ---- what a training checkpoint holds -------------------------------------------------------------
+def trim_to_trainable(module: nn.Module, checkpoint: dict, info: dict) -> None:
+    """Keep only the trainable weights (LoRA, head rows, projection) in ``checkpoint`` and record,
+    under ``rerank_lab``: ``info`` (base model and fingerprint), the trainable names, and the
+    random-generator states, so that dropout masks after a resume match an uninterrupted run."""
+    trainable = {name for name, param in module.named_parameters() if param.requires_grad}
+    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+    checkpoint["rerank_lab"] = {
+        **info,
+        "trainable": sorted(trainable),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def check_trainable(checkpoint: dict) -> dict | None:
+    """Refuse a checkpoint that lacks a trainable weight it lists; its ``rerank_lab`` record when it
+    carries generator states to restore (:func:`restore_rng`), else ``None``."""
+    info = checkpoint.get("rerank_lab", {})
+    missing = set(info.get("trainable", [])) - set(checkpoint["state_dict"])
+    if missing:
+        raise ValueError(
+            f"checkpoint lacks trainable weights {sorted(missing)[:3]}; was it written by rerank-lab?"
+        )
+    return info if "rng" in info else None
+
+
+def restore_rng(info: dict) -> None:
+    """Set the CPU (and, with the same device count, CUDA) generators saved by :func:`trim_to_trainable`."""
+    torch.set_rng_state(info["rng"])
+    cuda = info.get("cuda_rng")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)

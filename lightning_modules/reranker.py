@@ -18,11 +18,10 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics.aggregation import CatMetric
 
 import objectives
 from datamodules.encoding import EncodedPair, collate_pairs, pad_token_id
-from datamodules.metrics import TaskResult, query_metric, summarize
+from datamodules.metrics import summarize
 from lightning_modules.backbone import (
     LabelScorer,
     label_token_id,
@@ -30,8 +29,14 @@ from lightning_modules.backbone import (
     load_backbone,
     lora_target_for,
 )
-from lightning_modules.checkpoint_io import base_fingerprint, config_sha256
-from lightning_modules.evaluation import EvalResult, all_values, per_query_values
+from lightning_modules.checkpoint_io import (
+    base_fingerprint,
+    check_trainable,
+    config_sha256,
+    restore_rng,
+    trim_to_trainable,
+)
+from lightning_modules.evaluation import EvalResult, EvalState
 from lightning_modules.prefix import (
     ImageFeatureCache,
     pairs_features,
@@ -176,13 +181,10 @@ class RerankerModule(L.LightningModule):
         self._image_token_id = getattr(model.config, "image_token_id", None)
         self._merge_size = getattr(getattr(model.config, "vision_config", None), "spatial_merge_size", 1)
         self._token_columns = [self.token_words.index(w) for w in (*positive_words, *negative_words)]
-        # Per rank: reranked scores per task/query (each query lives on exactly one rank), and per
-        # task the per-query metric values, reranked and retriever, in torchmetrics CatMetrics that
-        # gather them over ranks at the end of an evaluation (_finish_eval).
-        self._val_runs: dict[str, dict[str, dict[str, float]]] = {}
-        self._val_metrics: dict[str, dict[str, CatMetric]] = {}
+        # This rank's scores, per-query metric values and skipped candidates of the running
+        # evaluation (lightning_modules/evaluation.py), created at each evaluation's start.
+        self._eval: EvalState | None = None
         self.eval_result: EvalResult | None = None  # the last evaluation's, for the writer callback
-        self._metas: dict = {}  # the evaluation tasks' TaskMeta by name, set at each epoch start
         self.strict_loading = False  # checkpoints hold trainable weights only (on_save_checkpoint)
         self._weights_seen: dict[str, list[torch.Tensor]] = {"pos": [], "neg": []}
         self._resume_rng: dict | None = None  # generator states of a checkpoint being resumed
@@ -254,40 +256,19 @@ class RerankerModule(L.LightningModule):
 
     # ---- checkpoints -----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep only what training changed: trainable weights (LoRA, head rows, projection).
-
-        The frozen backbone is re-read from ``model_name_or_path`` when loading, so a checkpoint
-        of a 7B LoRA run is megabytes, not gigabytes.
-        """
-        trainable = {name for name, param in self.named_parameters() if param.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["rerank_lab"] = {
-            "base_model": self.hparams.model_name_or_path,
-            "trainable": sorted(trainable),
-            **self._base_ids,
-            # Dropout masks after a resume then match those of an uninterrupted run.
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
+        """Keep only what training changed (lightning_modules/checkpoint_io.py): a checkpoint of a
+        7B LoRA run is megabytes; the frozen backbone is re-read from ``model_name_or_path``."""
+        trim_to_trainable(self, checkpoint, {"base_model": self.hparams.model_name_or_path, **self._base_ids})
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        info = checkpoint.get("rerank_lab", {})
-        missing = set(info.get("trainable", [])) - set(checkpoint["state_dict"])
-        if missing:
-            raise ValueError(
-                f"checkpoint lacks trainable weights {sorted(missing)[:3]}; was it written by rerank-lab?"
-            )
-        self._resume_rng = info if "rng" in info else None
+        self._resume_rng = check_trainable(checkpoint)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Restored here rather than at load time: creating the resumed run's DataLoader iterator
         # draws from the global generator, which the uninterrupted run did long before this step.
         info, self._resume_rng = self._resume_rng, None
         if info is not None:
-            torch.set_rng_state(info["rng"])
-            cuda = info.get("cuda_rng")
-            if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(cuda)
+            restore_rng(info)
 
     # ---- training --------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -389,14 +370,9 @@ class RerankerModule(L.LightningModule):
     # ---- evaluation ------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._image_cache.clear()  # training may have changed the vision tower (lora_vision, merger)
-        self._metas = {meta.name: meta for meta in self.trainer.datamodule.task_metas}
-        self._val_runs = {name: {} for name in self._metas}
-        self._val_metrics = {
-            name: {side: per_query_values(self.device) for side in ("reranked", "retriever")}
-            for name in self._metas
-        }
+        metas = {meta.name: meta for meta in self.trainer.datamodule.task_metas}
+        self._eval = EvalState(metas, self.device)
         self.eval_result = None
-        self._val_skipped = {name: {} for name in self._metas}  # bad candidates left out (on_bad_record=skip)
 
     on_test_epoch_start = on_validation_epoch_start
 
@@ -435,35 +411,18 @@ class RerankerModule(L.LightningModule):
         return reranked.tolist()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        metas = self._metas
-        task, relevance = batch["task"], batch["relevance"]
-        scores = self.rerank_query(batch)
-        self._val_runs[task][batch["qid"]] = dict(zip(batch["doc_ids"], scores, strict=True))
-        if batch.get("skipped"):
-            self._val_skipped[task][batch["qid"]] = len(batch["skipped"])
-        if not any(grade > 0 for grade in relevance.values()):
-            return  # trec_eval skips queries without a relevant document
-        metric, doc_ids = metas[task].metric, batch["doc_ids"]
-        for side, ranking in (("reranked", scores), ("retriever", batch["first_stage"])):
-            value = query_metric(metric, doc_ids, ranking, relevance)
-            self._val_metrics[task][side].update(
-                torch.tensor([value], dtype=torch.float64, device=self.device)
-            )
+        self._eval.add(batch, self.rerank_query(batch))
 
     test_step = validation_step
 
     on_predict_epoch_start = on_validation_epoch_start
 
     def predict_step(self, batch: dict, batch_idx: int) -> None:
-        self._val_runs[batch["task"]][batch["qid"]] = dict(
-            zip(batch["doc_ids"], self.rerank_query(batch), strict=True)
-        )
-        if batch.get("skipped"):
-            self._val_skipped[batch["task"]][batch["qid"]] = len(batch["skipped"])
+        self._eval.add(batch, self.rerank_query(batch), with_metric=False)
 
     def on_predict_epoch_end(self) -> None:
         self._report_skipped("predict")
-        self.eval_result = EvalResult("predict", self.global_step, runs=self._val_runs)
+        self.eval_result = EvalResult("predict", self.global_step, runs=self._eval.runs)
 
     def gather_over_ranks(self, per_rank: dict[str, dict]) -> dict[str, dict]:
         """Merge a ``{task: {qid: ...}}`` table over ranks (each query lives on exactly one rank).
@@ -485,15 +444,9 @@ class RerankerModule(L.LightningModule):
         numbers. The result is left in :attr:`eval_result` for the writer callback.
         """
         self.eval_result = None
-        reranked, retriever = [], []
-        for name, meta in self._metas.items():
-            values = {side: all_values(metric) for side, metric in self._val_metrics[name].items()}
-            if not values["reranked"]:  # partial validation (fast_dev_run, limit_val_batches)
-                continue
-            for results, side in ((reranked, "reranked"), (retriever, "retriever")):
-                per_query = dict(enumerate(values[side]))
-                results.append(TaskResult.from_per_query(name, meta.family, meta.metric, per_query))
-            self.log(f"{stage}/{name}/{meta.metric}", reranked[-1].value)
+        reranked, retriever = self._eval.task_results()
+        for result in reranked:
+            self.log(f"{stage}/{result.task}/{result.metric}", result.value)
         self._report_skipped(stage)
         if not reranked:
             return
@@ -502,16 +455,16 @@ class RerankerModule(L.LightningModule):
             self.log(f"{stage}/family/{family}", value)
         self.log(f"{stage}/mrb_avg", summary.average, prog_bar=True)
         self.log(f"{stage}/retriever_avg", base_summary.average)
-        runs = self._val_runs if self.hparams.write_runs else None
+        runs = self._eval.runs if self.hparams.write_runs else None
         self.eval_result = EvalResult(stage, self.global_step, summary, base_summary, runs)
 
     def _report_skipped(self, stage: str) -> None:
         """Bad evaluation records left out with ``data.on_bad_record=skip``, per task: candidates
         whose image could not be used (they count as not retrieved) and lines left out when the
         task was loaded. Logged as ``<stage>/<task>/skipped_candidates`` and printed; never silent."""
-        skipped = self.gather_over_ranks(self._val_skipped)
+        skipped = self.gather_over_ranks(self._eval.skipped)
         loaded = getattr(self.trainer.datamodule, "eval_load_problems", {}) or {}
-        for name in self._metas:
+        for name in self._eval.metas:
             candidates, lines = sum(skipped.get(name, {}).values()), len(loaded.get(name, ()))
             if not candidates and not lines:
                 continue

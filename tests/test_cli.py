@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.cli import EvalBookkeeping, LocalMetrics, build_cli, flatten, main, run_name
+from experiments.callbacks import EvalBookkeeping, LocalMetrics
+from experiments.cli import build_cli, main
+from experiments.keys import flatten, run_name
 from tests.wandb_reader import artifacts, history, wait_until_written
 from tests.wandb_reader import config as wandb_config
 from tests.wandb_reader import summary as wandb_summary
