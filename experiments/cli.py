@@ -15,6 +15,7 @@ LightningCLI's automatic ``--optimizer`` / ``--lr_scheduler`` options are off.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
 import sys
@@ -70,6 +71,11 @@ def check_config(config) -> None:
                 )
             )
     check_model_path(model.get("model_name_or_path"))
+    for key, value in (("quantization", "4bit"), ("optimizer", "adamw8bit")):
+        if model.get(key) == value and importlib.util.find_spec("bitsandbytes") is None:
+            raise RunError(
+                f"model.{key}={value!r} needs bitsandbytes, which is not installed: pip install -e '.[qlora]'"
+            )
     args = model.get("objective_args") or {}
     if not isinstance(args, dict):
         raise RunError(f"model.objective_args={args!r}: must be a mapping of the objective's arguments")

@@ -292,6 +292,27 @@ def test_bad_settings_are_refused_at_once_with_the_key_named(
     assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "x").exists()
 
 
+@pytest.mark.parametrize("flag", ["--model.quantization=4bit", "--model.optimizer=adamw8bit"])
+def test_a_missing_extra_is_named_before_anything_loads(
+    tiny_model_dir, demo_dir, tmp_path, monkeypatch, capsys, flag
+):
+    import importlib.util
+
+    import lightning_modules.reranker as reranker
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a)
+    )
+    monkeypatch.setattr(
+        reranker, "load_backbone", lambda *a, **k: pytest.fail("weights loaded before the check")
+    )
+    with pytest.raises(SystemExit) as caught:
+        build_cli(_fit_args(tiny_model_dir, demo_dir, tmp_path / "runs", flag))
+    assert caught.value.code == 2
+    assert "needs bitsandbytes, which is not installed: pip install -e '.[qlora]'" in capsys.readouterr().err
+
+
 def test_a_missing_model_folder_is_one_error_line_before_anything_loads(tmp_path, capsys):
     missing = f"{tmp_path}/no/model"
     with pytest.raises(SystemExit) as caught:

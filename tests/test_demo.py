@@ -154,3 +154,15 @@ def test_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
     a_file.write_text("x", encoding="utf-8")
     with pytest.raises(FileExistsError):
         build_demo(a_file)
+
+
+def test_without_the_demo_extra_the_demo_says_what_to_install(monkeypatch):
+    import sys
+
+    from datamodules.demo import images
+
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import fails as if not installed
+    with pytest.raises(
+        SystemExit, match=r"scikit-learn, which is not installed: pip install -e '\.\[demo\]'"
+    ):
+        images.digit_items(0)

@@ -24,9 +24,22 @@ def _pixel_features(image: np.ndarray, side: int = 14) -> np.ndarray:
     return centred / norm if norm > 0 else centred
 
 
+def _demo_import(module: str, package: str):
+    """``module`` from the ``demo`` extra, or one clear error saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise SystemExit(
+            f"the demo benchmark's images come from {package}, which is not installed: "
+            "pip install -e '.[demo]' (make demo installs it)"
+        ) from None
+
+
 def digit_items(seed: int) -> tuple[list[Item], list[Item]]:
     """Real 8x8 handwritten digits 0 and 1 (scikit-learn), dark ink on white, upscaled x7 (nearest)."""
-    from sklearn.datasets import load_digits
+    load_digits = _demo_import("sklearn.datasets", "scikit-learn").load_digits
 
     digits = load_digits()
     items: list[Item] = []
@@ -49,7 +62,7 @@ def digit_items(seed: int) -> tuple[list[Item], list[Item]]:
 
 def face_items(seed: int) -> tuple[list[Item], list[Item]]:
     """scikit-image's LFW subset: 100 faces (label 1) and 100 background patches (label 0), 25x25."""
-    from skimage import data
+    data = _demo_import("skimage.data", "scikit-image")
 
     images = data.lfw_subset()
     items: list[Item] = []
@@ -122,7 +135,7 @@ def crop_items(seed: int) -> tuple[list[Item], list[Item]]:
     Pictures (not crops) are split between test and train, so test crops come from unseen
     pictures. Every crop must show some structure (pixel std >= 8), not a flat patch.
     """
-    from skimage import data
+    data = _demo_import("skimage.data", "scikit-image")
 
     rng = np.random.default_rng([seed, 3])
     names = sorted(SAMPLE_PICTURES)
