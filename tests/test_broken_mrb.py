@@ -246,9 +246,8 @@ def test_a_task_folder_without_task_json_is_named_not_dropped(tmp_path, capsys):
 
 
 def test_validation_with_skip_reports_skipped_candidates_per_task(tmp_path, capsys, tiny_model_dir):
-    import lightning as L
-
     from lightning_modules.reranker import RerankerModule
+    from tests.test_reranker import cpu_trainer
 
     root = tmp_path / "mrb"
     write_task(root / "t")
@@ -256,14 +255,7 @@ def test_validation_with_skip_reports_skipped_candidates_per_task(tmp_path, caps
     lines = (root / "t" / "corpus.jsonl").read_text().splitlines()
     lines[1] = json.dumps({"id": "d1", "text": "document 1", "image": "images/bad.png"})
     (root / "t" / "corpus.jsonl").write_text("\n".join(lines) + "\n")
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path / "run",
-    )
+    trainer = cpu_trainer(tmp_path / "run", writer=False)
     module = RerankerModule(str(tiny_model_dir), lora_r=0)
     with no_hang(60):
         (metrics,) = trainer.validate(

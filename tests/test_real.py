@@ -8,7 +8,6 @@ import json
 import logging
 import textwrap
 
-import lightning as L
 import pytest
 import torch
 from torch import nn
@@ -21,6 +20,7 @@ from lightning_modules.backbone import (
     label_token_id,
     lora_target_for,
 )
+from tests.test_reranker import cpu_trainer
 from tests.tiny_llama import build_llama
 
 MODULE_SOURCE = '''
@@ -181,16 +181,7 @@ def test_text_only_llm_trains_exports_and_scores_like_training(llama_dir, code_d
     data = RerankDataModule(
         model_name_or_path=str(llama_dir), train_root=str(out / "train"), num_negatives=3, max_length=256
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        max_steps=2,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = cpu_trainer(tmp_path, writer=False, max_steps=2, limit_val_batches=0)
     trainer.fit(module, datamodule=data)
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     assert export.main(["--ckpt", str(tmp_path / "last.ckpt"), "--out", str(tmp_path / "export")]) == 0
