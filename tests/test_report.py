@@ -21,6 +21,7 @@ def write_run(
     weights: list[tuple[int, float, float]],
     objective_args: dict | None = None,
     num_negatives: int = 3,
+    data_seed: int | None = None,
 ) -> Path:
     """A run folder as experiments.cli leaves it: config.yaml, metrics.jsonl, eval_history.jsonl."""
     folder.mkdir(parents=True)
@@ -40,7 +41,11 @@ def write_run(
             "objective_args": objective_args,
             "lr": 0.001,
         },
-        "data": {"model_name_or_path": "tiny", "num_negatives": num_negatives, "seed": 0},
+        "data": {
+            "model_name_or_path": "tiny",
+            "num_negatives": num_negatives,
+            "seed": seed if data_seed is None else data_seed,
+        },
         "runs_dir": str(folder.parent),
         "run_name": None,
     }
@@ -120,6 +125,19 @@ def test_probe_table_means_and_stds_over_seeds(probe_runs, tmp_path, capsys):
     assert sft["seeds"] == [0, 1] and sft["families"]["T2I"]["mean"] == pytest.approx(0.61)
     assert not list(out.glob("*.png"))  # --no-plots
     assert "| sft | sft | sft | 2 (0,1) | 52.00 ± 2.83 |" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_a_data_order_that_follows_the_seed_is_the_seed_not_another_key(tmp_path):
+    """experiments.cli records data.seed = seed_everything: the seeds of one cell stay one row; a data
+    seed set apart from the run's seed is shown as part of that run's seed."""
+    root = tmp_path / "runs"
+    for seed, final in ((0, 0.5), (1, 0.6)):
+        write_run(root / f"s{seed}", "sft", seed, final, {"T2I": final}, [(10, 0.5, 1.0)])
+    rows = report.group_rows([report.load_run(p) for p in report.find_run_folders(root)])
+    assert len(rows) == 1 and [r.seed for r in rows[0].runs] == [0, 1]
+    write_run(root / "s2", "sft", 2, 0.7, {"T2I": 0.7}, [(10, 0.5, 1.0)], data_seed=5)
+    rows = report.group_rows([report.load_run(p) for p in report.find_run_folders(root)])
+    assert len(rows) == 1 and [r.seed for r in rows[0].runs] == [0, 1, "2/d5"]
 
 
 def test_weight_curves_average_the_seeds_step_by_step(probe_runs):

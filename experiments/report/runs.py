@@ -31,9 +31,10 @@ ORDER = {
     "multi_token": 5,
     "projection": 6,
 }
-# Config keys that never make two runs different experiments (names, folders, loggers, the seed).
+# Config keys that never make two runs different experiments (names, folders, loggers, the seeds).
 IGNORED = (
     "seed_everything",
+    "data.seed",
     "runs_dir",
     "run_name",
     "ckpt_path",
@@ -141,13 +142,18 @@ def load_run(path: Path) -> RunRecord:
     config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
     objective, weight, direction = probe_cell(config.get("model") or {})
     status, done = sweep_record(path)
+    # experiments.cli gives data.seed the run's seed_everything unless it is set: one seed sets both
+    # initialisation and data order. A data seed set apart is part of the run's seed ("0/d5").
+    seed, data_seed = config.get("seed_everything"), (config.get("data") or {}).get("seed")
+    if data_seed is not None and data_seed != seed:
+        seed = f"{seed}/d{data_seed}"
     record = RunRecord(
         path=path,
         config=flatten(config),
         objective=objective,
         weight=weight,
         direction=direction,
-        seed=config.get("seed_everything"),
+        seed=seed,
         status=status,
         done=done,
     )
