@@ -288,6 +288,17 @@ def test_verdict_rule_on_the_paper_side():
     )
 
 
+def test_a_side_needs_most_seeds_on_it_too():
+    """One seed far ahead can pull the pooled interval off 0: then the seeds decide it is noise."""
+    assert claims.verdict_of(0.01, 0.2, 1, [-0.001, -0.01, 0.14]) == "noise"
+    assert claims.verdict_of(0.01, 0.2, 1, [0.02, -0.01, 0.14]) == "holds"
+    assert claims.verdict_of(-0.2, -0.01, 1, [-0.02, -0.01, 0.03]) == "contradicted"
+    assert claims.verdict_of(-0.2, -0.01, 1, [-0.02, 0.01, 0.03]) == "noise"
+    assert claims.verdict_of(-0.2, -0.01, -1, [-0.02, -0.01, 0.03]) == "holds"  # paper's side is < 0
+    assert claims.verdict_of(0.01, 0.2, 1, [0.02, -0.01]) == "noise"  # half is not more than half
+    assert claims.verdict_of(-0.01, 0.2, 1, [0.1, 0.1, 0.1]) == "noise"  # the interval comes first
+
+
 def test_report_json_lists_every_run_with_its_command(tmp_path):
     data = run_report(build_probe(tmp_path, SFT_BETTER, seeds=(0, 1)), tmp_path / "out", plots=True)
     assert data["generator"] == "experiments.report" and len(data["runs"]) == 8

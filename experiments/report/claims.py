@@ -140,14 +140,18 @@ def seed_differences(comparison: Comparison, cells: Mapping[Cell, Row]) -> dict:
     return {"seeds": seeds, "values": values, "mean": mean, "std": std, "agree": agree}
 
 
-def verdict_of(low: float, high: float, sign: int) -> str:
-    """holds: the interval excludes 0 on the paper's side; contradicted: on the other; else noise."""
+def verdict_of(low: float, high: float, sign: int, seed_values: list[float] | None = None) -> str:
+    """holds: the interval over queries excludes 0 on the paper's side; contradicted: on the other;
+    else noise. With per-seed differences, a side also needs more than half of the seeds on it: an
+    interval with the models fixed says nothing about the seed-to-seed spread, and one seed far
+    ahead can carry the pooled estimate alone."""
     low, high = sorted((sign * low, sign * high))
-    if low > 0:
-        return HOLDS
-    if high < 0:
-        return CONTRADICTED
-    return NOISE
+    side = HOLDS if low > 0 else CONTRADICTED if high < 0 else NOISE
+    if side == NOISE or not seed_values:
+        return side
+    direction = 1 if side == HOLDS else -1
+    with_side = sum(1 for v in seed_values if v * sign * direction > 0)
+    return side if 2 * with_side > len(seed_values) else NOISE
 
 
 def points(value: float) -> str:
@@ -165,6 +169,8 @@ def _clause(result: dict) -> str:
         CONTRADICTED: "is contradicted",
         NOISE: "cannot be told apart from noise",
     }[interval["verdict"]]
+    if interval["verdict"] == NOISE and interval.get("query_verdict", NOISE) != NOISE:
+        words += " (the interval over queries excludes 0, but the seeds disagree)"
     return (
         f"{words} ({points(interval['estimate'])} points, 95% CI [{points(interval['low'])}, "
         f"{points(interval['high'])}]; paper {result['paper']:+.2f}; {seed_text})"
