@@ -50,6 +50,7 @@ def test_offline_fit_writes_run_folder_and_wandb_history(
                 "experiments/configs/demo.yaml",
                 f"--model.model_name_or_path={tiny_model_dir}",
                 f"--data.eval_root={tmp_path / 'none'}",
+                f"--runs_dir={tmp_path / 'failed-runs'}",  # never the repository's runs/
             ]
         )
     monkeypatch.delenv("WANDB_MODE", raising=False)
