@@ -314,10 +314,31 @@ def test_make_real_resumes_by_skipping_finished_stages(code_data, tmp_path, monk
         (results / f"fit-{name}.json").write_text(json.dumps(fit))
         (out / "export" / name).mkdir(parents=True)
         (out / "export" / name / "rerank_config.json").write_text("{}")
+    # The scoring stages' TREC files: SFT ranks exactly like the first stage, CL puts the relevant
+    # documents last.
+    from datamodules.trec import write_run
+    from experiments.score_model import load_tasks
+
+    for task in load_tasks(out / "data" / "mrb"):
+        top = {
+            q: dict(sorted(d.items(), key=lambda kv: (-kv[1], kv[0]))[:5]) for q, d in task.candidates.items()
+        }
+        write_run(results / "sft-runs" / f"{task.name}.trec", top)
+        last = {
+            q: {d: -1.0 if task.qrels.get(q, {}).get(d, 0) > 0 else 1.0 for d in docs}
+            for q, docs in top.items()
+        }
+        write_run(results / "cl-runs" / f"{task.name}.trec", last)
     calls = []
     monkeypatch.setattr(real, "run_module", lambda args: calls.append(args[0]))
     assert real.main(["--out", str(out), "--no-dense-reference", "--top-k", "5"]) == 0
     assert calls == ["lightning_modules.fetch"]
     rows = {row["system"]: row for row in json.loads((out / "results.json").read_text())["rows"]}
     assert rows["CL"]["ndcg@10"] == 0.3 and rows["SFT"]["fused"] == pytest.approx(0.25)
-    assert "| CL | 0.3000 | 0.3500 | 2.00 |" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert "| CL | 0.3000 | 0.3500 | 2.00 |" in table
+    assert "- sft: +0.0000 [+0.0000, +0.0000], 0 better / 0 worse" in table  # the first stage's own order
+    compared = json.loads((out / "results.json").read_text())["against_first_stage"]
+    assert set(compared) == {"sft", "sft fused", "cl", "cl fused"}  # no zero-shot TREC files here
+    assert compared["cl"]["estimate"] < 0 and compared["cl"]["worse"] > 0 and compared["cl"]["better"] == 0
+    assert compared["cl"]["low"] <= compared["cl"]["estimate"] <= compared["cl"]["high"]
