@@ -224,8 +224,8 @@ def pipeline(args: argparse.Namespace) -> dict:
     return write_table(out, args)
 
 
-def against_first_stage(results: Path, tasks, top_k: int, alpha: float) -> dict[str, dict]:
-    """Each reranker's metric minus the first stage's (its top-``top_k``), alone and fused: the
+def against_first_stage(results: Path, tasks, first: dict, alpha: float) -> dict[str, dict]:
+    """Each reranker's metric minus the first stage's (``first``: its top-k runs), alone and fused: the
     estimate and 95% paired bootstrap interval over queries (``experiments.report.queries.bootstrap``:
     10,000 resamples, seed 0, queries resampled within tasks), plus how many queries got better and
     worse. Computed from the scoring stages' TREC files; a reranker without them is left out."""
@@ -239,13 +239,6 @@ def against_first_stage(results: Path, tasks, top_k: int, alpha: float) -> dict[
     def per_query(task, run) -> np.ndarray:
         return np.array(list(evaluate_run(run, task.qrels, task.meta.metric).values()), dtype=np.float64)
 
-    first = {
-        t.name: {
-            q: dict(sorted(d.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k])
-            for q, d in t.candidates.items()
-        }
-        for t in tasks
-    }
     cells = {"first": {t.name: per_query(t, first[t.name]) for t in tasks}}
     for name in ("sft", "cl", "zero-shot"):
         files = {t.name: results / f"{name}-runs" / f"{t.name}.trec" for t in tasks}
@@ -268,21 +261,13 @@ def against_first_stage(results: Path, tasks, top_k: int, alpha: float) -> dict[
 
 def write_table(out: Path, args: argparse.Namespace) -> dict:
     """``table.md`` and ``results.json`` from the stage results; returns the results."""
-    from experiments.score_model import load_tasks, summarize_runs
+    from experiments.score_model import first_stage_runs, load_tasks, summarize_runs
 
     results = out / "results"
     tasks = load_tasks(out / "data" / "mrb")
     first = summarize_runs(tasks, {t.name: t.candidates for t in tasks}).average
-    first_k = summarize_runs(
-        tasks,
-        {
-            t.name: {
-                q: dict(sorted(d.items(), key=lambda kv: (-kv[1], kv[0]))[: args.top_k])
-                for q, d in t.candidates.items()
-            }
-            for t in tasks
-        },
-    ).average
+    first_runs = first_stage_runs(tasks, args.top_k)
+    first_k = summarize_runs(tasks, first_runs).average
     load = lambda name: json.loads((results / f"{name}.json").read_text(encoding="utf-8"))  # noqa: E731
     rows = [{"system": "first stage (BM25)", "ndcg@10": first, "fused": None}]
     dense = out / "data" / "minilm.trec"
@@ -324,7 +309,7 @@ def write_table(out: Path, args: argparse.Namespace) -> dict:
             f"| {row['system']} | {row['ndcg@10']:.4f} | {fmt(row['fused'], '.4f')} | {fmt(row.get('s_per_step'), '.2f')} "
             f"| {fmt(row.get('train_peak_mib'), '.0f')} | {fmt(row.get('s_per_pair'), '.3f')} | {fmt(row.get('peak_mib'), '.0f')} |"
         )
-    compared = against_first_stage(results, tasks, args.top_k, args.fusion_alpha)
+    compared = against_first_stage(results, tasks, first_runs, args.fusion_alpha)
     if compared:
         lines += [
             "",

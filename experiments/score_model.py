@@ -37,6 +37,12 @@ def ranked_candidates(task: MRBTask, top_k: int) -> dict[str, list[tuple[str, fl
     return out
 
 
+def first_stage_runs(tasks: list[MRBTask], top_k: int) -> dict[str, Run]:
+    """Each task's first-stage run cut at ``top_k``: the candidates a reranker scores (validation
+    order, :func:`ranked_candidates`), with their first-stage scores."""
+    return {t.name: {q: dict(ranked) for q, ranked in ranked_candidates(t, top_k).items()} for t in tasks}
+
+
 def minmax(values: list[float]) -> list[float]:
     low, high = min(values), max(values)
     return [(v - low) / (high - low) if high > low else 0.0 for v in values]

@@ -317,12 +317,11 @@ def test_make_real_resumes_by_skipping_finished_stages(code_data, tmp_path, monk
     # The scoring stages' TREC files: SFT ranks exactly like the first stage, CL puts the relevant
     # documents last.
     from datamodules.trec import write_run
-    from experiments.score_model import load_tasks
+    from experiments.score_model import first_stage_runs, load_tasks
 
-    for task in load_tasks(out / "data" / "mrb"):
-        top = {
-            q: dict(sorted(d.items(), key=lambda kv: (-kv[1], kv[0]))[:5]) for q, d in task.candidates.items()
-        }
+    tasks = load_tasks(out / "data" / "mrb")
+    for task in tasks:
+        top = first_stage_runs(tasks, 5)[task.name]
         write_run(results / "sft-runs" / f"{task.name}.trec", top)
         last = {
             q: {d: -1.0 if task.qrels.get(q, {}).get(d, 0) > 0 else 1.0 for d in docs}
