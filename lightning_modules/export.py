@@ -181,12 +181,7 @@ def encode_all(encoder: PairEncoder, triples: Sequence[tuple[str, Doc, Doc]]) ->
 @torch.no_grad()
 def module_scores(module, pairs: Sequence[EncodedPair]) -> torch.Tensor:
     """Scores of encoded pairs by the training module (its own scoring path), one pair per forward."""
-    scores = []
-    for pair in pairs:
-        logits, extra = module.score_pairs([pair])
-        extra = {k: v.unsqueeze(0) for k, v in extra.items()}
-        scores.append(module.objective.score(logits.unsqueeze(0), **extra)[0].float())
-    return torch.cat(scores)
+    return torch.cat([module.rank_pairs([pair]).float() for pair in pairs])
 
 
 def score_kind(objective) -> str:

@@ -206,13 +206,13 @@ class RerankerModule(L.LightningModule):
             return lambda pairs: None
         return lambda pairs: pairs_features(self.scorer, pairs, cache)
 
-    def score_pairs(self, pairs: list[EncodedPair]) -> tuple[torch.Tensor, dict]:
-        """Label logits [n, 2] and the objective's extras of ``pairs``, each scored whole in one
-        forward (no shared prefix): the reference the exported model is checked against."""
+    def rank_pairs(self, pairs: list[EncodedPair]) -> torch.Tensor:
+        """The objective's ranking scores of one query's ``pairs``, scored whole in one forward (no
+        shared prefix): the reference the exported model is checked against."""
         logits, hidden = score_pairs(
             self.scorer, pairs, collate=self._collate, features=self._features(), size=len(pairs)
         )
-        return objective_inputs(logits, hidden, self.objective.needs, self._token_columns)
+        return rank_scores(self.objective, logits, hidden, self._token_columns)
 
     def score_groups(self, groups: list[list[EncodedPair]]) -> tuple[torch.Tensor, dict]:
         """Label logits [n, 2] and the objective's extras of a training batch's groups, in order.

@@ -72,9 +72,7 @@ def module_scores(module, encoder, triples) -> torch.Tensor:
     scores = []
     with torch.no_grad():
         for instruction, query, docs in triples:
-            logits, extra = module.score_pairs(encoder.encode_group(instruction, query, docs))
-            extra = {k: v.unsqueeze(0) for k, v in extra.items()}
-            scores.append(module.objective.score(logits.unsqueeze(0), **extra)[0])
+            scores.append(module.rank_pairs(encoder.encode_group(instruction, query, docs)))
     return torch.cat(scores)
 
 
