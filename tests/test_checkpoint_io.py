@@ -121,16 +121,9 @@ def test_hyper_parameters_that_build_no_module_get_a_clear_error(tmp_path, tiny_
 def test_resuming_the_cli_from_a_crafted_checkpoint_is_one_error_line(
     crafted, tiny_model_dir, demo_dir, tmp_path, capsys
 ):
-    from experiments.cli import main
-    from tests.test_cli import _fit_args
+    from tests.test_cli import resume_error
 
     path, marker = crafted
-    args = _fit_args(
-        tiny_model_dir, demo_dir, tmp_path / "runs", "--validate_before_fit=false", "--trainer.logger=false"
-    )
-    with pytest.raises(SystemExit) as caught:
-        main([*args, f"--ckpt_path={path}"])
-    assert caught.value.code == 1
-    err = capsys.readouterr().err
+    err = resume_error(tiny_model_dir, demo_dir, tmp_path / "runs", path, capsys)
     assert "refused to load" in err and str(path) in err and "Traceback" not in err
     assert not marker.exists()

@@ -362,6 +362,17 @@ def test_test_scores_the_test_root_not_the_validation_root(tiny_model_dir, demo_
 
 
 # ---- checkpoints (issue 11 item 12) ---------------------------------------------------------------
+def resume_error(tiny_model_dir, demo_dir, runs_dir, ckpt, capsys) -> str:
+    """The stderr of a demo fit resumed from ``ckpt`` that must stop with exit code 1."""
+    args = _fit_args(
+        tiny_model_dir, demo_dir, runs_dir, "--validate_before_fit=false", "--trainer.logger=false"
+    )
+    with pytest.raises(SystemExit) as caught:
+        main([*args, f"--ckpt_path={ckpt}"])
+    assert caught.value.code == 1
+    return capsys.readouterr().err
+
+
 def test_resume_from_a_truncated_checkpoint_names_the_last_good_one(
     tiny_model_dir, demo_dir, tmp_path, capsys
 ):
@@ -371,13 +382,7 @@ def test_resume_from_a_truncated_checkpoint_names_the_last_good_one(
     folder.mkdir(parents=True)
     torch.save({"state_dict": {}}, folder / "best-step2.ckpt")
     (folder / "last.ckpt").write_bytes((folder / "best-step2.ckpt").read_bytes()[:100])
-    args = _fit_args(
-        tiny_model_dir, demo_dir, tmp_path / "runs", "--validate_before_fit=false", "--trainer.logger=false"
-    )
-    with pytest.raises(SystemExit) as caught:
-        main([*args, f"--ckpt_path={folder / 'last.ckpt'}"])
-    assert caught.value.code == 1
-    err = capsys.readouterr().err
+    err = resume_error(tiny_model_dir, demo_dir, tmp_path / "runs", folder / "last.ckpt", capsys)
     assert "is truncated or corrupt" in err and f"--ckpt_path={folder / 'best-step2.ckpt'}" in err
     assert "Traceback" not in err
 
