@@ -1,7 +1,8 @@
 """`make real`: a real pretrained LLM trained end to end on real text, on this CPU, in one command.
 
     python -m experiments.real [--out runs/real] [--steps 300] [--test-queries 50] [--top-k 15] [--objectives sft,cl]
-    python -m experiments.real --out runs/real --prepare-only    # stages 1-4 only (make probe-real)
+    python -m experiments.real --out runs/real --prepare-only    # stages 1-4 only
+    python -m experiments.real --out runs/real_v2 --probe-v2 --prepare-only   # the probe's setting (make probe-real)
 
 Stages (each writes its result under ``--out`` and is skipped when that result exists, so an
 interrupted run resumes where it stopped; ``--fresh`` refuses a non-empty ``--out`` instead):
@@ -20,6 +21,13 @@ interrupted run resumes where it stopped; ``--fresh`` refuses a non-empty ``--ou
 7. the table (``table.md``, ``results.json``): nDCG@10 of the first stage, zero-shot, SFT and CL
    (each reranker alone and fused with BM25 at the fixed ``fusion_alpha``, chosen before any run,
    never tuned on the test queries), seconds per training step and peak memory of each stage.
+
+``--probe-v2`` is the setting of the paper's probe (``experiments/sweeps/real_probe_v2*.yaml``,
+docs/science.md §6): the held-out modules split into a dev task (150 queries, ``data/dev/``: learning
+rate and step budget are chosen on it) and a test task (200 queries, ``data/mrb/``: scored once per
+run), the MiniLM dense retriever as the first stage (top 10 reranked), 8 negatives mined per training
+query from its ranks 1-30 (a run draws 3 of them and 1 random document: N = 4), and with
+``--prepare-only`` the zero-shot judge scored on dev and test (the report's baseline).
 
 Heavy stages run in child processes so that each one's peak resident memory is its own.
 """
@@ -42,6 +50,7 @@ from datamodules.files import atomic_write
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "experiments" / "configs"
 MODEL_KEY = "smollm2-135m"
+PROBE_V2 = {"dev": 150, "test": 200}  # queries of the probe's dev and test splits (--probe-v2)
 TASK = "stdlib-code"
 
 
@@ -170,12 +179,16 @@ def pipeline(args: argparse.Namespace) -> dict:
                 f"--out={data}",
                 f"--test-queries={args.test_queries}",
                 f"--train-queries={args.train_queries}",
+                f"--test-percent={args.test_percent}",
+                f"--dev-queries={args.dev_queries}",
                 f"--seed={args.seed}",
             ]
         )
-    for task in (data / "mrb" / TASK, data / "pool" / f"{TASK}-train"):
+    splits = [data / "mrb" / TASK, *([data / "dev" / TASK] if args.dev_queries else [])]
+    for task in (*splits, data / "pool" / f"{TASK}-train"):
         if not (task / "candidates.trec").is_file():
-            run_module(["datamodules.retrieve", f"--task={task}", f"--top-k={args.first_stage_k}"])
+            method = [f"--method={args.first_stage}"]
+            run_module(["datamodules.retrieve", f"--task={task}", f"--top-k={args.first_stage_k}", *method])
     groups = data / "train" / "groups.jsonl"
     if not groups.is_file():
         run_module(
@@ -188,7 +201,21 @@ def pipeline(args: argparse.Namespace) -> dict:
                 f"--seed={args.seed}",
             ]
         )
+    scoring = [f"--top-k={args.top_k}", f"--fusion-alpha={args.fusion_alpha}"]
     if args.prepare_only:
+        for split in ("dev", "mrb") if args.dev_queries else ():  # the probe report's zero-shot baseline
+            result = results / f"zero-shot-{split}.json"
+            if not result.is_file():
+                run_module(
+                    [
+                        *me,
+                        "--stage=score",
+                        f"--model={model_dir}",
+                        f"--result={result}",
+                        f"--split={split}",
+                        *scoring,
+                    ]
+                )
         print(f"prepared {model_dir} and {data} (training groups: {groups})")
         return {}
     dense = data / "minilm.trec"  # a reference row of the table, not reranked
@@ -196,7 +223,6 @@ def pipeline(args: argparse.Namespace) -> dict:
         run_module(
             ["datamodules.retrieve", f"--task={data / 'mrb' / TASK}", "--method=dense", f"--out={dense}"]
         )
-    scoring = [f"--top-k={args.top_k}", f"--fusion-alpha={args.fusion_alpha}"]
     if not (results / "zero-shot.json").is_file():
         run_module(
             [*me, "--stage=score", f"--model={model_dir}", f"--result={results / 'zero-shot.json'}", *scoring]
@@ -357,6 +383,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="skip the MiniLM dense retriever's reference row",
     )
+    parser.add_argument("--test-percent", type=int, default=20, help="share of stdlib modules held out")
+    parser.add_argument("--dev-queries", type=int, default=0, help="queries of a dev split (0: none)")
+    parser.add_argument(
+        "--first-stage",
+        choices=("bm25", "dense"),
+        default="bm25",
+        help="first-stage retriever (dense: MiniLM)",
+    )
+    parser.add_argument(
+        "--probe-v2",
+        action="store_true",
+        help="the probe's setting: 150 dev / 200 test queries (25%% of modules held out), dense first "
+        "stage, top 10 reranked (overrides those options)",
+    )
     parser.add_argument("--fresh", action="store_true", help="refuse a non-empty --out instead of resuming")
     parser.add_argument(
         "--prepare-only",
@@ -368,7 +408,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--objective", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    parser.add_argument("--split", choices=("mrb", "dev"), default="mrb", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.probe_v2:
+        args.dev_queries, args.test_queries, args.test_percent = PROBE_V2["dev"], PROBE_V2["test"], 25
+        args.first_stage, args.top_k = "dense", 10
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -380,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     out = args.out.resolve()
     if args.stage == "score":
-        stage_score(args.model, out / "data" / "mrb", args.result, args.top_k, args.fusion_alpha)
+        stage_score(args.model, out / "data" / args.split, args.result, args.top_k, args.fusion_alpha)
         return 0
     if args.stage == "fit":
         stage_fit(args.objective, out / MODEL_KEY, out / "data", args.result, args.steps, args.seed)

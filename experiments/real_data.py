@@ -1,6 +1,7 @@
 """A real text reranking task that ships offline: code search over Python's standard library.
 
     python -m experiments.real_data --out runs/real/data [--test-queries 60] [--seed 0]
+    python -m experiments.real_data --out runs/real_v2/data --test-queries 200 --dev-queries 150 --test-percent 25
 
 The text is the CPython standard library's own source, as installed with the interpreter (written
 by the CPython developers, not by this project). The task is CodeSearchNet-style: a **query** is
@@ -22,6 +23,12 @@ never saw as a query. Written (MRB layout, docs/formats.md; every corpus holds e
 
     <out>/pool/stdlib-code-train/   task.json, queries.jsonl (training queries), corpus.jsonl, qrels.tsv
     <out>/mrb/stdlib-code/          the same for ``test_queries`` held-out queries (sampled by seed)
+    <out>/dev/stdlib-code/          with ``dev_queries`` > 0: ``dev_queries`` queries of other held-out
+                                    modules, for recipe choices (learning rate, steps); ``mrb/`` is
+                                    then the test split, scored once per run
+
+With a dev split the held-out modules are divided again by module (``sha256("dev:" + module) % 100
+< dev_percent`` goes to dev), so dev and test never share a module and neither shares one with training.
     <out>/manifest.json             Python version, counts, parameters
 
 ``candidates.trec`` is added by ``datamodules.retrieve`` and training groups by ``datamodules.mine``
@@ -140,6 +147,10 @@ def _held_out(module: str, test_percent: int) -> bool:
     return int(hashlib.sha256(module.encode()).hexdigest(), 16) % 100 < test_percent
 
 
+def _dev_module(module: str, dev_percent: int) -> bool:
+    return int(hashlib.sha256(f"dev:{module}".encode()).hexdigest(), 16) % 100 < dev_percent
+
+
 def _write_task(folder: Path, corpus: list[dict], queries: list[Function], metric: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"family": "T2T", "instruction": INSTRUCTION, "metric": metric}
@@ -161,6 +172,8 @@ def build_real_data(
     max_chars: int = 240,
     seed: int = 0,
     stdlib: Path | None = None,
+    dev_queries: int = 0,
+    dev_percent: int = 40,
 ) -> dict:
     """Write the training pool and the held-out test task under ``out``; returns the manifest."""
     functions, names = [], set()
@@ -183,9 +196,16 @@ def build_real_data(
     rng = random.Random(seed)
     test = [f for f in usable if _held_out(f.module, test_percent)]
     train = [f for f in usable if not _held_out(f.module, test_percent)]
+    dev: list[Function] = []
+    if dev_queries > 0:
+        dev = [f for f in test if _dev_module(f.module, dev_percent)]
+        test = [f for f in test if not _dev_module(f.module, dev_percent)]
+        dev = sorted(rng.sample(dev, min(dev_queries, len(dev))), key=lambda f: f.qualname)
     test = sorted(rng.sample(test, min(test_queries, len(test))), key=lambda f: f.qualname)
     train = sorted(rng.sample(train, min(train_queries, len(train))), key=lambda f: f.qualname)
     _write_task(out / "mrb" / TASK_NAME, corpus, test, "ndcg@10")
+    if dev:
+        _write_task(out / "dev" / TASK_NAME, corpus, dev, "ndcg@10")
     _write_task(out / "pool" / f"{TASK_NAME}-train", corpus, train, "ndcg@10")
     manifest = {
         "source": f"CPython {sys.version.split()[0]} standard library ({sysconfig.get_paths()['stdlib']})",
@@ -195,7 +215,14 @@ def build_real_data(
         "train_queries": len(train),
         "test_queries": len(test),
         "test_modules": len({f.module for f in test}),
-        "params": {"test_percent": test_percent, "max_chars": max_chars, "seed": seed},
+        "dev_queries": len(dev),
+        "dev_modules": len({f.module for f in dev}),
+        "params": {
+            "test_percent": test_percent,
+            "dev_percent": dev_percent if dev else None,
+            "max_chars": max_chars,
+            "seed": seed,
+        },
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
@@ -210,9 +237,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-queries", type=int, default=2000)
     parser.add_argument("--max-chars", type=int, default=240, help="code characters kept per document")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--test-percent", type=int, default=20, help="share of modules held out (dev + test)")
+    parser.add_argument("--dev-queries", type=int, default=0, help="queries of the dev split (0: none)")
+    parser.add_argument(
+        "--dev-percent", type=int, default=40, help="share of the held-out modules that form the dev split"
+    )
     args = parser.parse_args(argv)
     manifest = build_real_data(
-        args.out, args.test_queries, args.train_queries, max_chars=args.max_chars, seed=args.seed
+        args.out,
+        args.test_queries,
+        args.train_queries,
+        test_percent=args.test_percent,
+        max_chars=args.max_chars,
+        seed=args.seed,
+        dev_queries=args.dev_queries,
+        dev_percent=args.dev_percent,
     )
     print(json.dumps(manifest, indent=2))
     return 0

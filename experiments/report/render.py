@@ -214,8 +214,7 @@ def run_json(run: RunRecord, row: Row) -> dict:
         },
         "sweep_metric": done.get("metric"),
         "seconds": done.get("seconds"),
-        "command": done.get("command"),
-        "cwd": done.get("cwd"),
+        "command": run.command,
         "env": done.get("env"),
         "command_line": run.command_line,
     }

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from experiments.keys import flatten
+from experiments.sweep.command import portable
 from experiments.sweep.folders import DONE, LOG, read_done, read_jsonl
 
 FAMILIES = ("T2T", "I2I", "T2I", "I2T", "T2VD", "T2IT", "IT2T", "IT2I", "IT2IT")
@@ -70,16 +71,23 @@ class RunRecord:
     done: dict | None = None  # the sweep runner's done.json, when the run belongs to a sweep
 
     @property
-    def command_line(self) -> str | None:
-        """The shell line that reruns this run exactly: ``cd <folder> && [VAR=value ...] <command>``."""
+    def command(self) -> list[str] | None:
+        """The recorded command as it runs from the repository root of any clone (older records that
+        carry the machine's folder and interpreter are made portable the same way)."""
         if not self.done or not self.done.get("command"):
             return None
-        parts = [f"{k}={shlex.quote(str(v))}" for k, v in sorted((self.done.get("env") or {}).items())]
-        line = shlex.join([str(x) for x in self.done["command"]])
-        if parts:
-            line = " ".join(parts) + " " + line
-        cwd = self.done.get("cwd")
-        return f"cd {shlex.quote(cwd)} && {line}" if cwd else line
+        return portable(self.done["command"], self.done.get("cwd") or os.getcwd())
+
+    @property
+    def command_line(self) -> str | None:
+        """The shell line, run from the repository root, that reruns this run exactly:
+        ``[VAR=value ...] python -m experiments.cli fit ...``."""
+        if self.command is None:
+            return None
+        parts = [
+            f"{k}={shlex.quote(str(v))}" for k, v in sorted(((self.done or {}).get("env") or {}).items())
+        ]
+        return " ".join([*parts, shlex.join(self.command)])
 
 
 @dataclass

@@ -48,6 +48,27 @@ def build_command(config: dict, args: dict[str, Any], json_file: Path | None = N
     return command
 
 
+def portable(command: list[str], root: str | Path) -> list[str]:
+    """``command`` as it runs from any clone: the interpreter (this one, or any ``.../bin/python*``) as
+    ``python``, ``/usr/bin/env`` dropped, and absolute paths under ``root`` (the folder the command ran
+    in, the repository root) made relative to it, alone or as the value of ``--key=PATH``."""
+    root_text = str(Path(root).resolve()).rstrip("/") + "/"
+
+    def relative(text: str) -> str:
+        return text[len(root_text) :] if text.startswith(root_text) else text
+
+    out = []
+    for item in (str(x) for x in command):
+        if item == "/usr/bin/env" and not out:
+            continue
+        if item == sys.executable or re.fullmatch(r".*/bin/python[0-9.]*", item):
+            out.append("python")
+            continue
+        key, eq, value = item.partition("=")
+        out.append(f"{key}={relative(value)}" if eq and key.startswith("--") else relative(item))
+    return out
+
+
 def run_args(run: Run, sweep_dir: Path) -> dict[str, Any]:
     """Sweep parameters plus the run folder and name, in the order ``${args}`` lists them."""
     return {**run.params, "runs_dir": str(sweep_dir / run.key), "run_name": run.key}

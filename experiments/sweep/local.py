@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .agents import AGENT_TAG_ENV
-from .command import build_command, run_args
+from .command import build_command, portable, run_args
 from .config import DEFAULT_COMMAND, Run
 from .folders import (
     LOCK,
@@ -137,8 +137,7 @@ class LocalRunner:
             "key": run.key,
             "params": normalise(run.params),
             "template": self.template,
-            "command": command,
-            "cwd": os.getcwd(),
+            "command": portable(command, os.getcwd()),  # run from the repository root, any clone
             "env": {k: env[k] for k in REPRO_ENV if k in env},
             "returncode": 0,
             "seconds": round(seconds, 1),
