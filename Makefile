@@ -13,7 +13,7 @@ SWEEP ?= experiments/sweeps/demo_probe.yaml
 COUNT ?=
 DEMO_DIR ?= runs/demo
 
-.PHONY: help install demo test test-slow test-gpu gpu-check lint format sweep bench real probe-real clean
+.PHONY: help install demo test test-slow test-gpu gpu-check lint format sweep bench real probe-real probe-real-pilot clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -78,6 +78,14 @@ bench: install ## Speed/memory vs a naive baseline, data stream and evaluator sp
 
 real: install ## Real SmolLM2-135M reranker on real text: fetch, BM25, mining, zero-shot/SFT/CL, table (runs/real/)
 	OMP_NUM_THREADS=1 $(PY) -m experiments.real --out runs/real
+
+# The probe's v2 setting (docs/science.md section 6): data, dense first stage, mining and the zero-shot judge on
+# dev and test, then the learning-rate pilot on dev (12 runs of ~35 min on one core; resumable), then its report.
+probe-real-pilot: install ## v2 probe, step 1: the learning-rate pilot on the dev split (resumable) + report
+	OMP_NUM_THREADS=1 $(PY) -m experiments.real --out runs/real_v2 --probe-v2 --prepare-only
+	OMP_NUM_THREADS=1 $(PY) -m experiments.sweep experiments/sweeps/real_probe_v2_pilot.yaml --local --agents $(PROBE_AGENTS)
+	$(PY) -m experiments.report runs/sweeps/real_probe_v2_pilot --zero-shot runs/real_v2/results/zero-shot-dev-runs \
+	  --out docs/results/real_probe_v2/pilot
 
 # The paper's probe on the real model: the 2x2 weight x direction grid, then the Table 2 rows, then the
 # report into docs/results/real_probe/. Resumable: run it again to finish an interrupted sweep.
