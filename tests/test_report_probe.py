@@ -18,7 +18,7 @@ import yaml
 from datamodules.trec import write_run
 from experiments import report
 from experiments import sweep as sweep_module
-from experiments.report import claims, queries
+from experiments.report import queries
 
 TASKS = ("alpha", "beta")
 N_QUERIES = 60  # per task
@@ -135,54 +135,68 @@ def comparison(data: dict, key: str) -> dict:
 
 
 SFT_BETTER = {("sft", "sft"): 0.9, ("sft", "cl"): 0.85, ("cl", "sft"): 0.4, ("cl", "cl"): 0.35}
+EIGHT = tuple(range(8))
+NINE = tuple(range(9))
 
 
-def test_weight_claim_holds_when_sft_weight_wins_on_every_query_set(tmp_path):
-    data = run_report(build_probe(tmp_path, SFT_BETTER), tmp_path / "out")
+def jittered(rates: dict, seeds, spread: float = 0.05) -> dict:
+    """Per-seed rates: each cell's rate moves with the seed (seed noise shared by no two cells)."""
+    rng = np.random.default_rng(5)
+    return {
+        (cell, s): min(1.0, max(0.0, r + rng.uniform(-spread, spread)))
+        for cell, r in rates.items()
+        for s in seeds
+    }
+
+
+def test_weight_claim_holds_over_eight_seeds(tmp_path):
+    data = run_report(build_probe(tmp_path, SFT_BETTER, seeds=EIGHT), tmp_path / "out")
     for key in ("weight_at_dsft", "weight_at_dcl"):
         result = comparison(data, key)
-        assert result["interval"]["verdict"] == "holds"
-        assert result["interval"]["estimate"] == pytest.approx(0.5)  # 0.9 - 0.4, 0.85 - 0.35
-        assert result["interval"]["low"] > 0.3 and result["seeds"]["agree"] == 3
-    # |weight effect| 0.5 vs |direction effect| 0.05: the weight matters more
+        assert result["verdict"] == "holds" and result["n_seeds"] == 8
+        assert result["estimate"] == pytest.approx(0.5)  # 0.9 - 0.4, 0.85 - 0.35
+        assert result["interval"]["low"] > 0.3 and result["p_t_holm"] < 0.05
+        # every seed on one side: the exact sign-flip p is 2 / 2^8, times 3 claims at Holm's first step
+        assert result["sign_flip_p"] == pytest.approx(2 / 256)
     main = comparison(data, "weight_over_direction")
-    assert main["interval"]["estimate"] == pytest.approx(0.45) and main["interval"]["verdict"] == "holds"
+    assert main["estimate"] == pytest.approx(0.45) and main["verdict"] == "holds"
+    assert "cannot reach significance" not in data["verdict"]
     text = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
-    assert "| W_SFT − W_CL under D_SFT | +50.00 | [+" in text
-    assert (
-        "The claim that W_SFT beats W_CL under both directions: W_SFT − W_CL under D_SFT holds (+50.00 points"
-        in text
-    )
-    assert data["verdict"].startswith(
-        "Of 3 tests of the paper's claims, 3 hold here, 0 are contradicted and 0"
-    )
-    assert (
-        "D_rand helps W_CL and hurts W_SFT was not tested here (not run: W_CL × D_rand, W_SFT × D_rand)"
-        in text
-    )
+    assert "W_SFT − W_CL under D_SFT: holds (+50.00 points over 8 seeds" in data["verdict"]
+    assert "D_rand helps W_CL and hurts W_SFT was not tested (not run: W_CL × D_rand, W_SFT × D_rand)" in text
+
+
+def test_three_seeds_cannot_reach_significance_and_the_report_says_so_first(tmp_path):
+    """The old rule called this 'holds'; at 3 seeds no distribution-free test can get below 0.25."""
+    data = run_report(build_probe(tmp_path, SFT_BETTER), tmp_path / "out")
+    assert data["verdict"].startswith("This design cannot reach significance: with 3 paired seed(s)")
+    assert "At least 7 seeds are needed" in data["verdict"]  # 2/2^7 < 0.05/3
+    for result in data["comparisons"]:
+        assert result["verdict"] == "inconclusive" and result["min_sign_flip_p"] == 0.25
 
 
 def test_weight_claim_is_contradicted_when_cl_weight_wins(tmp_path):
     rates = {("sft", "sft"): 0.3, ("sft", "cl"): 0.35, ("cl", "sft"): 0.8, ("cl", "cl"): 0.85}
-    data = run_report(build_probe(tmp_path, rates), tmp_path / "out")
+    data = run_report(build_probe(tmp_path, rates, seeds=EIGHT), tmp_path / "out")
     for key in ("weight_at_dsft", "weight_at_dcl"):
-        interval = comparison(data, key)["interval"]
-        assert interval["verdict"] == "contradicted" and interval["high"] < 0
-        assert interval["estimate"] == pytest.approx(-0.5)
-    assert comparison(data, "weight_at_dsft")["seeds"]["agree"] == 0
-    assert "W_SFT − W_CL under D_CL is contradicted (-50.00 points" in data["verdict"]
+        result = comparison(data, key)
+        assert result["verdict"] == "contradicted" and result["interval"]["high"] < 0
+        assert result["estimate"] == pytest.approx(-0.5)
+    assert "W_SFT − W_CL under D_CL: contradicted (-50.00 points" in data["verdict"]
 
 
-def test_weight_claim_is_noise_when_the_cells_hit_as_many_different_queries(tmp_path):
-    # Same hit rate, different queries hit: per-query differences of +-1 that average to 0.
-    rates = {cell: 0.5 for cell in SFT_BETTER}
-    offsets = {("sft", "sft"): 0, ("cl", "sft"): 15, ("sft", "cl"): 30, ("cl", "cl"): 45}
-    data = run_report(build_probe(tmp_path, rates, offsets=offsets), tmp_path / "out")
-    for key in ("weight_at_dsft", "weight_at_dcl"):
-        interval = comparison(data, key)["interval"]
-        assert interval["estimate"] == pytest.approx(0.0, abs=1e-12)
-        assert interval["low"] < 0 < interval["high"] and interval["verdict"] == "noise"
-    assert "cannot be told apart from noise (+0.00 points" in data["verdict"]
+def test_no_effect_with_seed_noise_is_inconclusive_with_its_mde(tmp_path):
+    eval_root = write_eval_root(tmp_path / "mrb")
+    rates = jittered({("sft", "sft"): 0.5, ("cl", "sft"): 0.5}, EIGHT, spread=0.15)
+    for ((weight, direction), seed), rate in rates.items():
+        hits = {task: hit_vector(rate, seed) for task in TASKS}
+        write_probe_run(tmp_path / "sweep", weight, direction, seed, hits, eval_root)
+    data = run_report(tmp_path / "sweep", tmp_path / "out")
+    result = comparison(data, "weight_at_dsft")
+    assert result["verdict"] == "inconclusive" and result["interval"]["low"] < 0 < result["interval"]["high"]
+    # the MDE of a paired t over 8 seeds at 80% power is about 1.2 seed SDs at alpha 0.05
+    assert result["mde"] == pytest.approx(1.2 * result["std"], rel=0.1)
+    assert f"MDE {100 * result['mde']:.1f}" in data["verdict"]
 
 
 def test_table2_and_drand_rows_are_compared_when_run(tmp_path):
@@ -193,20 +207,20 @@ def test_table2_and_drand_rows_are_compared_when_run(tmp_path):
         ("cl", "projection"): 0.5,
         ("sft", "projection"): 0.6,
     }
-    data = run_report(build_probe(tmp_path, rates, seeds=(0, 1)), tmp_path / "out")
-    assert comparison(data, "tau_over_base")["interval"]["estimate"] == pytest.approx(0.5)
-    assert comparison(data, "tau_over_base")["interval"]["verdict"] == "holds"
-    assert comparison(data, "sft_over_tau")["interval"]["estimate"] == pytest.approx(0.1)
-    # D_rand: W_CL 0.5 vs 0.35 (+0.15, the paper's sign); W_SFT 0.6 vs 0.9 (-0.3, the paper's sign -1)
-    assert comparison(data, "drand_cl")["interval"]["verdict"] == "holds"
-    assert comparison(data, "drand_sft")["interval"]["verdict"] == "holds"
-    assert comparison(data, "drand_sft")["seeds"]["agree"] == 2
+    data = run_report(build_probe(tmp_path, rates, seeds=NINE), tmp_path / "out")
+    assert comparison(data, "tau_over_base")["estimate"] == pytest.approx(0.5)
+    assert comparison(data, "sft_over_tau")["estimate"] == pytest.approx(0.1)
+    # 7 claims: Holm's first step needs p < 0.05 / 7; nine seeds give 2/512
+    for key in ("tau_over_base", "sft_over_tau", "drand_cl", "drand_sft"):
+        assert comparison(data, key)["verdict"] == "holds", key
     cells = [row["cell"] for row in data["rows"]]
     assert "W_base+τ-mask × D_SFT" in cells and "W_base × D_SFT" in cells and "W_SFT × D_rand" in cells
     assert "was not tested" not in data["verdict"]
 
 
-def test_seed_table_means_stds_and_paired_differences_are_exact(tmp_path):
+def test_seed_values_means_stds_and_tests_are_exact(tmp_path):
+    from scipy import stats as scipy_stats
+
     eval_root = write_eval_root(tmp_path / "mrb")
     sweep_dir = tmp_path / "sweep"
     # recall@1 of 30/60, 36/60, 42/60 for W_SFT x D_SFT, and 30/60, 33/60, 30/60 for W_CL x D_SFT
@@ -217,21 +231,18 @@ def test_seed_table_means_stds_and_paired_differences_are_exact(tmp_path):
     data = run_report(sweep_dir, tmp_path / "out")
     sft = next(r for r in data["rows"] if r["weight"] == "sft")
     assert sft["mrb_avg"]["mean"] == pytest.approx(0.6) and sft["mrb_avg"]["std"] == pytest.approx(0.1)
-    assert sft["n"] == 3 and sft["seeds"] == [0, 1, 2]
-    diff = comparison(data, "weight_at_dsft")["seeds"]
-    assert diff["values"] == pytest.approx([0.0, 0.05, 0.2])
-    assert diff["mean"] == pytest.approx(0.25 / 3) and diff["std"] == pytest.approx(
+    result = comparison(data, "weight_at_dsft")
+    assert result["values"] == pytest.approx([0.0, 0.05, 0.2])
+    assert result["mean"] == pytest.approx(0.25 / 3) and result["std"] == pytest.approx(
         np.std([0, 0.05, 0.2], ddof=1)
     )
-    assert diff["agree"] == 2  # 0.0 is not in the paper's direction
-    # the bootstrap's point estimate is the difference of the cells' seed means
-    assert comparison(data, "weight_at_dsft")["interval"]["estimate"] == pytest.approx(0.6 - 31 / 60)
+    assert result["p_t"] == pytest.approx(scipy_stats.ttest_1samp([0, 0.05, 0.2], 0).pvalue)
+    assert result["sign_flip_p"] == pytest.approx(4 / 8)  # patterns with |mean| >= 0.0833: 4 of 8
+    assert result["estimate"] == pytest.approx(0.6 - 31 / 60)
+    assert result["verdict"] == "inconclusive"
     text = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert "| url | sft | sft | 3 (0,1,2) | 60.00 ± 10.00 |" in text
-    assert (
-        "| W_SFT − W_CL under D_SFT | 3 | +8.33 ± 10.41 | s0: +0.00, s1: +5.00, s2: +20.00 | 2/3 | +1.10 |"
-        in text
-    )
+    assert "| W_SFT − W_CL under D_SFT | 3 | s0: +0.00, s1: +5.00, s2: +20.00 | +8.33 ± 10.41 |" in text
 
 
 def test_seeds_that_change_nothing_are_pointed_out(tmp_path):
@@ -244,7 +255,48 @@ def test_seeds_that_change_nothing_are_pointed_out(tmp_path):
     assert "W_SFT × D_SFT: its 2 seeds gave the same final metric to the last digit" in "\n".join(
         data["notes"]
     )
-    assert comparison(data, "weight_at_dsft")["seeds"]["std"] == 0.0
+    assert comparison(data, "weight_at_dsft")["std"] == 0.0
+
+
+def test_baselines_gates_and_per_query_values(tmp_path):
+    """With candidates.trec the report scores the first stage and the random order on the same
+    candidates; a cell below the random order fails the gate and no claim is judged."""
+    rates = {("sft", "sft"): 0.9, ("cl", "sft"): 0.3}
+    sweep_dir = build_probe(tmp_path, rates, seeds=EIGHT)
+    for task in TASKS:  # the first stage ranks other<i> above rel<i>: recall@1 0, random order 1/2
+        lines = [f"q{i:03d} Q0 other{i} 1 2.0 fs\nq{i:03d} Q0 rel{i} 2 1.0 fs\n" for i in range(N_QUERIES)]
+        (tmp_path / "mrb" / task / "candidates.trec").write_text("".join(lines), encoding="utf-8")
+        docs = [{"id": f"{k}{i}", "text": "d"} for i in range(N_QUERIES) for k in ("rel", "other")]
+        (tmp_path / "mrb" / task / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+        queries_ = [{"id": f"q{i:03d}", "text": "q"} for i in range(N_QUERIES)]
+        (tmp_path / "mrb" / task / "queries.jsonl").write_text(
+            "".join(json.dumps(q) + "\n" for q in queries_)
+        )
+    data = run_report(sweep_dir, tmp_path / "out")
+    assert data["baselines"]["means"] == pytest.approx({"first stage": 0.0, "random order": 0.5})
+    versus = {e["cell"]: e["baselines"]["random order"] for e in data["baselines"]["versus"]}
+    assert versus["W_SFT × D_SFT"]["estimate"] == pytest.approx(0.4) and versus["W_SFT × D_SFT"]["low"] > 0
+    assert versus["W_CL × D_SFT"]["estimate"] == pytest.approx(-0.2) and versus["W_CL × D_SFT"]["high"] < 0
+    gate = next(g for g in data["gates"] if "random order" in g["gate"])
+    assert gate["passed"] is False and "W=cl" in gate["detail"]
+    result = comparison(data, "weight_at_dsft")
+    assert result["verdict"].startswith("setting not valid") and result["verdict_before_gates"] == "holds"
+    assert "The setting is not valid" in data["verdict"]
+    text = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "**not above**" in text and "**FAILED**" in text
+    run = data["runs"][0]
+    assert sorted(run["per_query"]) == list(TASKS) and len(run["per_query"]["alpha"]) == N_QUERIES
+
+
+def test_mechanism_table_and_weight_ratio_per_seed(tmp_path):
+    data = run_report(build_probe(tmp_path, SFT_BETTER, seeds=(0, 1)), tmp_path / "out")
+    mech = data["mechanism"]
+    row = next(r for r in mech["rows"] if r["cell"] == "W_SFT × D_SFT")
+    # W+ logged 0.25 at step 2 and 0.125 at step 4: three windows over steps 0-4
+    assert [w["mean"] for w in row["windows"]["train/weight_pos_mean"]] == [None, 0.25, 0.125]
+    ratio = next(r for r in mech["ratios"] if r["direction"] == "sft")
+    assert ratio["train/weight_pos_mean"]["per_seed"] == pytest.approx([1.0, 1.0])
+    assert "ratio W_CL / W_SFT under D_SFT" in (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
 
 
 def test_bootstrap_is_the_stated_procedure_and_deterministic():
@@ -279,26 +331,6 @@ def test_bootstrap_agrees_with_scipy_on_one_task():
     assert abs(ours["low"] - theirs.low) < 0.05 * width and abs(ours["high"] - theirs.high) < 0.05 * width
 
 
-def test_verdict_rule_on_the_paper_side():
-    assert claims.verdict_of(0.01, 0.2, 1) == "holds"
-    assert claims.verdict_of(-0.2, -0.01, 1) == "contradicted"
-    assert claims.verdict_of(-0.01, 0.2, 1) == "noise" and claims.verdict_of(0.0, 0.2, 1) == "noise"
-    assert (
-        claims.verdict_of(-0.2, -0.01, -1) == "holds" and claims.verdict_of(0.01, 0.2, -1) == "contradicted"
-    )
-
-
-def test_a_side_needs_most_seeds_on_it_too():
-    """One seed far ahead can pull the pooled interval off 0: then the seeds decide it is noise."""
-    assert claims.verdict_of(0.01, 0.2, 1, [-0.001, -0.01, 0.14]) == "noise"
-    assert claims.verdict_of(0.01, 0.2, 1, [0.02, -0.01, 0.14]) == "holds"
-    assert claims.verdict_of(-0.2, -0.01, 1, [-0.02, -0.01, 0.03]) == "contradicted"
-    assert claims.verdict_of(-0.2, -0.01, 1, [-0.02, 0.01, 0.03]) == "noise"
-    assert claims.verdict_of(-0.2, -0.01, -1, [-0.02, -0.01, 0.03]) == "holds"  # paper's side is < 0
-    assert claims.verdict_of(0.01, 0.2, 1, [0.02, -0.01]) == "noise"  # half is not more than half
-    assert claims.verdict_of(-0.01, 0.2, 1, [0.1, 0.1, 0.1]) == "noise"  # the interval comes first
-
-
 def test_report_json_lists_every_run_with_its_command(tmp_path):
     data = run_report(build_probe(tmp_path, SFT_BETTER, seeds=(0, 1)), tmp_path / "out", plots=True)
     assert data["generator"] == "experiments.report" and len(data["runs"]) == 8
@@ -315,11 +347,11 @@ def test_report_json_lists_every_run_with_its_command(tmp_path):
     )
     assert run["command_line"].startswith("OMP_NUM_THREADS=1 python -m experiments.cli fit ")
     assert sys.executable not in json.dumps(data["runs"])
-    assert data["bootstrap"]["resamples"] == 2000 and data["bootstrap"]["queries"] == {
+    assert data["statistics"]["resamples"] == 2000 and data["statistics"]["queries"] == {
         "alpha": 60,
         "beta": 60,
     }
-    assert "stratified by task" in data["bootstrap"]["procedure"]
+    assert "two-level percentile bootstrap" in data["statistics"]["procedure"]
     out = tmp_path / "out"
     for name in ("report.md", "probe_table.md", "probe_bar.png", "weights.png", "intervals.png"):
         assert name in data["outputs"], name
@@ -441,11 +473,11 @@ def test_real_demo_sweep_per_query_metrics_match_the_validation(
     data = run_report(out, tmp_path / "report")
     assert len(data["runs"]) == 2 and not [n for n in data["notes"] if "TREC run scores" in n]
     result = comparison(data, "weight_at_dsft")
-    assert result["interval"] is not None and data["bootstrap"]["queries"] == {
+    assert result["interval"] is not None and data["statistics"]["queries"] == {
         "digits-t2i": 16,
         "stdlib-docs": 16,
     }
     finals = {r["weight"]: r["final"]["mrb_avg"] for r in data["runs"]}
-    assert result["interval"]["estimate"] == pytest.approx(finals["sft"] - finals["cl"], abs=1e-12)
+    assert result["estimate"] == pytest.approx(finals["sft"] - finals["cl"], abs=1e-12)
     prefix = "OMP_NUM_THREADS=1 python -m experiments.cli fit "
     assert all(r["command_line"].startswith(prefix) for r in data["runs"])

@@ -1,14 +1,13 @@
-"""The paper's probe comparisons (docs/science.md §4), their per-seed differences, and the verdict.
+"""The paper's probe comparisons (docs/science.md §4) and the claims they test.
 
 A cell is a (weight, direction) pair of the Unified Reranking Loss; plain ``sft`` / ``cl`` runs count as
 W_SFT × D_SFT / W_CL × D_CL when no URL run of that cell exists. Every comparison is a function of
-the cells' MRB averages, so the same definition serves the per-seed differences (finals of the runs
-sharing a seed) and the bootstrap over queries (resampled averages).
+the cells' MRB averages, so the same definition serves the per-seed values (the runs sharing a seed)
+and the two-level bootstrap (resampled averages); ``analysis`` tests them.
 """
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,6 @@ Cell = tuple[str, str]  # (weight, direction)
 WEIGHT_NAMES = {"sft": "W_SFT", "cl": "W_CL", "constant": "W_base", "tau_mask": "W_base+τ-mask"}
 DIRECTION_NAMES = {"sft": "D_SFT", "cl": "D_CL", "projection": "D_rand", "multi_token": "D_multi"}
 SS, SC, CS, CC = ("sft", "sft"), ("sft", "cl"), ("cl", "sft"), ("cl", "cl")
-HOLDS, CONTRADICTED, NOISE = "holds", "contradicted", "noise"
 
 
 def cell_name(cell: Cell) -> str:
@@ -115,93 +113,5 @@ def available(comparisons, cells: Mapping[Cell, Row]) -> list[Comparison]:
     return [c for c in comparisons if all(cell in cells for cell in c.cells)]
 
 
-def seed_finals(row: Row) -> tuple[dict[Any, float], list[str]]:
-    """``{seed: final}`` of a row; runs sharing a seed are averaged (and noted)."""
-    by_seed: dict[Any, list[float]] = {}
-    for run in row.runs:
-        by_seed.setdefault(run.seed, []).append(run.final)
-    notes = [
-        f"{row.label}: {len(v)} runs with seed {s}: their mean is paired"
-        for s, v in by_seed.items()
-        if len(v) > 1
-    ]
-    return {s: statistics.fmean(v) for s, v in by_seed.items()}, notes
-
-
-def seed_differences(comparison: Comparison, cells: Mapping[Cell, Row]) -> dict:
-    """The comparison per seed shared by all its cells: values, mean ± sample std, agreement count."""
-    finals = {cell: seed_finals(cells[cell])[0] for cell in comparison.cells}
-    shared = set.intersection(*(set(f) for f in finals.values()))
-    seeds = sorted(shared, key=lambda s: (str(type(s)), s))
-    values = [float(comparison.fn({cell: finals[cell][s] for cell in comparison.cells})) for s in seeds]
-    mean = statistics.fmean(values) if values else None
-    std = statistics.stdev(values) if len(values) > 1 else None
-    agree = sum(1 for v in values if v * comparison.sign > 0)
-    return {"seeds": seeds, "values": values, "mean": mean, "std": std, "agree": agree}
-
-
-def verdict_of(low: float, high: float, sign: int, seed_values: list[float] | None = None) -> str:
-    """holds: the interval over queries excludes 0 on the paper's side; contradicted: on the other;
-    else noise. With per-seed differences, a side also needs more than half of the seeds on it: an
-    interval with the models fixed says nothing about the seed-to-seed spread, and one seed far
-    ahead can carry the pooled estimate alone."""
-    low, high = sorted((sign * low, sign * high))
-    side = HOLDS if low > 0 else CONTRADICTED if high < 0 else NOISE
-    if side == NOISE or not seed_values:
-        return side
-    direction = 1 if side == HOLDS else -1
-    with_side = sum(1 for v in seed_values if v * sign * direction > 0)
-    return side if 2 * with_side > len(seed_values) else NOISE
-
-
 def points(value: float) -> str:
     return f"{100 * value:+.2f}"
-
-
-def _clause(result: dict) -> str:
-    interval = result.get("interval")
-    seeds = result["seeds"]
-    seed_text = f"{seeds['agree']} of {len(seeds['values'])} seeds in the paper's direction"
-    if interval is None:
-        return f"has no interval ({result.get('why', 'no per-query data')}; {seed_text})"
-    words = {
-        HOLDS: "holds",
-        CONTRADICTED: "is contradicted",
-        NOISE: "cannot be told apart from noise",
-    }[interval["verdict"]]
-    if interval["verdict"] == NOISE and interval.get("query_verdict", NOISE) != NOISE:
-        words += " (the interval over queries excludes 0, but the seeds disagree)"
-    return (
-        f"{words} ({points(interval['estimate'])} points, 95% CI [{points(interval['low'])}, "
-        f"{points(interval['high'])}]; paper {result['paper']:+.2f}; {seed_text})"
-    )
-
-
-def verdict_paragraph(results: list[dict], missing: dict[str, list[str]], method: str) -> str:
-    """One paragraph, computed from the results: each claim, and whether it holds here."""
-    by_claim: dict[str, list[dict]] = {}
-    for result in results:
-        if result["claim"]:
-            by_claim.setdefault(result["claim"], []).append(result)
-    sentences = []
-    for claim, text in CLAIMS.items():
-        parts = by_claim.get(claim, [])
-        if not parts:
-            cells = ", ".join(missing.get(claim, [])) or "cells"
-            sentences.append(f"The claim that {text} was not tested here (not run: {cells}).")
-            continue
-        clauses = "; ".join(f"{p['title']} {_clause(p)}" for p in parts)
-        sentences.append(f"The claim that {text}: {clauses}.")
-    counts = {v: 0 for v in (HOLDS, CONTRADICTED, NOISE)}
-    for result in results:
-        if result["claim"] and result.get("interval"):
-            counts[result["interval"]["verdict"]] += 1
-    tested = sum(counts.values())
-    lead = (
-        f"Of {tested} tests of the paper's claims, {counts[HOLDS]} {'holds' if counts[HOLDS] == 1 else 'hold'} "
-        f"here, {counts[CONTRADICTED]} {'is' if counts[CONTRADICTED] == 1 else 'are'} contradicted and "
-        f"{counts[NOISE]} cannot be told apart from noise."
-        if tested
-        else "No claim of the paper could be tested on these runs."
-    )
-    return " ".join(s for s in (lead, *sentences, method) if s)

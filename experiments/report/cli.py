@@ -5,32 +5,24 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from datamodules.files import atomic_write
 
-from . import plots, render
-from .claims import (
-    CLAIMS,
-    COMPARISONS,
-    available,
-    cell_name,
-    find_cells,
-    seed_differences,
-    verdict_of,
-    verdict_paragraph,
-)
+from . import analysis, plots, render, stats
+from .analysis import Tables
+from .baselines import baseline_tables
+from .claims import CLAIMS, COMPARISONS, available, cell_name, find_cells
 from .queries import (
-    CONFIDENCE,
-    DEFAULT_RESAMPLES,
     DEFAULT_SEED,
     QueryDataError,
-    bootstrap,
-    cell_matrix,
     check_against_validation,
+    eval_root_of,
     load_query_table,
 )
 from .runs import Row, find_run_folders, load_run, mean_std
@@ -52,108 +44,88 @@ def effects(rows: list[Row]) -> list[str]:
     return [
         f"Changing the weight (W_SFT − W_CL) moves the score {weight[0]:+.2f} at D_SFT and "
         f"{weight[1]:+.2f} at D_CL; changing the direction (D_SFT − D_CL) moves it {direction[0]:+.2f} at "
-        f"W_SFT and {direction[1]:+.2f} at W_CL.",
+        f"W_SFT and {direction[1]:+.2f} at W_CL (seed means; the tests are in report.md).",
     ]
 
 
-def procedure_text(n_queries: dict[str, int], resamples: int, seed: int) -> str:
-    tasks = ", ".join(f"{t} ({n})" for t, n in n_queries.items()) or "none"
-    return (
-        "Procedure. Each run's TREC files of its final validation (`runs/val-step<N>/<task>.trec`) are "
-        "scored query by query against the task's `qrels.tsv` with the validation's own metric "
-        "(`datamodules.metrics.evaluate_run`, trec_eval semantics). Each query's value is averaged over "
-        "the seeds of its cell; a cell's score is the mean over tasks of its task means (the MRB average). "
-        f"Paired percentile bootstrap over queries, stratified by task: {resamples:,} resamples drawn with "
-        f"`numpy.random.default_rng({seed})`; in each, every task's queries are drawn with replacement "
-        "(as many as the task has; the same draw for every cell) and each comparison is recomputed from "
-        f"the resampled cell averages; the {100 * CONFIDENCE:g}% interval is the 2.5th to 97.5th "
-        "percentile. A claim holds when its interval excludes 0 on the paper's side and more than half "
-        "of the seeds' paired differences (table above) are on that side too, is contradicted when the "
-        "same is true on the other side, and otherwise cannot be told apart from noise. The interval is "
-        "over queries with the trained models fixed, so it alone ignores the seed-to-seed spread; the "
-        "seed condition keeps one seed far ahead from carrying a claim. No correction is made for testing "
-        "several claims. Tasks (queries): " + tasks + "."
-    )
+def load_tables(rows: list[Row], eval_root: Path | None, zero_shot: Path | None) -> tuple[Tables, list[str]]:
+    """Per-query values of every run's final validation and of the baselines, with notes on what failed."""
+    notes, run_tables, qrels, failed = [], {}, {}, {}
+    for row in rows:
+        for run in row.runs:
+            try:
+                table = load_query_table(run, eval_root, qrels)
+            except QueryDataError as error:
+                notes.append(f"{row.label}, seed {run.seed}: no per-query metrics: {error}")
+                failed[id(run)] = str(error)
+                continue
+            notes += check_against_validation(table)
+            run_tables[id(run)] = table.values
+    baselines = {}
+    loaded = [run for row in rows for run in row.runs if id(run) in run_tables]
+    if loaded:
+        run = loaded[0]
+        metrics = {task: str(v.get("metric")) for task, v in run.tasks.items()}
+        top_k = int(run.config.get("data.eval_top_k") or 100)
+        try:
+            baselines = baseline_tables(eval_root_of(run, eval_root), metrics, top_k, zero_shot)
+        except QueryDataError as error:
+            notes.append(f"no baselines: {error}")
+    tables = Tables(run_tables, baselines, failed)
+    for row in rows:
+        for run in row.runs:
+            if id(run) in run_tables and tables.aligned(run_tables[id(run)]) is None:
+                notes.append(
+                    f"{run.path}: validated on other tasks or queries than {loaded[0].path}; its row has no "
+                    "interval (a paired comparison needs the same queries)"
+                )
+    return tables, notes
 
 
 def compute(
-    rows: list[Row], eval_root: Path | None, resamples: int, seed: int
+    rows: list[Row], eval_root: Path | None, resamples: int, seed: int, zero_shot: Path | None = None
 ) -> tuple[list[dict], dict, list[str]]:
-    """The comparisons (per seed and over queries), the bootstrap setting, and notes."""
+    """The comparisons tested over seeds, everything else the report shows (baselines, gates,
+    mechanism, per-query values), and notes."""
     cells, notes = find_cells(rows)
     for c, row in cells.items():
         if len(row.runs) > 1 and len({r.final for r in row.runs}) == 1:
             notes.append(
                 f"{cell_name(c)}: its {len(row.runs)} seeds gave the same final metric to the last digit; "
-                "the seed made no difference in these runs (the data order is set by data.seed, not seed_everything)"
+                "the seed made no difference in these runs"
             )
-    comparisons = available(COMPARISONS, cells)
-    needed = sorted({c for comp in comparisons for c in comp.cells})
-    tables, failed, qrels = {}, {}, {}
-    for c in needed:
-        try:
-            tables[c] = [load_query_table(run, eval_root, qrels) for run in cells[c].runs]
-        except QueryDataError as error:
-            failed[c] = str(error)
-            notes.append(f"{cell_name(c)}: no per-query metrics: {error}")
-    for group in tables.values():
-        for table in group:
-            notes += check_against_validation(table)
-    matrices, n_queries = {}, {}
-    loaded = [t for group in tables.values() for t in group]
-    if loaded:
-        reference = {task: list(v) for task, v in loaded[0].values.items()}
-        different = [t for t in loaded if {task: list(v) for task, v in t.values.items()} != reference]
-        if different:
-            why = (
-                f"{different[0].run.path} and {loaded[0].run.path} were validated on different tasks or "
-                "queries; a paired comparison needs the same queries"
-            )
-            notes.append(f"no intervals: {why}")
-            failed.update({c: why for c in tables})
-        else:
-            matrices = {cell_name(c): cell_matrix(group) for c, group in tables.items()}
-            n_queries = {task: len(v) for task, v in reference.items()}
-    usable = [comp for comp in comparisons if all(c not in failed for c in comp.cells)]
-    statistics = {
-        comp.key: (lambda means, comp=comp: comp.fn({c: means[cell_name(c)] for c in comp.cells}))
-        for comp in usable
-    }
-    intervals = bootstrap(matrices, statistics, resamples, seed) if statistics else {}
-    results = []
-    for comp in comparisons:
-        result = {
-            "key": comp.key,
-            "title": comp.title,
-            "claim": comp.claim,
-            "paper": comp.paper,
-            "paper_sign": comp.sign,
-            "cells": [cell_name(c) for c in comp.cells],
-            "seeds": seed_differences(comp, cells),
-            "interval": None,
-        }
-        if comp.key in intervals:
-            interval = dict(intervals[comp.key])
-            interval["query_verdict"] = verdict_of(interval["low"], interval["high"], comp.sign)
-            seed_values = result["seeds"]["values"]
-            interval["verdict"] = verdict_of(interval["low"], interval["high"], comp.sign, seed_values)
-            result["interval"] = interval
-        else:
-            result["why"] = next((failed[c] for c in comp.cells if c in failed), "no per-query data")
-        results.append(result)
-    setting = {
-        "resamples": resamples,
-        "seed": seed,
-        "confidence": CONFIDENCE,
-        "queries": n_queries,
-        "procedure": procedure_text(n_queries, resamples, seed),
-    }
+    tables, table_notes = load_tables(rows, eval_root, zero_shot)
+    notes += table_notes
+    results = analysis.run_comparisons(available(COMPARISONS, cells), cells, tables, resamples, seed)
+    versus = analysis.against_baselines(rows, tables, resamples, seed)
+    gate_list = analysis.gates(rows, versus, results)
+    failed = analysis.apply_gates(results, gate_list)
     missing = {}
     for claim in CLAIMS:
         wanted = {c for comp in COMPARISONS if comp.claim == claim for c in comp.cells}
         missing[claim] = sorted(cell_name(c) for c in wanted if c not in cells)
-    setting["missing"] = missing
-    return results, setting, notes
+    extra = {
+        "tables": tables,
+        "baselines": versus,
+        "baseline_means": {
+            name: statistics.fmean(np.mean(list(v.values())) for v in per_query.values())
+            for name, per_query in tables.baselines.items()
+        },
+        "gates": gate_list,
+        "failed_gates": failed,
+        "mechanism": analysis.mechanism(rows),
+        "reach": analysis.design_reach(results),
+        "missing": missing,
+        "setting": {
+            "resamples": resamples,
+            "seed": seed,
+            "alpha": stats.ALPHA,
+            "power": stats.POWER,
+            "queries": {task: len(qids) for task, qids in tables.order.items()},
+            "procedure": render.procedure_text(tables.order, resamples, seed),
+        },
+    }
+    return results, extra, notes
 
 
 # ---- writing ----------------------------------------------------------------------------------
@@ -223,8 +195,9 @@ def write_outputs(out: Path, files: dict[str, bytes], record: dict) -> list[Path
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.report",
-        description="Probe report of the runs under a folder: per-cell table over seeds, paired "
-        "differences, bootstrap intervals over queries, W+/W- curves and a computed verdict.",
+        description="Probe report of the runs under a folder: per-cell table over seeds, the paper's "
+        "comparisons tested over seeds (paired t, sign-flip, two-level bootstrap, Holm, MDE), baselines, "
+        "validity gates, the W+/W- mechanism and a computed verdict.",
     )
     parser.add_argument("runs_dir", help="folder searched recursively for run folders")
     parser.add_argument("--out", default=None, help="where to write the report (default: RUNS_DIR)")
@@ -236,7 +209,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="MRB root of the validation qrels (default: each run's data.eval_root)",
     )
-    parser.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples")
+    parser.add_argument(
+        "--zero-shot",
+        default=None,
+        help="folder of <task>.trec runs of the untrained model on the same tasks (a baseline and a gate)",
+    )
+    parser.add_argument("--resamples", type=int, default=stats.DEFAULT_RESAMPLES, help="bootstrap resamples")
     parser.add_argument("--bootstrap-seed", type=int, default=DEFAULT_SEED, help="seed of the bootstrap")
     parser.add_argument("--no-plots", action="store_true", help="write the text and JSON outputs only")
     args = parser.parse_args(argv)
@@ -285,18 +263,14 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = group_rows(runs)
     eval_root = Path(args.eval_root) if args.eval_root else None
-    results, setting, notes = compute(rows, eval_root, args.resamples, args.bootstrap_seed)
-    n_queries = setting["queries"]
-    method = (
-        f"(Intervals: {100 * CONFIDENCE:g}% paired bootstrap over {sum(n_queries.values())} queries in "
-        f"{len(n_queries)} task(s), each query averaged over the seeds of its cell, the models fixed; no "
-        "correction for several claims.)"
-        if n_queries
-        else ""
-    )
-    verdict = verdict_paragraph(results, setting["missing"], method)
+    zero_shot = Path(args.zero_shot) if args.zero_shot else None
+    if zero_shot is not None and not zero_shot.is_dir():
+        print(f"error: --zero-shot {zero_shot}: not a folder of <task>.trec runs", file=sys.stderr)
+        return 1
+    results, extra, notes = compute(rows, eval_root, args.resamples, args.bootstrap_seed, zero_shot)
+    verdict = render.verdict_paragraph(results, extra)
     skipped_notes = ["", f"Left out ({len(skipped)}):", *(f"- {line}" for line in skipped)] if skipped else []
-    table = render.probe_table(rows, root, effects(rows), skipped_notes)
+    table = render.probe_table(rows, root, effects(rows), skipped_notes, extra["baseline_means"])
     ordered = [run for row in rows for run in row.runs]
     files = {"probe_table.md": table.encode("utf-8")}
     if not args.no_plots:
@@ -309,17 +283,26 @@ def main(argv: list[str] | None = None) -> int:
     pngs = [name for name in files if name.endswith(".png")]
     all_notes = notes + [f"left out: {line}" for line in skipped]
     files["report.md"] = render.report_markdown(
-        rows, root, results, verdict, setting["procedure"], ordered, pngs, all_notes
+        rows, root, results, verdict, extra, ordered, pngs, all_notes
     ).encode("utf-8")
     row_of = {id(run): row for row in rows for run in row.runs}
+    tables: Tables = extra["tables"]
     record = {
         "generator": render.GENERATOR,
-        "runs_dir": str(root),
+        "runs_dir": render.shown_path(root),
         "metric": "val/mrb_avg at the final validation (fractions in [0, 1])",
         "rows": [render.row_json(row) for row in rows],
-        "runs": [render.run_json(run, row_of[id(run)]) for run in ordered],
+        "runs": [render.run_json(run, row_of[id(run)], tables.runs.get(id(run))) for run in ordered],
         "comparisons": results,
-        "bootstrap": {k: v for k, v in setting.items() if k != "missing"},
+        "baselines": {
+            "means": extra["baseline_means"],
+            "per_query": tables.baselines,
+            "versus": extra["baselines"],
+        },
+        "gates": extra["gates"],
+        "mechanism": extra["mechanism"],
+        "design": {"reach": extra["reach"], "missing": extra["missing"]},
+        "statistics": extra["setting"],
         "verdict": verdict,
         "notes": notes,
         "skipped": skipped,

@@ -2,7 +2,7 @@
 
 * ``probe_bar.png``: final MRB average per row, mean ± std over seeds (dots: single seeds).
 * ``weights.png``: W+ and W− over training steps, one line per row (mean over seeds, band ± std).
-* ``intervals.png``: every comparison with its 95% bootstrap interval over queries and the paper's value.
+* ``intervals.png``: every comparison with its 95% two-level interval (seeds, queries) and the paper's value.
 """
 
 from __future__ import annotations
@@ -111,15 +111,15 @@ def weights(rows: list[Row]) -> bytes:
 
 
 def intervals(results: list[dict]) -> bytes:
-    """Forest plot: estimate and 95% interval per comparison (points), the paper's value as a cross."""
+    """Forest plot: mean and 95% two-level interval per comparison (points), the paper's value as a cross."""
     plt = _pyplot()
     shown = [r for r in results if r.get("interval")]
     fig, ax = plt.subplots(figsize=(9, 0.55 * max(len(shown), 1) + 1.9))
-    colors = {"holds": "tab:green", "contradicted": "tab:red", "noise": "tab:gray"}
+    colors = {"holds": "tab:green", "contradicted": "tab:red"}
     for y, result in enumerate(reversed(shown)):
         interval = result["interval"]
-        low, high, estimate = (100 * interval[k] for k in ("low", "high", "estimate"))
-        color = colors.get(interval.get("verdict"), "tab:blue") if result["claim"] else "tab:blue"
+        low, high, estimate = 100 * interval["low"], 100 * interval["high"], 100 * result["estimate"]
+        color = colors.get(result["verdict"], "tab:gray") if result["claim"] else "tab:blue"
         ax.plot([low, high], [y, y], color=color, linewidth=2.5)
         ax.plot([estimate], [y], "o", color=color)
         ax.plot([result["paper"]], [y], "x", color="black")
@@ -129,8 +129,8 @@ def intervals(results: list[dict]) -> bytes:
     ax.set_yticks(range(len(shown)), [r["title"] for r in reversed(shown)], fontsize=8)
     ax.set_xlabel("difference in MRB average (points); x: the paper's value")
     ax.set_title(
-        "95% paired bootstrap intervals over queries\n"
-        "green: the claim holds, red: contradicted, gray: noise, blue: not a claim",
+        "95% two-level bootstrap intervals (seeds, then queries)\n"
+        "green: the claim holds, red: contradicted, gray: inconclusive or not valid, blue: not a claim",
         fontsize=9,
     )
     ax.grid(axis="x", alpha=0.3)
