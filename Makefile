@@ -13,7 +13,7 @@ SWEEP ?= experiments/sweeps/demo_probe.yaml
 COUNT ?=
 DEMO_DIR ?= runs/demo
 
-.PHONY: help install demo test test-slow test-gpu gpu-check lint format sweep bench real probe-real probe-real-pilot clean
+.PHONY: help install demo test test-slow test-gpu gpu-check lint format sweep bench real probe-real probe-real-pilot probe-real-archive clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -79,16 +79,24 @@ bench: install ## Speed/memory vs a naive baseline, data stream and evaluator sp
 real: install ## Real SmolLM2-135M reranker on real text: fetch, BM25, mining, zero-shot/SFT/CL, table (runs/real/)
 	OMP_NUM_THREADS=1 $(PY) -m experiments.real --out runs/real
 
-# The probe's v2 setting (docs/science.md section 6): data, dense first stage, mining and the zero-shot judge on
-# dev and test, then the learning-rate pilot on dev (12 runs of ~35 min on one core; resumable), then its report.
+# The probe's v2 setting (docs/science.md section 8): data, dense first stage, mining and the zero-shot judge on
+# dev and test, then the learning-rate pilot on dev (12 runs of 40-70 min on one busy core; resumable across
+# machines: finished runs are restored from and archived into docs/results/real_probe_v2/runs/), then its report.
+V2_ARCHIVE := docs/results/real_probe_v2/runs
 probe-real-pilot: install ## v2 probe, step 1: the learning-rate pilot on the dev split (resumable) + report
 	OMP_NUM_THREADS=1 $(PY) -m experiments.real --out runs/real_v2 --probe-v2 --prepare-only
+	$(PY) -m experiments.sweep.archive runs/sweeps/real_probe_v2_pilot $(V2_ARCHIVE)/real_probe_v2_pilot --restore
 	OMP_NUM_THREADS=1 $(PY) -m experiments.sweep experiments/sweeps/real_probe_v2_pilot.yaml --local --agents $(PROBE_AGENTS)
+	$(MAKE) --no-print-directory probe-real-archive
 	$(PY) -m experiments.report runs/sweeps/real_probe_v2_pilot --zero-shot runs/real_v2/results/zero-shot-dev-runs \
 	  --out docs/results/real_probe_v2/pilot
 
+probe-real-archive: install ## Copy the v2 probe's finished runs (no checkpoints) into docs/results/real_probe_v2/runs
+	@for sweep in runs/sweeps/real_probe_v2*; do [ -d "$$sweep" ] || continue; \
+	  $(PY) -m experiments.sweep.archive "$$sweep" $(V2_ARCHIVE)/$$(basename "$$sweep"); done
+
 # The paper's probe on the real model: the 2x2 weight x direction grid, then the Table 2 rows, then the
-# report into docs/results/real_probe/. Resumable: run it again to finish an interrupted sweep.
+# report into docs/results/real_probe_v1/ (superseded by v2: docs/science.md section 8). Resumable: run it again to finish an interrupted sweep.
 # PROBE_AGENTS runs (one torch thread each) share the CPUs; 2 on a 2-core machine.
 PROBE_AGENTS ?= 2
 probe-real: install ## Paper's W x D probe on SmolLM2-135M, 3 seeds (~2 h on 2 cores; resumable) + report
@@ -96,7 +104,7 @@ probe-real: install ## Paper's W x D probe on SmolLM2-135M, 3 seeds (~2 h on 2 c
 	OMP_NUM_THREADS=1 $(PY) -m experiments.sweep experiments/sweeps/real_probe.yaml --local --agents $(PROBE_AGENTS)
 	OMP_NUM_THREADS=1 $(PY) -m experiments.sweep experiments/sweeps/real_probe_table2.yaml --local \
 	  --agents $(PROBE_AGENTS) --runs-dir runs/sweeps/real_probe/table2
-	$(PY) -m experiments.report runs/sweeps/real_probe --out docs/results/real_probe
+	$(PY) -m experiments.report runs/sweeps/real_probe --out docs/results/real_probe_v1
 
 clean: ## Remove caches (keeps .venv and runs/)
 	rm -rf .pytest_cache .ruff_cache $$(find . -name __pycache__ -not -path './.venv/*')

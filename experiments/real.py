@@ -23,7 +23,7 @@ interrupted run resumes where it stopped; ``--fresh`` refuses a non-empty ``--ou
    never tuned on the test queries), seconds per training step and peak memory of each stage.
 
 ``--probe-v2`` is the setting of the paper's probe (``experiments/sweeps/real_probe_v2*.yaml``,
-docs/science.md §6): the held-out modules split into a dev task (150 queries, ``data/dev/``: learning
+docs/science.md §8): the held-out modules split into a dev task (150 queries, ``data/dev/``: learning
 rate and step budget are chosen on it) and a test task (200 queries, ``data/mrb/``: scored once per
 run), the MiniLM dense retriever as the first stage (top 10 reranked), 8 negatives mined per training
 query from its ranks 1-30 (a run draws 3 of them and 1 random document: N = 4), and with

@@ -208,7 +208,7 @@ def build_real_data(
         _write_task(out / "dev" / TASK_NAME, corpus, dev, "ndcg@10")
     _write_task(out / "pool" / f"{TASK_NAME}-train", corpus, train, "ndcg@10")
     manifest = {
-        "source": f"CPython {sys.version.split()[0]} standard library ({sysconfig.get_paths()['stdlib']})",
+        "source": f"CPython {sys.version.split()[0]} standard library (installed with the interpreter)",
         "functions": len(functions),
         "corpus": len(corpus),
         "usable_queries": len(usable),

@@ -1,4 +1,4 @@
-"""Compare runs: ``python -m experiments.report RUNS_DIR [--out DIR] [--zero-shot DIR]`` (docs/science.md §4-5).
+"""Compare runs: ``python -m experiments.report RUNS_DIR [--out DIR] [--zero-shot DIR]`` (docs/science.md §4, §7).
 
 Finds every run folder under RUNS_DIR (``config.yaml`` plus ``eval_history.jsonl`` or ``metrics.jsonl``,
 as ``experiments.cli`` writes them; hidden folders are skipped) and writes into ``--out`` (default:

@@ -1,7 +1,7 @@
 """The report's numbers: each comparison tested over seeds, the baselines, the validity gates and the
 weight mechanism. Pure functions of the loaded runs and their per-query tables (no file is read here).
 
-Verdict rule (docs/science.md §5): a comparison ``holds`` (or is ``contradicted``) only when, over the
+Verdict rule (docs/science.md §7): a comparison ``holds`` (or is ``contradicted``) only when, over the
 seeds, (1) the Holm-adjusted paired t-test is below ``alpha``, (2) the Holm-adjusted exact sign-flip
 p is below ``alpha`` too (a distribution-free check: at few seeds it cannot get there, and then nothing
 is claimed), and (3) the two-level bootstrap interval excludes 0 on the same side; the side decides

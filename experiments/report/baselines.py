@@ -8,7 +8,7 @@
   (``experiments.real --prepare-only`` writes one; ``experiments.evaluate --model`` scores any model).
 
 A trained reranker that does not beat the random order of its own candidates has learnt nothing the
-metric can see; the report flags it and its validity gates use these tables (docs/science.md §5).
+metric can see; the report flags it and its validity gates use these tables (docs/science.md §7).
 
 Expectations under a uniformly random order of K candidates, R of them relevant, cut-off k:
 

@@ -15,7 +15,7 @@ cells, with each run's per-query values on the same queries:
   t-test over ``n`` seeds, at the claim's level, finds with 80% power given the observed SD of ``d``
   (noncentral t, ``scipy.stats.nct``).
 
-docs/science.md §5 says why this design (and not a bootstrap over queries alone, or a mixed model).
+docs/science.md §7 says why this design (and not a bootstrap over queries alone, or a mixed model).
 
 Why the two-level bootstrap and the sign-flip enumeration are written here: ``scipy.stats.bootstrap``
 resamples one level of independent observations, and ``scipy.stats.permutation_test`` draws sign
