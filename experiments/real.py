@@ -218,11 +218,13 @@ def pipeline(args: argparse.Namespace) -> dict:
                 )
         print(f"prepared {model_dir} and {data} (training groups: {groups})")
         return {}
-    dense = data / "minilm.trec"  # a reference row of the table, not reranked
+    dense = data / "minilm.trec"  # the dense first stage: a reference row, and reranked in its own table
     if args.dense_reference and not dense.is_file():
         run_module(
             ["datamodules.retrieve", f"--task={data / 'mrb' / TASK}", "--method=dense", f"--out={dense}"]
         )
+    if args.dense_reference:
+        dense_task(data)
     if not (results / "zero-shot.json").is_file():
         run_module(
             [*me, "--stage=score", f"--model={model_dir}", f"--result={results / 'zero-shot.json'}", *scoring]
@@ -247,10 +249,40 @@ def pipeline(args: argparse.Namespace) -> dict:
                     *scoring,
                 ]
             )
+    if args.dense_reference:  # the same rerankers on the dense retriever's top-k
+        models = {"zero-shot": model_dir, **{o: out / "export" / o for o in args.objectives.split(",")}}
+        for name, model in models.items():
+            result = results / f"{name}-dense.json"
+            if not result.is_file():
+                run_module(
+                    [
+                        *me,
+                        "--stage=score",
+                        f"--model={model}",
+                        f"--result={result}",
+                        "--split=mrb-dense",
+                        *scoring,
+                    ]
+                )
     return write_table(out, args)
 
 
-def against_first_stage(results: Path, tasks, first: dict, alpha: float) -> dict[str, dict]:
+def dense_task(data: Path) -> Path:
+    """``data/mrb-dense/<task>/``: the held-out task with the MiniLM run as its candidates (the other
+    files copied), so that the rerankers score the dense retriever's top-k with the same code."""
+    source, folder = data / "mrb" / TASK, data / "mrb-dense" / TASK
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("task.json", "queries.jsonl", "corpus.jsonl", "qrels.tsv"):
+        if not (folder / name).is_file():
+            payload = (source / name).read_bytes()
+            atomic_write(folder / name, lambda handle, payload=payload: handle.write(payload))
+    if not (folder / "candidates.trec").is_file():
+        payload = (data / "minilm.trec").read_bytes()
+        atomic_write(folder / "candidates.trec", lambda handle: handle.write(payload))
+    return folder
+
+
+def against_first_stage(results: Path, tasks, first: dict, alpha: float, suffix: str = "") -> dict[str, dict]:
     """Each reranker's metric minus the first stage's (``first``: its top-k runs), alone and fused: the
     estimate and 95% paired bootstrap interval over queries (``experiments.report.queries.bootstrap``:
     10,000 resamples, seed 0, queries resampled within tasks), plus how many queries got better and
@@ -267,7 +299,7 @@ def against_first_stage(results: Path, tasks, first: dict, alpha: float) -> dict
 
     cells = {"first": {t.name: per_query(t, first[t.name]) for t in tasks}}
     for name in ("sft", "cl", "zero-shot"):
-        files = {t.name: results / f"{name}-runs" / f"{t.name}.trec" for t in tasks}
+        files = {t.name: results / f"{name}{suffix}-runs" / f"{t.name}.trec" for t in tasks}
         if not all(f.is_file() for f in files.values()):
             continue
         runs = {t.name: read_run(files[t.name]) for t in tasks}
@@ -348,11 +380,14 @@ def write_table(out: Path, args: argparse.Namespace) -> dict:
                 f"- {name}: {c['estimate']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}], "
                 f"{c['better']} better / {c['worse']} worse"
             )
+    dense_lines, dense_rows, dense_compared = dense_block(out, args)
+    lines += dense_lines
     table = "\n".join(lines) + "\n"
     (out / "table.md").write_text(table, encoding="utf-8")
     summary = {
         "rows": rows,
         "against_first_stage": compared,
+        "dense": {"rows": dense_rows, "against_first_stage": dense_compared},
         "manifest": manifest,
         "args": {k: str(v) for k, v in vars(args).items()},
     }
@@ -360,6 +395,50 @@ def write_table(out: Path, args: argparse.Namespace) -> dict:
     print("\n" + table)
     print(f"wrote {out / 'table.md'} and {out / 'results.json'}")
     return summary
+
+
+def dense_block(out: Path, args: argparse.Namespace) -> tuple[list[str], list[dict], dict]:
+    """The second table: the same rerankers on the MiniLM dense retriever's top-k (alone and fused with
+    it), against that first stage. Nothing when the dense stages did not run."""
+    from experiments.score_model import first_stage_runs, load_tasks, summarize_runs
+
+    results, folder = out / "results", out / "data" / "mrb-dense"
+    names = [n for n in ("zero-shot", "sft", "cl") if (results / f"{n}-dense.json").is_file()]
+    if not folder.is_dir() or not names:
+        return [], [], {}
+    tasks = load_tasks(folder)
+    first_runs = first_stage_runs(tasks, args.top_k)
+    rows = [{"system": "first stage (MiniLM-L6 dense)", "ndcg@10": summarize_runs(tasks, first_runs).average}]
+    for name in names:
+        scored = json.loads((results / f"{name}-dense.json").read_text(encoding="utf-8"))
+        rows.append(
+            {"system": name, "ndcg@10": scored["reranked"]["average"], "fused": scored["fused"]["average"]}
+        )
+    compared = against_first_stage(results, tasks, first_runs, args.fusion_alpha, suffix="-dense")
+    lines = [
+        "",
+        f"Reranking the MiniLM-L6 dense retriever's top-{args.top_k} instead (the same exported rerankers; "
+        f"fused = {args.fusion_alpha} x reranker + {1 - args.fusion_alpha:g} x MiniLM):",
+        "",
+        "| | nDCG@10 | fused with MiniLM |",
+        "|---|---|---|",
+        *(
+            f"| {r['system']} | {r['ndcg@10']:.4f} | {'-' if r.get('fused') is None else format(r['fused'], '.4f')} |"
+            for r in rows
+        ),
+        "",
+        "Against the dense first stage (nDCG@10 difference; 95% paired bootstrap over queries):",
+        "",
+        *(
+            f"- {n}: {c['estimate']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}], {c['better']} better / {c['worse']} worse"
+            for n, c in compared.items()
+        ),
+        "",
+        "Every row of both tables is a single training run (seed 0): the intervals cover the query sample "
+        "with each model fixed, not the seed-to-seed spread of training (docs/science.md §7), so a "
+        "difference between SFT and CL here is not a finding about the objectives.",
+    ]
+    return lines, rows, compared
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -408,7 +487,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--objective", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--split", choices=("mrb", "dev"), default="mrb", help=argparse.SUPPRESS)
+    parser.add_argument("--split", choices=("mrb", "dev", "mrb-dense"), default="mrb", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe_v2:
         args.dev_queries, args.test_queries, args.test_percent = PROBE_V2["dev"], PROBE_V2["test"], 25

@@ -341,3 +341,53 @@ def test_make_real_resumes_by_skipping_finished_stages(code_data, tmp_path, monk
     assert set(compared) == {"sft", "sft fused", "cl", "cl fused"}  # no zero-shot TREC files here
     assert compared["cl"]["estimate"] < 0 and compared["cl"]["worse"] > 0 and compared["cl"]["better"] == 0
     assert compared["cl"]["low"] <= compared["cl"]["estimate"] <= compared["cl"]["high"]
+
+
+def test_make_real_table_reranks_the_dense_first_stage_too(code_data, tmp_path, monkeypatch):
+    """With the MiniLM run present, the rerankers' scores of its top-k form a second table against that
+    first stage, and the table says its rows are single runs."""
+    import shutil
+
+    from datamodules.trec import write_run
+    from experiments import real
+    from experiments.score_model import first_stage_runs, load_tasks
+
+    data, _ = code_data
+    out = tmp_path / "real"
+    shutil.copytree(data, out / "data")
+    results = out / "results"
+    results.mkdir()
+    summary = lambda value: {"tasks": {}, "families": {"T2T": value}, "average": value}  # noqa: E731
+    tasks = load_tasks(out / "data" / "mrb")
+    # the "dense" run: the BM25 candidates in reverse order
+    dense = {q: {d: -s for d, s in docs.items()} for q, docs in tasks[0].candidates.items()}
+    write_run(out / "data" / "minilm.trec", dense)
+    for suffix in ("", "-dense"):
+        for name, value in (("zero-shot", 0.1), ("sft", 0.2), ("cl", 0.3)):
+            scored = {"reranked": summary(value), "fused": summary(value + 0.05), "peak_rss_mib": 1.0}
+            (results / f"{name}{suffix}.json").write_text(json.dumps({**scored, "seconds_per_pair": 0.5}))
+    for name in ("sft", "cl"):
+        (results / f"fit-{name}.json").write_text(json.dumps({"checkpoint": "x", "seconds_per_step": 2.0}))
+        (out / "export" / name).mkdir(parents=True)
+        (out / "export" / name / "rerank_config.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr(real, "run_module", lambda args: calls.append(args[0]))
+    real.dense_task(out / "data")
+    dense_tasks = load_tasks(out / "data" / "mrb-dense")
+    for name in ("sft", "cl", "zero-shot"):  # every reranker keeps the dense first stage's order
+        write_run(
+            results / f"{name}-dense-runs" / f"{tasks[0].name}.trec",
+            first_stage_runs(dense_tasks, 5)[tasks[0].name],
+        )
+    assert real.main(["--out", str(out), "--top-k", "5"]) == 0
+    assert calls == ["lightning_modules.fetch"]  # every stage's result was there
+    assert dense_tasks[0].candidates == {q: {d: float(s) for d, s in v.items()} for q, v in dense.items()}
+    table = (out / "table.md").read_text()
+    assert "Reranking the MiniLM-L6 dense retriever's top-5 instead" in table
+    assert (
+        "| cl | 0.3000 | 0.3500 |" in table
+        and "- sft: +0.0000 [+0.0000, +0.0000]" in table.split("dense first stage")[1]
+    )
+    assert "Every row of both tables is a single training run (seed 0)" in table
+    saved = json.loads((out / "results.json").read_text())["dense"]
+    assert [r["system"] for r in saved["rows"]] == ["first stage (MiniLM-L6 dense)", "zero-shot", "sft", "cl"]
