@@ -37,7 +37,7 @@ class RunConfigSaver(SaveConfigCallback):
             run_dir.mkdir(parents=True, exist_ok=True)
             path = run_dir / "config.yaml"
             if not path.exists():  # validate-before-fit and fit share one run folder
-                self.parser.save(self.config, path, skip_none=False, multifile=False)
+                self.parser.save(self.config, path, skip_unset=False, multifile=False)
                 for logger in trainer.loggers:
                     if type(logger).__name__ == "WandbLogger":
                         import wandb

@@ -34,6 +34,7 @@ cache inside checkpointed layers, so :func:`prefix_usable` says no and callers s
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -245,15 +246,25 @@ def _decoder_inputs(batch: dict[str, torch.Tensor], features) -> dict:
     return inputs
 
 
+def cache_keyword(decoder: torch.nn.Module) -> str:
+    """The decoder's keyword for a KV cache: ``cache`` (transformers that renamed it; 5.40 removes the
+    old name) or ``past_key_values`` (earlier 5.x)."""
+    return _cache_keyword(type(decoder))
+
+
+@functools.cache
+def _cache_keyword(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
 def run_prefix(scorer: LabelScorer, batch: dict[str, torch.Tensor], features=None) -> PrefixKV:
     """Run a one-row prefix batch and keep its keys/values (with their graph if grad is on)."""
     from transformers import DynamicCache
 
     position_ids = positions(scorer, batch)
     cache = DynamicCache(config=scorer.model.config)
-    scorer.decoder(
-        **_decoder_inputs(batch, features), position_ids=position_ids, past_key_values=cache, use_cache=True
-    )
+    inputs = {**_decoder_inputs(batch, features), cache_keyword(scorer.decoder): cache}
+    scorer.decoder(**inputs, position_ids=position_ids, use_cache=True)
     return PrefixKV(
         length=batch["input_ids"].shape[1],
         next_position=int(position_ids.max()) + 1,
@@ -275,7 +286,7 @@ def score(
 
         rows = batch["input_ids"].shape[0]
         inputs["position_ids"] = positions(scorer, batch) + prefix.next_position
-        inputs["past_key_values"] = DynamicCache(
+        inputs[cache_keyword(scorer.decoder)] = DynamicCache(
             ddp_cache_data=[
                 (k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
                 for k, v in zip(prefix.keys, prefix.values, strict=True)

@@ -271,17 +271,27 @@ class RerankerModule(L.LightningModule):
             restore_rng(info)
 
     # ---- training --------------------------------------------------------------------------
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def loss_step(self, batch: dict) -> objectives.ObjectiveOutput:
+        """The objective's output (loss, weights W, statistics) on a training batch, with nothing
+        logged: :meth:`training_step` is this plus logging, and tests and benchmarks call it without
+        a Trainer. A batch whose every group was skipped gives a zero loss that still touches every
+        trainable parameter (DDP's gradient all-reduce would hang on a step without them)."""
         positives = batch["positives"]
         groups, group_size = positives.shape
-        stream = batch.get("stream", {})  # train/skipped_records: a running total (experiments.cli)
         if groups == 0:
-            # Every group of this batch was a skipped bad record. Every rank must still run a step
-            # touching all trainable parameters, or DDP's gradient all-reduce would hang.
-            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+            zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+            return objectives.ObjectiveOutput(zero, positives.float(), {})
         logits, extra = self.score_groups(batch["groups"])
         extra = {k: v.view(groups, group_size, *v.shape[1:]) for k, v in extra.items()}
-        out = self.objective(logits.view(groups, group_size, 2), positives, **extra)
+        return self.objective(logits.view(groups, group_size, 2), positives, **extra)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        positives = batch["positives"]
+        groups = positives.shape[0]
+        stream = batch.get("stream", {})  # train/skipped_records: a running total (experiments.cli)
+        out = self.loss_step(batch)
+        if groups == 0:
+            return out.loss
         self._remember_weights(out.weights.detach(), positives)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=groups)
         for key, value in out.stats.items():

@@ -47,7 +47,6 @@ def _step(folder, batch, precision: str = "32-true", dtype: str = "float32", **k
     for name, param in module.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.05, generator=torch.Generator().manual_seed(1))
-    module.log = lambda *a, **kw: None
     plugin = {
         "bf16-mixed": lambda: MixedPrecision("bf16-mixed", "cuda"),
         "bf16-true": lambda: HalfPrecision("bf16-true"),
@@ -55,7 +54,7 @@ def _step(folder, batch, precision: str = "32-true", dtype: str = "float32", **k
     module = plugin.convert_module(module).cuda()
     module.float32_trainables()
     with plugin.forward_context():
-        loss = module.training_step(batch, 0)
+        loss = module.loss_step(batch).loss
     loss.backward()
     grads = {n: p.grad.float() for n, p in module.named_parameters() if p.grad is not None}
     return loss.item(), grads

@@ -94,12 +94,11 @@ def _step(folder, batch, precision: str, dtype: str, objective: str, args, monke
     for name, param in module.named_parameters():  # LoRA B starts at 0: give it values so A gets grads
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.05, generator=torch.Generator().manual_seed(1))
-    module.log = lambda *a, **kw: None
     plugin = _plugin(precision)
     module = plugin.convert_module(module)
     module.float32_trainables()  # what configure_optimizers does after the plugin's convert_module
     with plugin.forward_context():
-        loss = module.training_step(batch, 0)
+        loss = module.loss_step(batch).loss
         # The decoder's own cache dtype for a whole pair in this context (what the prefix must match).
         pair = {k: v for k, v in module._collate(batch["groups"][0][:1]).items() if k != "image_counts"}
         with torch.no_grad():

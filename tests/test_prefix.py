@@ -45,12 +45,11 @@ def _step(folder, batch, **kwargs) -> tuple[float, dict[str, torch.Tensor], int]
     for name, param in module.named_parameters():  # LoRA B starts at 0: give it values so A gets grads
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.05)
-    module.log = lambda *args, **kw: None
     encoded = []
     module.scorer.decoder.visual.register_forward_pre_hook(
         lambda _, args, kw: encoded.append(len(kw["grid_thw"])), with_kwargs=True
     )
-    loss = module.training_step(batch, 0)
+    loss = module.loss_step(batch).loss
     loss.backward()
     return loss.item(), {n: p.grad for n, p in module.named_parameters() if p.grad is not None}, sum(encoded)
 

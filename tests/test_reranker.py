@@ -80,10 +80,9 @@ def test_training_steps_reduce_the_loss_on_a_fixed_batch(tiny_model_dir, demo_di
     batch = first_batch(make_data(tiny_model_dir, demo_dir))
     module = RerankerModule(str(tiny_model_dir), objective=objective, lora_r=0, lr=1e-3)
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-3)
-    module.log = lambda *args, **kwargs: None  # outside a Trainer
     losses = []
     for _ in range(20):
-        loss = module.training_step(batch, 0)
+        loss = module.loss_step(batch).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -150,8 +149,7 @@ def test_the_module_alone_computes_and_logs_but_writes_no_file(tiny_model_dir, d
 def test_lm_head_modes_train_only_what_they_say(tiny_model_dir, demo_dir, mode):
     batch = first_batch(make_data(tiny_model_dir, demo_dir), count=1)
     module = RerankerModule(str(tiny_model_dir), lora_r=4, lm_head=mode)
-    module.log = lambda *args, **kwargs: None
-    module.training_step(batch, 0).backward()
+    module.loss_step(batch).loss.backward()
     head = module.scorer.lm_head.weight
     label_ids = module.scorer.label_token_ids
     if mode == "frozen":
@@ -180,8 +178,7 @@ def test_micro_batched_group_has_the_gradients_of_the_whole_group(tiny_model_dir
         module = RerankerModule(
             str(tiny_model_dir), objective=objective, lora_r=0, dtype="float64", pairs_per_forward=chunk
         )
-        module.log = lambda *args, **kwargs: None
-        module.training_step(batch, 0).backward()
+        module.loss_step(batch).loss.backward()
         grads[chunk] = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
     for chunk in (1, 3):
@@ -278,3 +275,27 @@ def test_vision_lora_and_merger_options_reach_every_family(tmp_path, family):
     assert any("merger" in n and "lora_" not in n for n in trainable)
     assert any("language_model" in n and "lora_" in n for n in trainable)
     assert all(p.dtype == torch.float32 for p in module.parameters() if p.requires_grad)
+
+
+# First-step values on the tiny model and the demo's first two groups, float64, no LoRA (computed at
+# fcbdc0b). The exactness tests compare paths with each other; these catch a drift of every path at
+# once (a changed prompt, label token, reduction or objective formula).
+PINNED_FIRST_STEP = {
+    "sft": (None, 2.8057072671031476, 0.4860802547, 1.5299480921),
+    "cl": (None, 1.3750624899354158, 0.7471703524, 0.7471703524),
+    "url": ({"weight": "cl", "direction": "sft"}, -0.0117329212214641, 0.7471703524, 0.7471703524),
+}
+
+
+@pytest.mark.parametrize("objective", sorted(PINNED_FIRST_STEP))
+def test_first_step_loss_and_weights_are_pinned(tiny_model_dir, demo_dir, objective):
+    args, loss, weight_pos, weight_neg = PINNED_FIRST_STEP[objective]
+    batch = first_batch(make_data(tiny_model_dir, demo_dir))
+    module = RerankerModule(
+        str(tiny_model_dir), objective=objective, objective_args=args, lora_r=0, dtype="float64"
+    )
+    out = module.loss_step(batch)  # no Trainer needed
+    assert out.loss.item() == pytest.approx(loss, rel=1e-7)
+    assert out.stats["weight_pos_mean"].item() == pytest.approx(weight_pos, rel=1e-7)
+    assert out.stats["weight_neg_sum"].item() == pytest.approx(weight_neg, rel=1e-7)
+    assert out.stats["sft_loss"].item() == pytest.approx(PINNED_FIRST_STEP["sft"][1], rel=1e-7)
