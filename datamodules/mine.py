@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.convert.common import ImageStore
+from datamodules.files import remove_leftovers, temporary_path
 from datamodules.formats import Doc, FormatError, load_task
 from datamodules.validate import Report, validate_training
 
@@ -135,7 +136,8 @@ def mine(
     out.parent.mkdir(parents=True, exist_ok=True)
     store = ImageStore(out.parent)
     errors: list[str] = []
-    partial = out.with_name(f".{out.name.removesuffix('.jsonl')}.mining-{os.getpid()}.jsonl")
+    remove_leftovers(out)  # what a killed mine of the same output left
+    partial = temporary_path(out, "mining")
     groups = negatives_written = 0
     try:
         with open(partial, "w", encoding="utf-8") as handle:
@@ -179,7 +181,7 @@ def mine(
             "images": dict(store.counts),
             "reasons": dict(sorted(why.items())),
         }
-        summary_partial = summary_path.with_name(f".{summary_path.name}.{os.getpid()}")
+        summary_partial = temporary_path(summary_path, "mining")
         summary_partial.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         _place(partial, out, overwrite)
         _place(summary_partial, summary_path, overwrite)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodules.files import temporary_path
 from datamodules.formats import Doc, FormatError, read_docs, read_task_meta
 from datamodules.metrics import evaluate_run
 from datamodules.trec import read_qrels, write_run
@@ -178,7 +179,7 @@ def retrieve(
     else:
         raise RetrievalError(f"unknown method {method!r}; known: bm25 dense")
     seconds = time.perf_counter() - started
-    partial = out.with_name(f".{out.name}.retrieving-{os.getpid()}")
+    partial = temporary_path(out, "retrieving")
     write_run(partial, run, tag=tag)
     try:
         if overwrite:

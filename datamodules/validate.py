@@ -32,6 +32,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from datamodules.files import is_hidden, leftover_note, leftovers
 from datamodules.formats import (
     IMAGE_ROOTS_ENV,
     SHARD_SUFFIXES,
@@ -42,6 +43,7 @@ from datamodules.formats import (
     iter_jsonl,
     load_task,
     parse_train_group,
+    task_dirs,
 )
 from datamodules.images import MAX_DECODED_PIXELS, image_problem
 from datamodules.shards import StreamIndex, list_shards
@@ -121,10 +123,7 @@ def validate_training(root: Path, report: Report, shards: list[Path] | None = No
 
 # ---- MRB roots -----------------------------------------------------------------------------------
 def validate_mrb(root: Path, report: Report) -> str:
-    if (root / "task.json").exists() or is_task_dir(root):
-        tasks = [root]
-    else:
-        tasks = sorted(p for p in root.iterdir() if is_task_dir(p))
+    tasks = [root] if (root / "task.json").exists() or is_task_dir(root) else task_dirs(root)
     images = ImageChecker()
     for task_dir in tasks:
         validate_task(task_dir, report, images)
@@ -233,12 +232,14 @@ def detect_roots(root: Path) -> list[tuple[str, Path, list[Path] | None]]:
         here = Path(folder)
         keep = []
         for name in sorted(subfolders):
+            if is_hidden(name):
+                continue  # hidden names are never data
             if is_task_dir(here / name):
                 mrb_roots.add(here)  # a task folder: its parent is an MRB root; not walked further
             else:
                 keep.append(name)
         subfolders[:] = keep
-        shards.extend(here / name for name in files if name.endswith(SHARD_SUFFIXES))
+        shards.extend(here / name for name in files if name.endswith(SHARD_SUFFIXES) and not is_hidden(name))
     found: list[tuple[str, Path, list[Path] | None]] = [("mrb", r, None) for r in sorted(mrb_roots)]
     if shards:
         shards.sort()
@@ -282,6 +283,8 @@ def _validate(args: argparse.Namespace) -> int:
     except FormatError as err:
         print(err)
         return 1
+    for path in leftovers(root):
+        print(f"note: {leftover_note(path)}")
     training = [(path, shards) for kind, path, shards in roots if kind == "training"]
     if args.stream and not training:
         print(f"{root}: --stream needs a training root, this is an MRB root")

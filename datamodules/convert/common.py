@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from datamodules.files import temporary_path
 from datamodules.validate import check_run_line
 
 Qrels = dict[str, dict[str, int]]
@@ -157,7 +157,7 @@ class ImageStore:
         target = self.out / relative
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.{os.getpid()}")
+            partial = temporary_path(target, "tmp")
             partial.write_bytes(data)  # the original bytes: pixels (and metadata) unchanged
             partial.replace(target)
         self._known[digest] = relative
