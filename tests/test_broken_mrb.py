@@ -124,6 +124,25 @@ MRB_CASES = {
     "task-json-missing": (_remove_task_json, "task.json:1", "missing task.json", "task"),
     "task-json-wrong-case": (_rename_task_json, "task.json:1", "Task.json is there", "task"),
     "queries-fifo": (_fifo_queries, "queries.jsonl:1", "not a regular file", "task"),
+    # Issue 23 item 4: a task whose every query is left out would vanish from the average with skip.
+    "queries-empty": (
+        _rewrite("queries.jsonl", lambda b: b""),
+        "queries.jsonl:1",
+        "no query defined",
+        "task",
+    ),
+    "corpus-empty": (
+        _rewrite("corpus.jsonl", lambda b: b""),
+        "corpus.jsonl:1",
+        "no document defined",
+        "task",
+    ),
+    "candidates-empty": (
+        _rewrite("candidates.trec", lambda b: b""),
+        "queries.jsonl:1",
+        "no candidate",
+        "task",
+    ),
     "no-relevant-judgement": (
         _rewrite("qrels.tsv", lambda b: b.replace(b" 1\n", b" 0\n").replace(b" 2\n", b" 0\n")),
         "qrels.tsv:1",
