@@ -15,8 +15,10 @@ shards, ids (missing, duplicated, with whitespace), images (inside
 the folder -- no ``..`` or symlink escapes, no absolute paths --, regular files, non-empty,
 decodable, under the pixel limit and the aspect-ratio limit), task folders without ``task.json``,
 qrels and candidates that name unknown ids, queries with relevant documents but no candidates,
-and malformed TREC lines. Queries without a relevant document are fine (the metrics skip them).
-Exit status 1 when anything is wrong, else 0 with a one-line summary per root.
+and malformed TREC lines. Queries without a relevant document are fine (the metrics skip them): a
+``note:`` line gives their count and first ids. Hidden names (``.name``) are never data; temporaries
+that killed processes left are listed as notes. Exit status 1 when anything is wrong, else 0 with a
+one-line summary per root.
 
 ``--stream`` (training roots) also walks the real training stream (:mod:`datamodules.stream`) as W
 ranks × K DataLoader workers would, and checks that every rank gets the same number of batches and
@@ -60,6 +62,7 @@ class Report(Problems):
     def __init__(self) -> None:
         super().__init__()
         self.counts: Counter[str] = Counter()
+        self.notes: list[str] = []  # worth knowing, not wrong (printed as ``note: ...``)
 
     @property
     def problems(self) -> list[str]:
@@ -138,6 +141,13 @@ def validate_task(task_dir: Path, report: Report, images: ImageChecker) -> None:
     """Every problem of one MRB task folder: :func:`datamodules.formats.load_task`, collecting."""
     task = load_task(task_dir, report, images)
     if task is not None:
+        unjudged = [q for q in task.queries if not any(g > 0 for g in task.qrels.get(q, {}).values())]
+        if unjudged:
+            first = ", ".join(repr(q) for q in unjudged[:5])
+            report.notes.append(
+                f"{task_dir / 'queries.jsonl'}: {len(unjudged)} of {len(task.queries)} queries have no relevant "
+                f"judgement in qrels.tsv and will not be scored (trec_eval skips them); first: {first}"
+            )
         report.counts["queries"] += len(task.queries)
         report.counts["documents"] += len(task.corpus)
         report.counts["judgements"] += sum(len(d) for d in task.qrels.values())
@@ -298,6 +308,8 @@ def _validate(args: argparse.Namespace) -> int:
             summary = validate_mrb(path, report)
         for problem in report.problems:
             print(problem)
+        for note in report.notes:
+            print(f"note: {note}")
         lines: list[str] = []
         stream_ok = True
         if args.stream and kind == "training":
