@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import sys
@@ -124,8 +125,8 @@ def mine(
         raise MiningError(f"{out}: the output must be a .jsonl file")
     if num_negatives < 1:
         raise MiningError("--num-negatives must be >= 1")
-    if margin is not None and margin < 0:
-        raise MiningError("--margin must be >= 0")
+    if margin is not None and not (math.isfinite(margin) and margin >= 0):  # nan would turn the guard off
+        raise MiningError(f"--margin must be a finite number >= 0, got {margin}")
     window = parse_window(window) if isinstance(window, str) else window
     summary_path = out.with_name(out.name.removesuffix(".jsonl") + ".summary.json")
     for path in (out, summary_path):

@@ -111,6 +111,15 @@ def test_never_overwrites_and_rejects_bad_arguments(tmp_path, capsys):
     for window in ("0:5", "5:2", "x"):
         with pytest.raises(MiningError, match="--window"):
             mine(task, tmp_path / "w.jsonl", num_negatives=2, window=window, seed=0)
+    for margin in ("nan", "inf", "-1"):  # issue 23 item 9: nan used to turn the false-negative guard off
+        assert (
+            mine_module.main(
+                [*args[:-2], "--seed", "0", "--out", str(tmp_path / "m.jsonl"), "--margin", margin]
+            )
+            == 1
+        )
+        assert capsys.readouterr().err == f"--margin must be a finite number >= 0, got {float(margin)}\n"
+    assert not (tmp_path / "m.jsonl").exists()
 
 
 def test_chain_from_a_converted_umrb_task_with_images(tmp_path):
