@@ -45,6 +45,7 @@ from experiments.runs import (
     check_checkpoint,
     check_run_name,
     choose_wandb_mode,
+    claim_run_dir,
     create_run_dir,
 )
 from lightning_modules.reranker import RerankerModule
@@ -160,12 +161,13 @@ class RerankCLI(LightningCLI):
             name = check_run_name(config.get("run_name") or run_name(config.as_dict()))
             choose_wandb_mode()
             if os.environ.get(RUN_DIR_ENV):
-                # A DDP worker started by Lightning (or a multi-node launcher that sets it): use the
-                # folder rank 0 created instead of creating a second one.
+                # The ranks of one run (Lightning's DDP workers, or every node under a launcher that
+                # exports it) share the folder; rank 0 claims it, and refuses one that another run holds.
                 run_dir = Path(os.environ[RUN_DIR_ENV])
             else:
                 run_dir = create_run_dir(config["runs_dir"], name)
                 os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the worker processes Lightning starts
+            claim_run_dir(run_dir, config.get("ckpt_path"))
         except RunError as error:
             self.parser.error(str(error))
         if config["data"].get("seed") is None:

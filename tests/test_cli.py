@@ -89,6 +89,30 @@ def test_two_runs_in_one_directory_do_not_collide(tiny_model_dir, demo_dir, tmp_
     first, second = build_cli(args), build_cli(args)
     assert first.run_dir != second.run_dir
     assert (first.run_dir / "config.yaml").is_file() and (second.run_dir / "config.yaml").is_file()
+    assert (first.run_dir / "run_id").read_text() != (second.run_dir / "run_id").read_text()
+
+
+def test_a_second_run_in_an_exported_run_folder_is_refused(
+    tiny_model_dir, demo_dir, tmp_path, monkeypatch, capsys
+):
+    """Issue 23 item 10: RERANK_LAB_RUN_DIR names one run's folder; a second run there stops before loading."""
+    import lightning_modules.reranker as reranker
+
+    shared = tmp_path / "shared"
+    monkeypatch.setenv("RERANK_LAB_RUN_DIR", str(shared))
+    args = _fit_args(
+        tiny_model_dir, demo_dir, tmp_path, "--trainer.max_steps=1", "--validate_before_fit=false"
+    )
+    first = build_cli(args)
+    assert first.run_dir == shared and (shared / "run_id").is_file()
+    metrics = (shared / "metrics.jsonl").read_text()
+    monkeypatch.setenv("RERANK_LAB_RUN_DIR", str(shared))  # the CLI unsets it after a run
+    monkeypatch.setattr(reranker, "load_backbone", lambda *a, **k: pytest.fail("weights loaded"))
+    with pytest.raises(SystemExit) as caught:
+        build_cli(args)
+    assert caught.value.code == 2
+    assert f"RERANK_LAB_RUN_DIR={shared}: the folder already holds another run" in capsys.readouterr().err
+    assert (shared / "metrics.jsonl").read_text() == metrics
 
 
 def test_the_data_order_follows_the_run_seed_unless_data_seed_is_given(tiny_model_dir, demo_dir, tmp_path):
