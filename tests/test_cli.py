@@ -142,6 +142,81 @@ def test_bad_config_key_is_rejected_with_its_name(tiny_model_dir, demo_dir, tmp_
     assert "no_such_key" in capsys.readouterr().err
 
 
+def error_line(capsys) -> str:
+    """The one ``error:`` line on stderr (pytest's own argv makes Lightning warn there too); no usage text."""
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "usage:" not in err
+    return line
+
+
+def test_a_mistyped_key_is_one_line_with_the_closest_valid_key(tiny_model_dir, demo_dir, tmp_path, capsys):
+    """Issue 23 item 14: one line naming the key (and the file that set it), not 89 lines of usage."""
+    with pytest.raises(SystemExit) as caught:
+        build_cli(_fit_args(tiny_model_dir, demo_dir, tmp_path, "--trainer.max_stepz=3"))
+    assert caught.value.code == 2
+    assert (
+        error_line(capsys) == "error: unknown config key trainer.max_stepz; did you mean trainer.max_steps?"
+    )
+    patch = tmp_path / "patch.yaml"
+    patch.write_text("model:\n  lrr: 0.1\n")
+    with pytest.raises(SystemExit) as caught:
+        build_cli(_fit_args(tiny_model_dir, demo_dir, tmp_path, "--config", str(patch)))
+    assert caught.value.code == 2
+    assert error_line(capsys) == f"error: {patch}: unknown config key model.lrr; did you mean model.lr?"
+
+
+def _text_only_model(tmp_path):
+    from tests.tiny_llama import build_llama
+
+    return build_llama(tmp_path / "llama")
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--data.train_root={tmp}/no/train", "data.train_root='{tmp}/no/train': no such file or folder"),
+        ("--data.eval_root={tmp}/no/mrb", "data.eval_root='{tmp}/no/mrb': no such file or folder"),
+        (
+            "--trainer.accelerator=gpu",
+            "trainer.accelerator='gpu' (set on the command line): this machine has no CUDA GPU; use --config "
+            "experiments/configs/trainer/cpu.yaml instead",
+        ),
+        (
+            "--config=experiments/configs/trainer/gpu.yaml",
+            "trainer.accelerator='gpu' (set in experiments/configs/trainer/gpu.yaml): this machine has no CUDA GPU",
+        ),
+        (
+            "text-only",
+            "data.eval_root: task digits-i2t ({demo}/digits-i2t/task.json) is I2T, an image task, but",
+        ),
+    ],
+)
+def test_mistakes_are_refused_before_weights_or_wandb(
+    tiny_model_dir, demo_dir, tmp_path, monkeypatch, capsys, flag, message
+):
+    """Issue 23 item 14: paths, modalities and the trainer are checked before anything loads."""
+    import torch
+
+    import lightning_modules.reranker as reranker
+
+    if "accelerator" in message and torch.cuda.is_available():
+        pytest.skip("the machine has a GPU")
+    monkeypatch.setattr(
+        reranker, "load_backbone", lambda *a, **k: pytest.fail("weights loaded before the check")
+    )
+    model = _text_only_model(tmp_path) if flag == "text-only" else tiny_model_dir
+    extra = [] if flag == "text-only" else [flag.format(tmp=tmp_path)]
+    args = _fit_args(model, demo_dir, tmp_path / "runs", *extra)
+    if flag == "text-only":
+        args.remove("--data.eval_tasks=[faces-i2i, stdlib-docs]")
+    with pytest.raises(SystemExit) as caught:
+        build_cli(args)
+    assert caught.value.code == 2
+    assert error_line(capsys).startswith("error: " + message.format(tmp=tmp_path, demo=demo_dir / "mrb"))
+    assert not (tmp_path / "runs").exists()  # no run folder, no W&B run
+
+
 def test_predict_writes_runs_that_the_evaluator_scores_like_validation(tiny_model_dir, demo_dir, tmp_path):
     from experiments.evaluate import evaluate
 
