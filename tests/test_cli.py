@@ -347,6 +347,20 @@ def test_skipped_records_are_a_running_total(tiny_model_dir, demo_dir, tmp_path)
     assert len(totals) == 4 and totals == sorted(totals) and totals[-1] == 4  # 16 records, 4 bad, one epoch
 
 
+def test_the_final_skipped_total_is_logged_after_the_last_step(tiny_model_dir, demo_dir, tmp_path):
+    """Issue 23 item 12: with log_every_n_steps=3 the running total stopped at step 3 of 4."""
+    train = tmp_path / "train"
+    train.mkdir()
+    good = (demo_dir / "train" / "stdlib-docs.jsonl").read_text().splitlines()[:12]
+    (train / "good.jsonl").write_text("\n".join(good) + "\n")
+    _bad_records(train / "bad.jsonl", 4)
+    args = _skip_args(tiny_model_dir, demo_dir, train, tmp_path / "runs", "--trainer.max_steps=4")
+    cli = build_cli([*args, "--trainer.log_every_n_steps=3", "--trainer.val_check_interval=4"])
+    rows = [json.loads(line) for line in (cli.run_dir / "metrics.jsonl").read_text().splitlines()]
+    totals = [(row["step"], row["train/skipped_records"]) for row in rows if "train/skipped_records" in row]
+    assert totals[-1] == (4, 4.0) and len(totals) == 2  # step 3's logged value, then the final total
+
+
 def test_a_fit_whose_every_record_is_skipped_stops_with_an_error(tiny_model_dir, demo_dir, tmp_path, capsys):
     _bad_records(tmp_path / "train" / "bad.jsonl", 8)
     with pytest.raises(SystemExit) as caught:
