@@ -91,6 +91,14 @@ class EvalQueries(IterableDataset):
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
+def _scorable(task: MRBTask) -> bool:
+    """Whether some query has a relevant judgement and a candidate (what a task's score needs)."""
+    return any(
+        task.candidates.get(qid) and any(grade > 0 for grade in task.qrels.get(qid, {}).values())
+        for qid in task.queries
+    )
+
+
 class RerankDataModule(L.LightningDataModule):
     """Training groups + MRB evaluation tasks for one backbone.
 
@@ -193,9 +201,14 @@ class RerankDataModule(L.LightningDataModule):
                 raise FormatError(f"{folder / name}:1: {problem}")
         problems = Problems()
         task = load_task(folder, problems)
-        unscorable = [m for m in problems.messages if "the task cannot be scored" in m]
-        if task is None or unscorable:
-            raise FormatError((unscorable or problems.messages)[0])
+        if task is None or not _scorable(task):  # left out, the task would vanish from the average
+            first = (problems.messages or [f"{folder / 'qrels.tsv'}:1: no query can be scored"])[0]
+            raise FormatError(
+                first
+                if task is None
+                else f"{first} (no query of task {task.name} is left to score, and a task is never left out of "
+                "the average: fix it, or leave it out of data.eval_root / data.eval_tasks)"
+            )
         if problems.messages:
             self.eval_load_problems[task.name] = problems.messages
             log.warning(

@@ -7,6 +7,10 @@
   copy, hence this small helper.
 * :func:`append_line` appends one JSON line or nothing: a failed or short write is cut back to
   the file's old size, so a reader never sees half a line.
+* Temporaries are hidden names, ``.<name>.<purpose>-<pid>`` (:func:`temporary_path`), and hidden
+  names are never data (:func:`is_hidden`): readers skip them, so a temporary that a killed
+  process left behind is never read. :func:`leftovers` finds those of processes that are gone, for
+  the tools to report or (for their own output) remove.
 
 It sits in ``datamodules`` (the lowest package that writes files, e.g. TREC runs in
 ``datamodules.trec``) so that ``lightning_modules`` and ``experiments`` (``experiments.runs``
@@ -18,9 +22,85 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
+
+# ``.<name>.<purpose>-<pid>`` plus the suffix some writers keep (mine's ``.jsonl``).
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<purpose>[a-z]+)-(?P<pid>\d+)(?P<suffix>\.[a-z]+)?$")
+
+
+def is_hidden(relative: str | PurePath) -> bool:
+    """Whether a path relative to a data root has a hidden part (a name starting with ``.``).
+
+    Hidden names are never data: temporaries (:func:`temporary_path`), editor and OS files.
+    """
+    return any(part.startswith(".") for part in PurePath(relative).parts)
+
+
+def temporary_path(path: str | Path, purpose: str, suffix: str = "") -> Path:
+    """The hidden temporary name next to ``path`` for this process: ``.<name>.<purpose>-<pid><suffix>``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{purpose}-{os.getpid()}{suffix}")
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return True
+    except PermissionError:  # it exists, under another user
+        return False
+    return False
+
+
+def leftover_pid(name: str) -> int | None:
+    """The process id in a temporary's name when that process is gone (a leftover), else None."""
+    match = _TEMPORARY.match(name)
+    if match is None:
+        return None
+    pid = int(match["pid"])
+    return pid if _process_gone(pid) else None
+
+
+def leftovers(root: str | Path) -> list[Path]:
+    """Temporaries under ``root`` (at any depth, not inside hidden folders) left by processes that are gone."""
+    found: list[Path] = []
+    for folder, subfolders, files in os.walk(root):
+        for name in sorted(subfolders) + sorted(files):
+            if name.startswith(".") and leftover_pid(name) is not None:
+                found.append(Path(folder) / name)
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+    return sorted(found)
+
+
+def leftover_note(path: Path) -> str:
+    """The one line that reports a leftover temporary."""
+    return (
+        f"{path}: left behind by process {leftover_pid(path.name)}, which is gone (a killed convert, mine, "
+        "retrieve or write); it is never read as data: delete it"
+    )
+
+
+def remove_leftovers(target: str | Path) -> list[Path]:
+    """Remove the temporaries of ``target`` (same folder, same name) whose processes are gone."""
+    target = Path(target)
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for path in sorted(target.parent.iterdir()):
+        match = _TEMPORARY.match(path.name)
+        if match is None or match["name"] not in (target.name, target.stem):
+            continue
+        if leftover_pid(path.name) is not None:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+    return removed
 
 
 def fsync_dir(folder: str | Path) -> None:
@@ -40,7 +120,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
     its previous content, or stays absent.
     """
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary = temporary_path(path, "tmp")
     try:
         with open(temporary, "wb") as handle:
             write(handle)

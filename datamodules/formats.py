@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from datamodules.files import is_hidden, leftover_note, leftovers
 from datamodules.metrics import parse_metric
 from datamodules.trec import (
     FormatError,
@@ -38,6 +40,9 @@ from datamodules.trec import (
 FAMILIES = ("T2T", "I2I", "T2I", "I2T", "T2VD", "T2IT", "IT2T", "IT2I", "IT2IT")
 MRB_FILES = ("task.json", "queries.jsonl", "corpus.jsonl", "qrels.tsv", "candidates.trec")
 SHARD_SUFFIXES = (".jsonl", ".jsonl.gz")
+
+log = logging.getLogger("rerank_lab.data")
+_warned: set[Path] = set()
 
 __all__ = [
     "FAMILIES",
@@ -338,16 +343,33 @@ def is_task_dir(path: Path) -> bool:
         return False
 
 
+def task_dirs(root: Path) -> list[Path]:
+    """The folders directly under ``root`` that hold task files; hidden ones are never tasks."""
+    return sorted(p for p in root.iterdir() if not is_hidden(p.name) and is_task_dir(p))
+
+
+def warn_leftovers(root: str | Path) -> list[Path]:
+    """Log one line per temporary under a local ``root`` that a killed process left (never read)."""
+    found = leftovers(root) if Path(root).is_dir() else []
+    for path in found:
+        if path not in _warned:  # once per process: several readers list the same root
+            _warned.add(path)
+            log.warning("%s", leftover_note(path))
+    return found
+
+
 def list_tasks(root: str | Path, tasks: list[str] | None = None) -> list[Path]:
     """Task folders under an MRB root (or the root itself when it is one task folder), optionally
-    filtered by name. A folder that holds task files but no ``task.json`` is an error, never dropped."""
+    filtered by name. A folder that holds task files but no ``task.json`` is an error, never dropped.
+    Hidden folders (``.name``, e.g. what a killed convert left) are not tasks; leftovers are logged."""
     root = Path(root)
     if not root.is_dir():
         raise FormatError(f"{root}: MRB root folder not found")
     if (root / "task.json").is_file():
         found = [root]
     else:
-        found = sorted(p for p in root.iterdir() if is_task_dir(p))
+        warn_leftovers(root)
+        found = task_dirs(root)
         broken = [p for p in found if not (p / "task.json").is_file()]
         if broken and (not tasks or any(p.name in tasks for p in broken)):
             read_task_meta(next(p for p in broken if not tasks or p.name in tasks))  # raises, names it
@@ -482,7 +504,9 @@ def train_files(root: str | Path) -> list[Path]:
     root = Path(root)
     if root.is_file():
         return [root]
-    files = sorted(p for p in root.rglob("*") if p.name.endswith(SHARD_SUFFIXES))
+    files = sorted(
+        p for p in root.rglob("*") if p.name.endswith(SHARD_SUFFIXES) and not is_hidden(p.relative_to(root))
+    )
     if not files:
         raise FormatError(f"{root}: no .jsonl or .jsonl.gz training files found")
     return files

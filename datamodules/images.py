@@ -23,8 +23,10 @@ __all__ = [
     "MAX_ASPECT_RATIO",
     "MAX_DECODED_PIXELS",
     "ImageError",
+    "image_bytes_problem",
     "image_problem",
     "open_image",
+    "read_image_file",
     "size_problem",
 ]
 
@@ -88,20 +90,49 @@ def _source(path: str):
     return path
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """The image at ``path`` decoded in full as RGB; :class:`ImageError` says why it is unusable."""
-    path = os.fspath(path)
-    source = _source(path)
+def _decode(source, name: str) -> Image.Image:
     try:
         with Image.open(source) as image:
-            problem = size_problem(*image.size, path)
+            problem = size_problem(*image.size, name)
             if problem is not None:
                 raise ImageError(problem)
             return image.convert("RGB")  # decodes every byte: a truncated file fails here
     except ImageError:
         raise
     except _DECODE_ERRORS as err:
-        raise ImageError(f"image {path} cannot be decoded ({type(err).__name__}: {err})") from None
+        raise ImageError(f"image {name} cannot be decoded ({type(err).__name__}: {err})") from None
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """The image at ``path`` decoded in full as RGB; :class:`ImageError` says why it is unusable."""
+    path = os.fspath(path)
+    return _decode(_source(path), path)
+
+
+def read_image_file(path: str | os.PathLike) -> bytes:
+    """The bytes of the image file at ``path`` (local), refused like :func:`open_image` refuses it
+    before opening: not a regular file (a named pipe would block forever), missing, empty."""
+    path = os.fspath(path)
+    source = _source(path)
+    if isinstance(source, io.BytesIO):  # a URL, already read
+        return source.getvalue()
+    try:
+        with open(source, "rb") as handle:
+            return handle.read()
+    except OSError as err:
+        raise ImageError(f"image {path} cannot be read ({err.strerror or err})") from None
+
+
+def image_bytes_problem(data: bytes, name: str) -> str | None:
+    """Why image bytes (embedded in a table, or read from a file) cannot be used, or None: the rule
+    of :func:`open_image` (decodes in full, pixel and aspect-ratio limits)."""
+    if not data:
+        return f"image {name} is empty (0 bytes)"
+    try:
+        _decode(io.BytesIO(data), name)
+    except ImageError as err:
+        return str(err)
+    return None
 
 
 def image_problem(path: str | os.PathLike) -> str | None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import sys
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.convert.common import ImageStore
+from datamodules.files import remove_leftovers, temporary_path
 from datamodules.formats import Doc, FormatError, load_task
 from datamodules.validate import Report, validate_training
 
@@ -123,8 +125,8 @@ def mine(
         raise MiningError(f"{out}: the output must be a .jsonl file")
     if num_negatives < 1:
         raise MiningError("--num-negatives must be >= 1")
-    if margin is not None and margin < 0:
-        raise MiningError("--margin must be >= 0")
+    if margin is not None and not (math.isfinite(margin) and margin >= 0):  # nan would turn the guard off
+        raise MiningError(f"--margin must be a finite number >= 0, got {margin}")
     window = parse_window(window) if isinstance(window, str) else window
     summary_path = out.with_name(out.name.removesuffix(".jsonl") + ".summary.json")
     for path in (out, summary_path):
@@ -135,7 +137,8 @@ def mine(
     out.parent.mkdir(parents=True, exist_ok=True)
     store = ImageStore(out.parent)
     errors: list[str] = []
-    partial = out.with_name(f".{out.name.removesuffix('.jsonl')}.mining-{os.getpid()}.jsonl")
+    remove_leftovers(out)  # what a killed mine of the same output left
+    partial = temporary_path(out, "mining")
     groups = negatives_written = 0
     try:
         with open(partial, "w", encoding="utf-8") as handle:
@@ -179,7 +182,7 @@ def mine(
             "images": dict(store.counts),
             "reasons": dict(sorted(why.items())),
         }
-        summary_partial = summary_path.with_name(f".{summary_path.name}.{os.getpid()}")
+        summary_partial = temporary_path(summary_path, "mining")
         summary_partial.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         _place(partial, out, overwrite)
         _place(summary_partial, summary_path, overwrite)

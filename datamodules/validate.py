@@ -15,8 +15,10 @@ shards, ids (missing, duplicated, with whitespace), images (inside
 the folder -- no ``..`` or symlink escapes, no absolute paths --, regular files, non-empty,
 decodable, under the pixel limit and the aspect-ratio limit), task folders without ``task.json``,
 qrels and candidates that name unknown ids, queries with relevant documents but no candidates,
-and malformed TREC lines. Queries without a relevant document are fine (the metrics skip them).
-Exit status 1 when anything is wrong, else 0 with a one-line summary per root.
+and malformed TREC lines. Queries without a relevant document are fine (the metrics skip them): a
+``note:`` line gives their count and first ids. Hidden names (``.name``) are never data; temporaries
+that killed processes left are listed as notes. Exit status 1 when anything is wrong, else 0 with a
+one-line summary per root.
 
 ``--stream`` (training roots) also walks the real training stream (:mod:`datamodules.stream`) as W
 ranks × K DataLoader workers would, and checks that every rank gets the same number of batches and
@@ -32,6 +34,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from datamodules.files import is_hidden, leftover_note, leftovers
 from datamodules.formats import (
     IMAGE_ROOTS_ENV,
     SHARD_SUFFIXES,
@@ -42,6 +45,7 @@ from datamodules.formats import (
     iter_jsonl,
     load_task,
     parse_train_group,
+    task_dirs,
 )
 from datamodules.images import MAX_DECODED_PIXELS, image_problem
 from datamodules.shards import StreamIndex, list_shards
@@ -58,6 +62,7 @@ class Report(Problems):
     def __init__(self) -> None:
         super().__init__()
         self.counts: Counter[str] = Counter()
+        self.notes: list[str] = []  # worth knowing, not wrong (printed as ``note: ...``)
 
     @property
     def problems(self) -> list[str]:
@@ -121,10 +126,7 @@ def validate_training(root: Path, report: Report, shards: list[Path] | None = No
 
 # ---- MRB roots -----------------------------------------------------------------------------------
 def validate_mrb(root: Path, report: Report) -> str:
-    if (root / "task.json").exists() or is_task_dir(root):
-        tasks = [root]
-    else:
-        tasks = sorted(p for p in root.iterdir() if is_task_dir(p))
+    tasks = [root] if (root / "task.json").exists() or is_task_dir(root) else task_dirs(root)
     images = ImageChecker()
     for task_dir in tasks:
         validate_task(task_dir, report, images)
@@ -139,6 +141,13 @@ def validate_task(task_dir: Path, report: Report, images: ImageChecker) -> None:
     """Every problem of one MRB task folder: :func:`datamodules.formats.load_task`, collecting."""
     task = load_task(task_dir, report, images)
     if task is not None:
+        unjudged = [q for q in task.queries if not any(g > 0 for g in task.qrels.get(q, {}).values())]
+        if unjudged:
+            first = ", ".join(repr(q) for q in unjudged[:5])
+            report.notes.append(
+                f"{task_dir / 'queries.jsonl'}: {len(unjudged)} of {len(task.queries)} queries have no relevant "
+                f"judgement in qrels.tsv and will not be scored (trec_eval skips them); first: {first}"
+            )
         report.counts["queries"] += len(task.queries)
         report.counts["documents"] += len(task.corpus)
         report.counts["judgements"] += sum(len(d) for d in task.qrels.values())
@@ -233,12 +242,14 @@ def detect_roots(root: Path) -> list[tuple[str, Path, list[Path] | None]]:
         here = Path(folder)
         keep = []
         for name in sorted(subfolders):
+            if is_hidden(name):
+                continue  # hidden names are never data
             if is_task_dir(here / name):
                 mrb_roots.add(here)  # a task folder: its parent is an MRB root; not walked further
             else:
                 keep.append(name)
         subfolders[:] = keep
-        shards.extend(here / name for name in files if name.endswith(SHARD_SUFFIXES))
+        shards.extend(here / name for name in files if name.endswith(SHARD_SUFFIXES) and not is_hidden(name))
     found: list[tuple[str, Path, list[Path] | None]] = [("mrb", r, None) for r in sorted(mrb_roots)]
     if shards:
         shards.sort()
@@ -282,6 +293,8 @@ def _validate(args: argparse.Namespace) -> int:
     except FormatError as err:
         print(err)
         return 1
+    for path in leftovers(root):
+        print(f"note: {leftover_note(path)}")
     training = [(path, shards) for kind, path, shards in roots if kind == "training"]
     if args.stream and not training:
         print(f"{root}: --stream needs a training root, this is an MRB root")
@@ -295,6 +308,8 @@ def _validate(args: argparse.Namespace) -> int:
             summary = validate_mrb(path, report)
         for problem in report.problems:
             print(problem)
+        for note in report.notes:
+            print(f"note: {note}")
         lines: list[str] = []
         stream_ok = True
         if args.stream and kind == "training":

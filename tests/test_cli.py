@@ -89,6 +89,30 @@ def test_two_runs_in_one_directory_do_not_collide(tiny_model_dir, demo_dir, tmp_
     first, second = build_cli(args), build_cli(args)
     assert first.run_dir != second.run_dir
     assert (first.run_dir / "config.yaml").is_file() and (second.run_dir / "config.yaml").is_file()
+    assert (first.run_dir / "run_id").read_text() != (second.run_dir / "run_id").read_text()
+
+
+def test_a_second_run_in_an_exported_run_folder_is_refused(
+    tiny_model_dir, demo_dir, tmp_path, monkeypatch, capsys
+):
+    """Issue 23 item 10: RERANK_LAB_RUN_DIR names one run's folder; a second run there stops before loading."""
+    import lightning_modules.reranker as reranker
+
+    shared = tmp_path / "shared"
+    monkeypatch.setenv("RERANK_LAB_RUN_DIR", str(shared))
+    args = _fit_args(
+        tiny_model_dir, demo_dir, tmp_path, "--trainer.max_steps=1", "--validate_before_fit=false"
+    )
+    first = build_cli(args)
+    assert first.run_dir == shared and (shared / "run_id").is_file()
+    metrics = (shared / "metrics.jsonl").read_text()
+    monkeypatch.setenv("RERANK_LAB_RUN_DIR", str(shared))  # the CLI unsets it after a run
+    monkeypatch.setattr(reranker, "load_backbone", lambda *a, **k: pytest.fail("weights loaded"))
+    with pytest.raises(SystemExit) as caught:
+        build_cli(args)
+    assert caught.value.code == 2
+    assert f"RERANK_LAB_RUN_DIR={shared}: the folder already holds another run" in capsys.readouterr().err
+    assert (shared / "metrics.jsonl").read_text() == metrics
 
 
 def test_the_data_order_follows_the_run_seed_unless_data_seed_is_given(tiny_model_dir, demo_dir, tmp_path):
@@ -116,6 +140,81 @@ def test_bad_config_key_is_rejected_with_its_name(tiny_model_dir, demo_dir, tmp_
     with pytest.raises(SystemExit):
         build_cli(_fit_args(tiny_model_dir, demo_dir, tmp_path, "--model.no_such_key=1"))
     assert "no_such_key" in capsys.readouterr().err
+
+
+def error_line(capsys) -> str:
+    """The one ``error:`` line on stderr (pytest's own argv makes Lightning warn there too); no usage text."""
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "usage:" not in err
+    return line
+
+
+def test_a_mistyped_key_is_one_line_with_the_closest_valid_key(tiny_model_dir, demo_dir, tmp_path, capsys):
+    """Issue 23 item 14: one line naming the key (and the file that set it), not 89 lines of usage."""
+    with pytest.raises(SystemExit) as caught:
+        build_cli(_fit_args(tiny_model_dir, demo_dir, tmp_path, "--trainer.max_stepz=3"))
+    assert caught.value.code == 2
+    assert (
+        error_line(capsys) == "error: unknown config key trainer.max_stepz; did you mean trainer.max_steps?"
+    )
+    patch = tmp_path / "patch.yaml"
+    patch.write_text("model:\n  lrr: 0.1\n")
+    with pytest.raises(SystemExit) as caught:
+        build_cli(_fit_args(tiny_model_dir, demo_dir, tmp_path, "--config", str(patch)))
+    assert caught.value.code == 2
+    assert error_line(capsys) == f"error: {patch}: unknown config key model.lrr; did you mean model.lr?"
+
+
+def _text_only_model(tmp_path):
+    from tests.tiny_llama import build_llama
+
+    return build_llama(tmp_path / "llama")
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--data.train_root={tmp}/no/train", "data.train_root='{tmp}/no/train': no such file or folder"),
+        ("--data.eval_root={tmp}/no/mrb", "data.eval_root='{tmp}/no/mrb': no such file or folder"),
+        (
+            "--trainer.accelerator=gpu",
+            "trainer.accelerator='gpu' (set on the command line): this machine has no CUDA GPU; use --config "
+            "experiments/configs/trainer/cpu.yaml instead",
+        ),
+        (
+            "--config=experiments/configs/trainer/gpu.yaml",
+            "trainer.accelerator='gpu' (set in experiments/configs/trainer/gpu.yaml): this machine has no CUDA GPU",
+        ),
+        (
+            "text-only",
+            "data.eval_root: task digits-i2t ({demo}/digits-i2t/task.json) is I2T, an image task, but",
+        ),
+    ],
+)
+def test_mistakes_are_refused_before_weights_or_wandb(
+    tiny_model_dir, demo_dir, tmp_path, monkeypatch, capsys, flag, message
+):
+    """Issue 23 item 14: paths, modalities and the trainer are checked before anything loads."""
+    import torch
+
+    import lightning_modules.reranker as reranker
+
+    if "accelerator" in message and torch.cuda.is_available():
+        pytest.skip("the machine has a GPU")
+    monkeypatch.setattr(
+        reranker, "load_backbone", lambda *a, **k: pytest.fail("weights loaded before the check")
+    )
+    model = _text_only_model(tmp_path) if flag == "text-only" else tiny_model_dir
+    extra = [] if flag == "text-only" else [flag.format(tmp=tmp_path)]
+    args = _fit_args(model, demo_dir, tmp_path / "runs", *extra)
+    if flag == "text-only":
+        args.remove("--data.eval_tasks=[faces-i2i, stdlib-docs]")
+    with pytest.raises(SystemExit) as caught:
+        build_cli(args)
+    assert caught.value.code == 2
+    assert error_line(capsys).startswith("error: " + message.format(tmp=tmp_path, demo=demo_dir / "mrb"))
+    assert not (tmp_path / "runs").exists()  # no run folder, no W&B run
 
 
 def test_predict_writes_runs_that_the_evaluator_scores_like_validation(tiny_model_dir, demo_dir, tmp_path):
@@ -246,6 +345,20 @@ def test_skipped_records_are_a_running_total(tiny_model_dir, demo_dir, tmp_path)
     rows = [json.loads(line) for line in (cli.run_dir / "metrics.jsonl").read_text().splitlines()]
     totals = [row["train/skipped_records"] for row in rows if "train/skipped_records" in row]
     assert len(totals) == 4 and totals == sorted(totals) and totals[-1] == 4  # 16 records, 4 bad, one epoch
+
+
+def test_the_final_skipped_total_is_logged_after_the_last_step(tiny_model_dir, demo_dir, tmp_path):
+    """Issue 23 item 12: with log_every_n_steps=3 the running total stopped at step 3 of 4."""
+    train = tmp_path / "train"
+    train.mkdir()
+    good = (demo_dir / "train" / "stdlib-docs.jsonl").read_text().splitlines()[:12]
+    (train / "good.jsonl").write_text("\n".join(good) + "\n")
+    _bad_records(train / "bad.jsonl", 4)
+    args = _skip_args(tiny_model_dir, demo_dir, train, tmp_path / "runs", "--trainer.max_steps=4")
+    cli = build_cli([*args, "--trainer.log_every_n_steps=3", "--trainer.val_check_interval=4"])
+    rows = [json.loads(line) for line in (cli.run_dir / "metrics.jsonl").read_text().splitlines()]
+    totals = [(row["step"], row["train/skipped_records"]) for row in rows if "train/skipped_records" in row]
+    assert totals[-1] == (4, 4.0) and len(totals) == 2  # step 3's logged value, then the final total
 
 
 def test_a_fit_whose_every_record_is_skipped_stops_with_an_error(tiny_model_dir, demo_dir, tmp_path, capsys):

@@ -441,3 +441,80 @@ def test_detection_and_forcing(tmp_path):
         )
     assert convert(tmp_path / "b", None, tmp_path / "o", family="T2IT", metric="ndcg@10", instruction="x",
                    corpus_images=tmp_path / "b" / "by_id")["kind"] == "beir"  # fmt: skip
+
+
+# ---- issue 23 item 7: one line naming the source, never a traceback, nothing outside --out --------
+def forged_png(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header claims ``width`` x ``height`` (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    data = bytearray(image_bytes((1, 2, 3), "PNG", (1, 1)))
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def test_bad_image_bytes_are_reported_at_the_source_row(tmp_path):
+    from datasets import Dataset
+
+    src = tmp_path / "UMRB-Bad"
+    images = write_umrb(src)
+    Dataset.from_dict(
+        {"id": ["q1", "q2", "q3"], "modality": ["image", "image", "image"], "text": [None] * 3,
+         "image": [{"bytes": forged_png(20_000, 20_000), "path": None},
+                   {"bytes": forged_png(9_000, 9_000), "path": None},
+                   {"bytes": images["png2"][: len(images["png2"]) // 2], "path": None}]}
+    ).to_parquet(str(src / "query.parquet"))  # fmt: skip
+    with pytest.raises(ConversionError) as err:
+        convert(src, None, tmp_path / "out", family="I2T", metric="ndcg@10", instruction="x")
+    lines = str(err.value).splitlines()
+    where = src / "query.parquet"
+    assert lines[0].startswith(f"{where} row 1: image bytes cannot be decoded (DecompressionBombError: ")
+    assert lines[1] == (
+        f"{where} row 2: image bytes is 9000x9000 pixels, over the 64,000,000 pixel safety limit "
+        "(decompression bomb guard); downscale it"
+    )
+    assert lines[2].startswith(f"{where} row 3: image bytes cannot be decoded (OSError: ")
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["UMRB-Bad"]
+
+
+def test_non_utf8_qrels_is_one_line_with_its_line(tmp_path, capsys):
+    src = tmp_path / "beir"
+    run = write_beir(src)
+    with open(src / "qrels" / "test.tsv", "ab") as handle:
+        handle.write(b"q1\td2\t\xff1\n")
+    args = [str(src), "--run", str(run), "--out", str(tmp_path / "out"), "--family", "T2T", "--metric", "mrr@10"]  # fmt: skip
+    assert convert_module.main([*args, "--instruction", "x"]) == 1
+    assert capsys.readouterr().err == (
+        f"{src / 'qrels' / 'test.tsv'}:8: not UTF-8 (byte 0xff at column 7); save the file as UTF-8\n"
+    )
+
+
+def test_a_damaged_parquet_page_names_the_file_and_row(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "mteb-toy"
+    write_mteb(src, "parquet")
+    path = src / "corpus" / "test-00000-of-00001.parquet"
+    rows = [{"_id": f"d{i}", "title": "", "text": f"document number {i} " * 5} for i in range(1, 2001)]
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=500)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 200] = b"\xab" * 200
+    path.write_bytes(bytes(data))
+    with pytest.raises(ConversionError) as err:
+        convert(src, None, tmp_path / "out", family="T2T", metric="ndcg@10", instruction="x")
+    assert f"{path} row 769: the parquet file is damaged from here on (" in str(err.value)
+
+
+def test_a_task_name_cannot_leave_the_output_folder(tmp_path, capsys):
+    src = tmp_path / "beir"
+    write_beir(src)
+    out = tmp_path / "deep" / "train"
+    args = [str(src), "--out", str(out), "--train", "--instruction", "x", "--task-name", "../../x"]
+    assert convert_module.main(args) == 1
+    assert capsys.readouterr().err == (
+        f"--task-name '../../x': must be a plain name (no '/', no leading '.'): it names {out}/<name>.jsonl\n"
+    )
+    assert sorted(p.name for p in tmp_path.rglob("*") if not p.is_relative_to(src)) == []

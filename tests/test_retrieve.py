@@ -125,3 +125,72 @@ def test_dense_minilm_offline(tmp_path, tiny_png):
         RetrievalError, match=r"encodes text only; 1 query record\(s\) have no text \(e.g. \['q2'\]\)"
     ):
         retrieve(image_task, method="dense", model="minilm")
+
+
+# ---- issue 23 items 9 and 15: BM25 never ranks what it cannot read; images go through dense ----------
+def image_task(root: Path, tiny_png: bytes, texts: dict[str, str | None]) -> Path:
+    from tests.test_convert import image_bytes
+
+    task = write_task(root, queries={"q1": {"text": "red apple"}, "q2": {"text": "stock market"}})
+    (task / "images").mkdir()
+    corpus = []
+    for n, (doc, text) in enumerate(texts.items()):
+        (task / "images" / f"{doc}.png").write_bytes(image_bytes((40 * n, 200 - 40 * n, 9), "PNG", (12, 10)))
+        corpus.append({"id": doc, "image": f"images/{doc}.png", **({"text": text} if text else {})})
+    (task / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus))
+    return task
+
+
+def test_bm25_refuses_an_image_only_corpus(tmp_path, capsys, tiny_png):
+    task = image_task(tmp_path / "mrb" / "pics", tiny_png, dict.fromkeys(DOCS))
+    assert retrieve_module.main(["--task", str(task)]) == 1
+    assert capsys.readouterr().err == (
+        "task pics: no document has text, so BM25 would score every candidate 0; use --method dense --model "
+        "with an image-capable sentence-transformers model (CLIP-style)\n"
+    )
+    assert not (task / "candidates.trec").exists()
+
+
+def test_bm25_counts_textless_documents_and_flat_queries(tmp_path, capsys, tiny_png):
+    task = image_task(
+        tmp_path / "mrb" / "mixed", tiny_png, {"d1": "red apple pie", "d2": None, "d3": None, "d4": None}
+    )
+    assert retrieve_module.main(["--task", str(task)]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: task mixed: 3 of 4 documents have no text; BM25 scores them 0 (first: ['d2', 'd3', 'd4']); "
+        "--method dense with an image model ranks them",
+        "warning: task mixed: 1 of 2 queries have candidates that all score the same (first: ['q2']); their "
+        "order is arbitrary",
+    ]
+    run = read_run(task / "candidates.trec")
+    assert run["q1"]["d1"] > 0 and {run["q1"][d] for d in ("d2", "d3", "d4")} == {0.0}
+    assert set(run["q2"].values()) == {0.0}  # no known word: text-less documents do not match it
+
+
+def test_dense_ranks_images_with_a_clip_style_model(tmp_path, tiny_png):
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from datamodules.images import open_image
+    from tests.tiny_clip import build_clip
+
+    model = build_clip(tmp_path / "clip")
+    task = image_task(
+        tmp_path / "mrb" / "pics", tiny_png, {"d1": None, "d2": "a red apple", "d3": None, "d4": None}
+    )
+    assert retrieve_module.main(["--task", str(task), "--method", "dense", "--model", str(model)]) == 0
+    run = read_run(task / "candidates.trec")
+    assert validate_main([str(task)]) == 0 and sorted(run["q1"]) == ["d1", "d2", "d3", "d4"]
+    embedder = SentenceTransformer(str(model), device="cpu")
+
+    def unit(vector):
+        return vector / np.linalg.norm(vector)
+
+    query = unit(embedder.encode(["red apple"])[0])
+    image = unit(embedder.encode([open_image(task / "images" / "d1.png")])[0])
+    both = unit(
+        unit(embedder.encode(["a red apple"])[0])
+        + unit(embedder.encode([open_image(task / "images" / "d2.png")])[0])
+    )
+    assert run["q1"]["d1"] == pytest.approx(float(query @ image), abs=1e-5)  # an image-only document
+    assert run["q1"]["d2"] == pytest.approx(float(query @ both), abs=1e-5)  # text + image: the mean of both

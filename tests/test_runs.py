@@ -53,6 +53,35 @@ def test_a_run_name_that_is_a_path_is_refused(tmp_path, name):
 
 
 # ---- atomic appends -----------------------------------------------------------------------------
+@pytest.fixture
+def no_launcher(monkeypatch):
+    for name in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_one_run_per_shared_run_folder_its_ranks_join_it(tmp_path, no_launcher):
+    """Issue 23 item 10: RERANK_LAB_RUN_DIR is shared by the ranks of one run, never by two runs."""
+    shared = tmp_path / "shared" / "run"
+    run_id = runs.claim_run_dir(shared)
+    assert len(run_id) == 32 and (shared / "run_id").read_text() == run_id + "\n"
+    (shared / "metrics.jsonl").write_text('{"step": 1}\n')
+    no_launcher.setenv("NODE_RANK", "1")  # another node of the same run: joins, claims nothing
+    assert runs.claim_run_dir(shared) == ""
+    no_launcher.delenv("NODE_RANK")
+    with pytest.raises(RunError, match=r"RERANK_LAB_RUN_DIR=.*already holds another run .* export a new"):
+        runs.claim_run_dir(shared)  # a second run started with the same folder
+    assert runs.claim_run_dir(shared, str(shared / "checkpoints" / "last.ckpt")) == run_id  # resuming it
+    with pytest.raises(RunError, match="already holds another run"):
+        runs.claim_run_dir(shared, str(tmp_path / "elsewhere.ckpt"))
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "config.yaml").write_text("model: {}\n")  # a run folder of an older version: no run_id
+    with pytest.raises(RunError, match="already holds another run"):
+        runs.claim_run_dir(used)
+    assert (shared / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
 def test_a_full_disk_leaves_no_half_line_in_a_jsonl_record(tmp_path, monkeypatch):
     path = tmp_path / "metrics.jsonl"
     runs.append_line(path, {"step": 1, "train/loss": 0.5})

@@ -146,6 +146,10 @@ def convert_train(
         raise ConversionError(f"{out}: already exists; refusing to overwrite it (choose a new --out)")
     source = open_source(src, **source_args)
     name = task or getattr(source, "subset", None) or Path(src).resolve().name
+    if Path(name).name != name or name.startswith(".") or "\\" in name:
+        raise ConversionError(
+            f"--task-name {name!r}: must be a plain name (no '/', no leading '.'): it names {out}/<name>.jsonl"
+        )
     images_root = source_args.get("images_root")
     counts = write_train(source, Path(out), name, instruction, Path(images_root) if images_root else None)
     counts["kind"] = source.kind

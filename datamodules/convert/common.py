@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
+from datamodules.files import temporary_path
+from datamodules.images import ImageError, image_bytes_problem, read_image_file
+from datamodules.trec import Problems, read_lines
 from datamodules.validate import check_run_line
 
 Qrels = dict[str, dict[str, int]]
@@ -124,13 +126,13 @@ class ImageStore:
             if self.in_place is not None and image.resolve().is_relative_to(self.in_place):
                 return self._reference(image, where, errors)
             try:
-                data = image.read_bytes()
-            except OSError as err:
-                errors.append(f"{where}: cannot read image {image} ({err.strerror or err})")
+                data = read_image_file(image)
+            except ImageError as err:
+                errors.append(f"{where}: {err}")
                 return None
         else:
             data = image
-        return self._store(data, where, errors)
+        return self._store(data, str(image) if isinstance(image, Path) else "bytes", where, errors)
 
     def _reference(self, path: Path, where: str, errors: list[str]) -> str | None:
         if not path.is_file():
@@ -142,22 +144,22 @@ class ImageStore:
         self.counts["referenced in place"] += 1
         return f"{IMAGE_LINK}/{path.resolve().relative_to(self.in_place).as_posix()}"
 
-    def _store(self, data: bytes, where: str, errors: list[str]) -> str | None:
+    def _store(self, data: bytes, name: str, where: str, errors: list[str]) -> str | None:
         digest = hashlib.sha256(data).hexdigest()
         if digest in self._known:
             self.counts["duplicates (stored once)"] += 1
             return self._known[digest]
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                suffix = _SUFFIX.get(image.format or "", (image.format or "img").lower())
-        except (OSError, SyntaxError, ValueError) as err:
-            errors.append(f"{where}: image bytes cannot be decoded ({type(err).__name__}: {err})")
+        problem = image_bytes_problem(data, name)  # the one image rule, at the source's record
+        if problem is not None:
+            errors.append(f"{where}: {problem}")
             return None
+        with Image.open(io.BytesIO(data)) as image:  # decodes: checked by image_bytes_problem
+            suffix = _SUFFIX.get(image.format or "", (image.format or "img").lower())
         relative = f"images/{digest[:2]}/{digest[:40]}.{suffix}"
         target = self.out / relative
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.{os.getpid()}")
+            partial = temporary_path(target, "tmp")
             partial.write_bytes(data)  # the original bytes: pixels (and metadata) unchanged
             partial.replace(target)
         self._known[digest] = relative
@@ -165,22 +167,29 @@ class ImageStore:
         return relative
 
 
+def text_lines(path: Path, errors: list[str]) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a UTF-8 text file; a line that is not UTF-8, or a file that cannot be
+    read, is recorded in ``errors`` as ``file:line: reason`` (:func:`datamodules.trec.read_lines`)."""
+    problems = Problems()
+    yield from read_lines(path, problems)
+    errors.extend(problems.messages)
+
+
 def read_qrels_tsv(path: Path, errors: list[str]) -> Qrels:
     """BEIR qrels: optional header ``query-id corpus-id score``, then ``qid<TAB>docid<TAB>score``."""
     qrels: Qrels = {}
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            fields = line.rstrip("\n").split("\t") if "\t" in line else line.split()
-            if not line.strip():
-                continue
-            if lineno == 1 and not fields[-1].strip().lstrip("-").isdigit():
-                continue  # header
-            if len(fields) != 3:
-                errors.append(
-                    f"{path}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score', got {len(fields)} field(s)"
-                )
-                continue
-            add_judgement(qrels, *(f.strip() for f in fields), f"{path}:{lineno}", errors)
+    for lineno, line in text_lines(path, errors):
+        fields = line.rstrip("\r\n").split("\t") if "\t" in line else line.split()
+        if not line.strip():
+            continue
+        if lineno == 1 and not fields[-1].strip().lstrip("-").isdigit():
+            continue  # header
+        if len(fields) != 3:
+            errors.append(
+                f"{path}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score', got {len(fields)} field(s)"
+            )
+            continue
+        add_judgement(qrels, *(f.strip() for f in fields), f"{path}:{lineno}", errors)
     return qrels
 
 
@@ -205,18 +214,17 @@ def add_judgement(
 
 def read_run_lines(path: Path, errors: list[str]) -> dict[str, dict[str, float]]:
     run: dict[str, dict[str, float]] = {}
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            problem = check_run_line(fields)
-            if problem:
-                errors.append(f"{path}:{lineno}: {problem}")
-                continue
-            docs = run.setdefault(fields[0], {})
-            if fields[2] in docs:
-                errors.append(f"{path}:{lineno}: document {fields[2]!r} listed twice for query {fields[0]!r}")
-                continue
-            docs[fields[2]] = float(fields[4])
+    for lineno, line in text_lines(path, errors):
+        fields = line.split()
+        if not fields:
+            continue
+        problem = check_run_line(fields)
+        if problem:
+            errors.append(f"{path}:{lineno}: {problem}")
+            continue
+        docs = run.setdefault(fields[0], {})
+        if fields[2] in docs:
+            errors.append(f"{path}:{lineno}: document {fields[2]!r} listed twice for query {fields[0]!r}")
+            continue
+        docs[fields[2]] = float(fields[4])
     return run

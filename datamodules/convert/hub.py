@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from datamodules.convert.common import (
@@ -155,7 +156,15 @@ class HubSource:
                 return
             image_columns = _image_columns(handle.schema_arrow)
             row = 0
-            for batch in handle.iter_batches(batch_size=256):
+            batches = handle.iter_batches(batch_size=256)
+            while True:
+                try:
+                    batch = next(batches, None)
+                except (pa.ArrowException, OSError) as err:  # a corrupt page: name the file and where
+                    errors.append(f"{path} row {row + 1}: the parquet file is damaged from here on ({err})")
+                    return
+                if batch is None:
+                    return
                 for record in batch.to_pylist():
                     row += 1
                     yield f"{path} row {row}", record, image_columns
@@ -247,7 +256,6 @@ class HubSource:
 
 def _image_columns(schema) -> set[str]:
     """Columns holding images: the ``datasets`` Image feature, else a ``{bytes, path}`` struct named image."""
-    import pyarrow as pa
     from datasets import Features
     from datasets import Image as ImageFeature
 

@@ -34,6 +34,7 @@ from datamodules.convert.common import (
     inside,
     join_text,
     parse_modality,
+    text_lines,
 )  # fmt: skip
 from datamodules.formats import iter_jsonl
 
@@ -101,18 +102,15 @@ class MbeirSource:
                 for did in positives:
                     add_judgement(qrels, record.get("qid"), did, 1, where, errors)
             return qrels, f"{self.query_path} (pos_cand_list)"
-        with open(self.qrels_path, encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, start=1):
-                fields = line.split()
-                if not fields:
-                    continue
-                where = f"{self.qrels_path}:{lineno}"
-                if len(fields) != 5:
-                    errors.append(
-                        f"{where}: expected 'qid 0 did relevance task_id', got {len(fields)} field(s)"
-                    )
-                    continue
-                add_judgement(qrels, fields[0], fields[2], fields[3], where, errors)
+        for lineno, line in text_lines(self.qrels_path, errors):
+            fields = line.split()
+            if not fields:
+                continue
+            where = f"{self.qrels_path}:{lineno}"
+            if len(fields) != 5:
+                errors.append(f"{where}: expected 'qid 0 did relevance task_id', got {len(fields)} field(s)")
+                continue
+            add_judgement(qrels, fields[0], fields[2], fields[3], where, errors)
         return qrels, str(self.qrels_path)
 
     def negatives(self, errors: list[str]) -> dict[str, list[str]]:

@@ -4,13 +4,13 @@ renamed into place. An existing output is never touched."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from datamodules.convert.common import ConversionError, ImageStore, read_run_lines
+from datamodules.files import remove_leftovers, temporary_path
 from datamodules.formats import image_roots
 from datamodules.trec import write_run
 from datamodules.validate import ImageChecker, Report, validate_task, validate_training
@@ -19,8 +19,10 @@ from datamodules.validate import ImageChecker, Report, validate_task, validate_t
 def _fresh(out: Path) -> Path:
     if out.exists() or out.is_symlink():
         raise ConversionError(f"{out}: already exists; refusing to overwrite it (choose a new --out)")
-    tmp = out.parent / f".{out.name}.converting-{os.getpid()}"
-    tmp.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out)  # what a killed convert of the same output left
+    tmp = temporary_path(out, "converting")
+    tmp.mkdir()
     return tmp
 
 
