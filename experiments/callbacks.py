@@ -45,10 +45,21 @@ class RunConfigSaver(SaveConfigCallback):
                         artifact = wandb.Artifact(f"config-{logger.experiment.id}", type="config")
                         artifact.add_file(str(path))
                         logger.experiment.log_artifact(artifact)
-        config = self.config.as_dict()
         trainable, total = count_parameters(pl_module)
         for logger in trainer.loggers:
-            logger.log_hyperparams({**flatten(config), "params/trainable": trainable, "params/total": total})
+            logger.log_hyperparams(
+                {**wandb_config(self.config.as_dict()), "params/trainable": trainable, "params/total": total}
+            )
+
+
+def wandb_config(config: dict) -> dict:
+    """The run's config as W&B shows it: dotted keys of what can change a run's numbers; the logger's
+    own settings (``trainer.logger.*``) and the config files' paths (``config``, machine-specific)
+    are left out: the full file is the run's ``config.yaml`` (also uploaded as an artifact)."""
+    flat = flatten(config)
+    return {
+        k: v for k, v in flat.items() if k != "config" and not k.startswith(("trainer.logger.", "config."))
+    }
 
 
 class ParameterCount(Callback):
@@ -186,10 +197,21 @@ class LocalMetrics(Callback):
         self._write(trainer, "val/")
 
 
+def is_better(value: float, step: int, best: float | None, best_step: int | None) -> bool:
+    """The one rule for "best" (the W&B summary, the sweep's run metric, ``best-step<N>.ckpt``): the
+    highest ``val/mrb_avg`` of the validations during training (step > 0), the ones a checkpoint can
+    hold. The untrained model's step-0 validation is a baseline: it is "best" only until training
+    validates once, and never beats a trained validation."""
+    if best is None or (best_step == 0 and step > 0):
+        return True
+    return (step > 0 or best_step == 0) and value > best
+
+
 class EvalBookkeeping(Callback):
     """Validation and test scalars logged at ``global_step`` (the step the tables, TREC folders and
     checkpoints name; Lightning would use the count of finished batches, one less during training),
-    and the W&B run summary holding the BEST ``val/mrb_avg`` with its step, not the last."""
+    and the W&B run summary holding the BEST ``val/mrb_avg`` with its step (:func:`is_better`), not
+    the last."""
 
     def __init__(self) -> None:
         self.best: float | None = None
@@ -214,7 +236,7 @@ class EvalBookkeeping(Callback):
         value = trainer.callback_metrics.get("val/mrb_avg")
         if trainer.sanity_checking or value is None:
             return
-        if self.best is None or float(value) > self.best:
+        if is_better(float(value), trainer.global_step, self.best, self.best_step):
             self.best, self.best_step = float(value), trainer.global_step
         if not trainer.is_global_zero:
             return

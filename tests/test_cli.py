@@ -255,6 +255,8 @@ def test_wandb_config_steps_histograms_best_summary_and_progress_lines(
     (wandb_file,) = cli.run_dir.glob("wandb/offline-run-*/run-*.wandb")
     keys = wandb_config(wait_until_written(wandb_file))
     assert "model.objective" in keys and "data.num_negatives" in keys
+    # no logger settings, no config-file paths of this machine
+    assert not [k for k in keys if k.startswith("trainer.logger") or k == "config" or k.startswith("config.")]
     assert not {"objective", "lr", "model_name_or_path", "num_negatives", "eval_root"} & set(keys)
 
     rows = history(wandb_file)
@@ -267,10 +269,11 @@ def test_wandb_config_steps_histograms_best_summary_and_progress_lines(
     averages = [
         json.loads(line)["average"] for line in (cli.run_dir / "eval_history.jsonl").read_text().splitlines()
     ]
-    best = max(averages)
+    best = max(averages[1:])  # the validations of training (steps 2 and 4); step 0 is the baseline
     final = wandb_summary(wandb_file)
     assert final["val/mrb_avg"] == pytest.approx(best)
-    assert final["val/mrb_avg_best_step"] == [0, 2, 4][averages.index(best)]
+    best_step = [0, 2, 4][averages.index(best)]
+    assert final["val/mrb_avg_best_step"] == best_step
 
 
 class _FakeRun:
@@ -291,6 +294,14 @@ def test_the_summary_keeps_the_best_validation_not_the_last():
         trainer.global_step, trainer.callback_metrics = step, {"val/mrb_avg": value}
         keeper.on_validation_end(trainer, None)
     assert logger.experiment.summary == {"val/mrb_avg": 0.5, "val/mrb_avg_best_step": 120}
+    # The untrained step 0 scoring best: the summary names the best trained step, as best-step<N>.ckpt does.
+    keeper = EvalBookkeeping()
+    for step, value in ((0, 0.6), (30, 0.5), (60, 0.4)):
+        trainer.global_step, trainer.callback_metrics = step, {"val/mrb_avg": value}
+        keeper.on_validation_end(trainer, None)
+        if step == 0:
+            assert logger.experiment.summary["val/mrb_avg_best_step"] == 0  # until training validates
+    assert logger.experiment.summary == {"val/mrb_avg": 0.5, "val/mrb_avg_best_step": 30}
 
 
 # ---- bad records (issue 11 items 18, 19) ---------------------------------------------------------

@@ -178,6 +178,12 @@ def test_the_run_metric_is_the_best_validation_as_in_the_wandb_summary(tmp_path)
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert sweep.final_metric(tmp_path, "val/mrb_avg") == 0.5
     assert sweep.final_metric(tmp_path, "train/loss") == 0.7  # other keys: the last value
+    # The untrained step-0 validation is a baseline, never the run's best (no checkpoint holds it).
+    rows[0]["val/mrb_avg"] = 0.9
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert sweep.final_metric(tmp_path, "val/mrb_avg") == 0.5
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    assert sweep.final_metric(tmp_path, "val/mrb_avg") == 0.9  # nothing else: the baseline it is
 
 
 def test_random_plan_is_seeded_capped_and_in_range():

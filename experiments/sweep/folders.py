@@ -82,20 +82,24 @@ def latest_run_folder(run_dir: Path) -> Path | None:
 
 def final_metric(folder: Path | None, name: str) -> float | None:
     """The value of ``name`` a CLI run folder reports, as its W&B run summary does: the best (highest)
-    ``val/mrb_avg`` over its validations, the last logged value of any other key (metrics.jsonl,
-    else eval_history.jsonl)."""
+    ``val/mrb_avg`` over its validations during training (step > 0; the step-0 baseline only when
+    there is nothing else), the last logged value of any other key (metrics.jsonl, else
+    eval_history.jsonl)."""
     if folder is None:
         return None
-    values = [row[name] for row in read_jsonl(folder / "metrics.jsonl") if name in row]
-    if not values and name == "val/mrb_avg":
-        values = [
-            record["average"]
+    rows = [(row.get("step"), row[name]) for row in read_jsonl(folder / "metrics.jsonl") if name in row]
+    if not rows and name == "val/mrb_avg":
+        rows = [
+            (record.get("step"), record["average"])
             for record in read_jsonl(folder / "eval_history.jsonl")
             if record.get("stage", "val") == "val" and "average" in record
         ]
-    if not values:
+    if not rows:
         return None
-    return max(values) if name == "val/mrb_avg" else values[-1]
+    if name != "val/mrb_avg":
+        return rows[-1][1]
+    trained = [value for step, value in rows if isinstance(step, int | float) and step > 0]
+    return max(trained or [value for _, value in rows])  # the rule of experiments.callbacks.is_better
 
 
 def pid_alive(pid: int) -> bool:
