@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 import re
@@ -250,20 +251,38 @@ def wandb_logged_in() -> bool:
         return False
 
 
-def wandb_reachable(timeout: float = 3.0) -> bool:
-    """Whether the W&B server (``WANDB_BASE_URL``) answers an HTTP request within ``timeout`` s.
+def wandb_server_problem(timeout: float = 3.0) -> str | None:
+    """Why the W&B server (``WANDB_BASE_URL``) cannot take a run, or ``None`` when it can.
 
-    An HTTP answer of any status counts; a failed name lookup, a refused or silent connection does
-    not (a TCP connect alone is not enough: some networks accept every connection and never answer).
+    A W&B server answers a GraphQL query at ``<base>/graphql`` with a JSON object holding ``data`` or
+    ``errors`` (whatever the login). No HTTP answer within ``timeout`` s (a failed name lookup, a
+    refused or silent connection) is "not reachable"; an answer of another kind (a proxy's or a
+    captive portal's page, which answers every request) is "answered, but not as a W&B server".
     """
-    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").rstrip("/")
+    body = json.dumps({"query": "query { viewer { id } }"}).encode("utf-8")
+    request = urllib.request.Request(
+        f"{base}/graphql", data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
-            return True
-    except urllib.error.HTTPError:
-        return True  # the server answered
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            answer = response.read(1 << 16)
+    except urllib.error.HTTPError as error:  # an answer with an error status: what does it say?
+        answer = error.read(1 << 16) if error.fp is not None else b""
     except (OSError, ValueError):  # URLError, timeouts, resets; ValueError: a malformed URL
-        return False
+        return f"{base} is not reachable"
+    try:
+        parsed = json.loads(answer.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        parsed = None
+    if isinstance(parsed, dict) and ("data" in parsed or "errors" in parsed):
+        return None
+    return f"{base} answered, but not as a W&B server (a proxy or a captive portal?)"
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """Whether a W&B server answers at ``WANDB_BASE_URL`` (:func:`wandb_server_problem`)."""
+    return wandb_server_problem(timeout) is None
 
 
 def choose_wandb_mode() -> str | None:
@@ -277,11 +296,10 @@ def choose_wandb_mode() -> str | None:
         return None
     if not wandb_logged_in():
         reason = "no login found"
-    elif not wandb_reachable():
-        server = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-        reason = f"{server} is not reachable"
     else:
-        return None
+        reason = wandb_server_problem()
+        if reason is None:
+            return None
     os.environ["WANDB_MODE"] = "offline"
     print(
         f"W&B: {reason}, logging offline; upload later with `wandb sync <run>/wandb/offline-run-*`",

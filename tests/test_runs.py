@@ -198,9 +198,53 @@ def test_a_server_that_accepts_and_never_answers_is_not_reachable(monkeypatch):
         assert time.monotonic() - started < 3.0
 
 
+def _http_server(body: bytes, content_type: str):
+    """A local server answering every request with ``body`` (status 200), in a thread."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self):
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_HEAD = do_POST = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_portal_that_answers_everything_is_not_taken_for_wandb(monkeypatch, capsys):
+    """A proxy or captive portal answers every HTTP request: the check needs a W&B GraphQL answer."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    portal = _http_server(b"<html><body>Sign in to the hotel wifi</body></html>", "text/html")
+    try:
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{portal.server_port}")
+        assert "answered, but not as a W&B server" in runs.choose_wandb_mode()
+        assert os.environ["WANDB_MODE"] == "offline"
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    finally:
+        portal.shutdown()
+    graphql = _http_server(json.dumps({"data": {"viewer": None}}).encode(), "application/json")
+    try:
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{graphql.server_port}")
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+        assert runs.choose_wandb_mode() is None and "WANDB_MODE" not in os.environ
+    finally:
+        graphql.shutdown()
+
+
 def test_a_chosen_wandb_mode_is_left_alone(monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    monkeypatch.setattr(runs, "wandb_reachable", lambda timeout=3.0: pytest.fail("must not probe"))
+    monkeypatch.setattr(runs, "wandb_server_problem", lambda timeout=3.0: pytest.fail("must not probe"))
     assert runs.choose_wandb_mode() is None and os.environ["WANDB_MODE"] == "disabled"
     assert capsys.readouterr().err == ""
