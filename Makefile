@@ -13,7 +13,7 @@ SWEEP ?= experiments/sweeps/demo_probe.yaml
 COUNT ?=
 DEMO_DIR ?= runs/demo
 
-.PHONY: help install demo test test-slow test-gpu gpu-check lint format sweep bench real probe-real probe-real-pilot probe-real-archive clean
+.PHONY: help install demo demo-check test test-slow test-gpu gpu-check lint format sweep bench real probe-real probe-real-pilot probe-real-archive clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -23,7 +23,7 @@ install: $(STAMP) ## Create .venv and install rerank-lab with its dev tools (ide
 # The torch step comes first and is then pinned: an unpinned torch pulled in by lightning/peft would
 # otherwise fetch the newest CUDA build (several GB) on CPU machines. With a GPU the venv sees the
 # system site-packages so a CUDA torch already installed by the user is kept, never replaced.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@if [ ! -x $(PY) ]; then \
 	  if command -v nvidia-smi >/dev/null 2>&1; then $(PYTHON) -m venv --system-site-packages $(VENV); \
 	  else $(PYTHON) -m venv $(VENV); fi; \
@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml
 	@$(PY) -W ignore -c "import torch" || { echo "torch failed to install"; exit 1; }
 	@$(PY) -W ignore -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
 	@echo "installing rerank-lab and its dependencies (pinned to $$(cat $(VENV)/constraints.txt))"
-	@set -o pipefail; $(PIP) install -c $(VENV)/constraints.txt -e ".[dev,demo,qlora]" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	@set -o pipefail; $(PIP) install -c $(VENV)/constraints.txt -c constraints.txt -e ".[dev,demo,qlora]" 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@if ! command -v nvidia-smi >/dev/null 2>&1; then \
 	  bad=$$($(PY) -m pip list --format=freeze 2>/dev/null | grep -iE '^(nvidia|triton|torchvision)' || true); \
 	  if [ -n "$$bad" ]; then echo "CPU machine but GPU packages were installed: $$bad"; exit 1; fi; \
@@ -44,6 +44,10 @@ $(STAMP): pyproject.toml
 
 demo: install ## Build a tiny model + demo benchmark, train SFT on CPU, print before/after tables
 	$(PY) -m experiments.demo --out $(DEMO_DIR)
+
+demo-check: install ## Run the demo afresh and fail if its averages differ from the figures the README states
+	rm -rf runs/demo-check
+	OMP_NUM_THREADS=1 $(PY) -m experiments.demo --out runs/demo-check --check-readme README.md
 
 test: install ## Run the fast test tier (CPU, tiny models)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -34,8 +35,8 @@ def _since(start: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def print_tables(run_dir: Path) -> tuple[float, float]:
-    """Print the per-task metric before -> after training; returns the two averages."""
+def print_tables(run_dir: Path) -> tuple[float, float, float]:
+    """Print the per-task metric before -> after training; returns the two averages and the retriever's."""
     lines = (run_dir / "eval_history.jsonl").read_text(encoding="utf-8").splitlines()
     history = [json.loads(line) for line in lines if line.strip()]
     before, after = history[0], history[-1]
@@ -49,7 +50,33 @@ def print_tables(run_dir: Path) -> tuple[float, float]:
         )
     print(f"  {'average':<24} {'':<6} {'':<10} {before['average']:.3f} -> {after['average']:.3f}")
     print(f"  (first-stage retriever average: {after['retriever']['average']:.3f})")
-    return before["average"], after["average"]
+    return before["average"], after["average"], after["retriever"]["average"]
+
+
+# How the README states the demo's figures ("... average went 0.193 -> 0.601, the first-stage
+# retriever's is 0.469"): `make demo-check` compares a fresh run with them.
+README_FIGURES = re.compile(
+    r"average\s+went\s+([0-9.]+)\s+->\s+([0-9.]+),\s+the\s+first-stage\s+retriever's\s+is\s+([0-9.]+)"
+)
+
+
+def readme_mismatch(readme: Path, figures: tuple[float, float, float]) -> str | None:
+    """One line when the README's demo figures differ (at the 3 decimals it prints) from ``figures``."""
+    try:
+        match = README_FIGURES.search(readme.read_text(encoding="utf-8"))
+    except OSError as error:
+        return f"{readme}: cannot read it: {error}"
+    if match is None:
+        return f"{readme}: no demo figures found (expected 'average went A -> B, the first-stage retriever's is C')"
+    stated = tuple(match.group(i) for i in (1, 2, 3))
+    measured = tuple(f"{value:.3f}" for value in figures)
+    if stated != measured:
+        return (
+            f"{readme}: states the demo average went {stated[0]} -> {stated[1]} (retriever {stated[2]}), a fresh "
+            f"run gives {measured[0]} -> {measured[1]} (retriever {measured[2]}): update the README or find "
+            "what changed (constraints.txt pins the versions)"
+        )
+    return None
 
 
 def _describe(doc, root: Path) -> str:
@@ -105,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="override trainer.max_steps (validation then runs before and after training only)",
     )
+    parser.add_argument(
+        "--check-readme",
+        type=Path,
+        default=None,
+        help="exit 1 if this README's stated demo averages differ from this run's (make demo-check)",
+    )
     args, cli_extra = parser.parse_known_args(argv)
     unknown = [arg for arg in cli_extra if not (arg.startswith("--") and "=" in arg)]
     if unknown:
@@ -151,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     phase = time.monotonic()
     cli = build_cli(cli_args)
     print(f"[demo] training and validation took {_since(phase)}")
-    before, after = print_tables(cli.run_dir)
+    before, after, retriever = print_tables(cli.run_dir)
     print(f"\nrun folder: {cli.run_dir}")
     offline = sorted((cli.run_dir / "wandb").glob("offline-run-*"))
     if offline:
@@ -173,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     if after <= before:
         print("demo FAILED: training did not improve the average", file=sys.stderr)
         return 1
+    if args.check_readme is not None:
+        problem = readme_mismatch(args.check_readme, (before, after, retriever))
+        if problem:
+            print(f"demo-check FAILED: {problem}", file=sys.stderr)
+            return 1
+        print(f"[demo] the figures in {args.check_readme} match this run")
     return 0
 
 

