@@ -244,3 +244,32 @@ def test_export_out_on_a_symlink(trained, tmp_path, capsys):
     (tmp_path / "to-empty").symlink_to(empty)
     assert export_cli.main(["--ckpt", str(ckpt), "--out", str(tmp_path / "to-empty")]) == 0
     assert (empty / CHECKSUMS).is_file() and (tmp_path / "to-empty").is_symlink()
+
+
+@pytest.mark.slow
+def test_smollm2_export_loads_as_crossencoder_and_seq_cls_with_reranker_scores(tmp_path):
+    """The real SmolLM2-135M (fetched once into the cache), 4 LoRA steps, both exports (what
+    `make serve-check` prepares): CrossEncoder on each folder and AutoModelForSequenceClassification
+    on the seq-cls one equal Reranker in fp32 on 24 pairs, to 1e-4: the float32 floor of this 30-layer
+    model between the two GEMM paths is 1e-5 to 3e-5 (experiments/bench/serve_check.py)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from experiments.bench.serve_check import prepare
+
+    default, seq_cls, pairs = prepare(tmp_path)
+    reranker = Reranker.from_pretrained(default, device="cpu")
+    tokenizer = AutoTokenizer.from_pretrained(seq_cls)
+    classifier = AutoModelForSequenceClassification.from_pretrained(seq_cls, dtype=torch.float32).eval()
+    models = [crossencoder(default), crossencoder(seq_cls)]
+    for query, documents in pairs[:3]:
+        want = torch.tensor(reranker.score(query, documents))
+        for model in models:
+            assert (raw(model, [(query, d) for d in documents]) - want).abs().max() <= 1e-4
+        roles = [[{"role": "query", "content": query}, {"role": "document", "content": d}] for d in documents]
+        tokenizer.padding_side = "left"
+        batch = tokenizer.apply_chat_template(
+            roles, tokenize=True, padding=True, return_tensors="pt", return_dict=True
+        )
+        with torch.no_grad():
+            got = classifier(**batch).logits[:, 0]
+        assert (got - want).abs().max() <= 1e-4

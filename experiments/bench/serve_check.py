@@ -21,7 +21,11 @@ Tolerance (vLLM vs Reranker): 1e-3 on fp32 scores of magnitude ~1-10. vLLM runs 
 weights through its own CPU kernels (paged attention, fused GEMMs, another reduction order), so
 agreement is to float32 rounding accumulated over 30 layers, not bit-for-bit; a wrong prompt, head
 or answer position moves scores by 0.1-10. CrossEncoder runs the same transformers model as
-``Reranker``: held to 1e-5. Exit 0 when all three agree within these bounds.
+``Reranker`` with other GEMM shapes (full-vocabulary logits of the last position against rerank-lab's
+label rows; its own length-sorted batches): on SmolLM2 (30 layers, scores ~1-2) they differ by 1e-5 to
+3e-5 (measured: 9.5e-6 one pair per forward on both sides, 2.5e-5 to 3e-5 in batches of 8), the float32
+floor of that model, so it is held to 1e-4 here; tiny test models agree to 1e-7 and are held to 1e-5.
+Exit 0 when all three agree within these bounds.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import urllib.request
 from pathlib import Path
 
 VLLM_TOLERANCE = 1e-3
-CROSSENCODER_TOLERANCE = 1e-5
+CROSSENCODER_TOLERANCE = 1e-4
 MODULES = ("json", "os.path", "shutil", "textwrap", "string", "random", "statistics", "fnmatch")
 
 
@@ -262,7 +266,11 @@ def run(out: Path, vllm_python: str, server_timeout: float) -> dict:
     default, seq_cls, pairs = prepare(out)
     results = score_in_process(default, pairs)
     port = free_port()
-    command = vllm_command(vllm_python, seq_cls, port, 2048)
+    config = json.loads((seq_cls / "config.json").read_text())
+    budget = json.loads((seq_cls / "rerank_config.json").read_text())["max_length"]
+    command = vllm_command(
+        vllm_python, seq_cls, port, min(budget, config.get("max_position_embeddings", budget))
+    )
     server = start_vllm(command, out / "vllm.log", server_timeout)
     try:
         for endpoint in ("rerank", "score"):
