@@ -24,16 +24,12 @@ from PIL import Image
 
 from datamodules.encoding import PairEncoder
 from datamodules.formats import Doc
-from lightning_modules.export_serve import SERVE_HEADING, serve_lines
+from lightning_modules.export_serve import SERVE_HEADING, ExportParityError, serve_lines  # noqa: F401 - re-exported
 
 MODEL_PLACEHOLDER = "path/to/this/folder"
 SNIPPET_HEADING = "## Score it with plain transformers"
 # A Hub repository id: "name" or "owner/name" of letters, digits, "-", "_", "."; never a path.
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class ExportParityError(RuntimeError):
-    """The exported folder does not score (or preprocess) like the training module."""
 
 
 SCORE_TEXT = {

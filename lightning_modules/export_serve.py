@@ -65,6 +65,10 @@ REASONS = {
 }
 
 
+class ExportParityError(RuntimeError):
+    """The exported folder does not score (or preprocess) like the training module."""
+
+
 class ServeFormatError(ValueError):
     """The requested serving format cannot express this export's score or backbone."""
 
@@ -401,8 +405,6 @@ def check_crossencoder(folder: Path, triples, expected: torch.Tensor, tolerance:
     Raises:
         ExportParityError: a difference above ``tolerance``.
     """
-    from lightning_modules.export_folder import ExportParityError
-
     try:
         got = crossencoder_scores(folder, triples)
     except ImportError as err:
@@ -419,8 +421,6 @@ def check_crossencoder(folder: Path, triples, expected: torch.Tensor, tolerance:
 def check_seq_cls(folder: Path, triples, expected: torch.Tensor, tolerance: float, config: dict) -> dict:
     """Compare a ``seq-cls`` folder, through ``AutoModelForSequenceClassification`` and ``CrossEncoder``,
     with ``expected``; the parity entries to record (``max_abs_diff``: the transformers class)."""
-    from lightning_modules.export_folder import ExportParityError
-
     encoder = PairEncoder.from_pretrained(
         folder, max_length=config["max_length"], system_prompt=config["system_prompt"]
     )
@@ -488,8 +488,8 @@ def serve_lines(config: dict, vision: bool, folder: str) -> list[str]:
         'other = model.predict(pairs, prompt="Find the document that matches the query.")  # another instruction',
         "```",
         "",
-        f"The default prompt is the instruction {json.dumps(config['default_instruction'])}, the one the model "
-        "was trained with; `prompt=` replaces it for a call. The pair is rendered by this folder's "
+        f"The default prompt is the instruction {json.dumps(config.get('default_instruction'))}, the one the "
+        "model was trained with; `prompt=` replaces it for a call. The pair is rendered by this folder's "
         f"`{CHAT_TEMPLATE}` as the judge chat shown above.",
     ]
     if vision:

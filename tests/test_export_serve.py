@@ -80,6 +80,8 @@ def test_default_export_is_a_crossencoder_that_scores_like_reranker(default_expo
         assert (got - want).abs().max() <= 1e-5, (instruction, got, want)
     # The instruction reaches the prompt: another one gives other scores.
     assert (raw(model, pairs) - raw(model, pairs, prompt=OTHER)).abs().max() > 1e-4
+    card = (default_export / "README.md").read_text()
+    assert 'CrossEncoder("path/to/this/folder")' in card and "--format seq-cls" in card
     # sentence-transformers' default activation is the sigmoid of the same score.
     assert torch.allclose(torch.as_tensor(model.predict(pairs)), torch.sigmoid(raw(model, pairs)), atol=1e-6)
 
@@ -125,6 +127,9 @@ def test_seq_cls_export_scores_like_reranker(default_export, seq_cls_export):
     )
     with pytest.raises(ValueError, match="seq-cls export"):
         Reranker.from_pretrained(seq_cls_export, device="cpu")
+    card = (seq_cls_export / "README.md").read_text()
+    assert "vllm serve path/to/this/folder --runner pooling" in card and "/rerank" in card
+    assert "AutoModelForCausalLM" not in card and "## Form" in card
 
 
 def test_cl_score_writes_the_yes_logit_alone(trained, tmp_path):
