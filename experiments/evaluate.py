@@ -266,6 +266,7 @@ def model_summary(args, tasks: list[str] | None) -> Summary:
             max_length=args.max_length,
             dtype=args.dtype,
             device=args.device,
+            verify=getattr(args, "verify", True),
         )
     except (ValueError, OSError) as err:
         if type(err).__name__ == "FormatError":

@@ -162,3 +162,9 @@ def add_arguments(parser) -> None:
     group.add_argument("--max-length", type=int, help="tokens per pair (default: the export's, else 3200)")
     group.add_argument("--dtype", default="float32", help="model dtype (float32 or bfloat16)")
     group.add_argument("--device", help="cpu, cuda, ... (default cuda when available)")
+    group.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="load an export whose files differ from the checksums recorded at export (checksums.sha256)",
+    )

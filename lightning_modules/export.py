@@ -73,7 +73,20 @@ from lightning_modules.export_folder import (
     write_card,
     write_pixel_budget,
 )
-from lightning_modules.inference import RERANK_CONFIG, SCORE_HEAD, Reranker, as_doc
+from lightning_modules.export_integrity import record_checksums
+from lightning_modules.export_serve import (
+    FORMATS,
+    ServeFormatError,
+    check_crossencoder,
+    check_seq_cls,
+    refusal,
+    seq_cls_model,
+    seq_cls_refusal,
+    training_instruction,
+    write_json,
+    write_serving_files,
+)
+from lightning_modules.inference import DEFAULT_INSTRUCTION, RERANK_CONFIG, SCORE_HEAD, Reranker, as_doc
 from lightning_modules.reranker import RerankerModule
 
 log = logging.getLogger(__name__)
@@ -202,6 +215,78 @@ def score_kind(objective) -> str:
 # ---- export ----------------------------------------------------------------------------------
 
 
+def output_folder(out: str | Path) -> Path:
+    """``--out`` as the folder to create: a new path or an empty folder, never anything else.
+
+    A symbolic link to an empty folder stands for that folder (the export replaces the empty target,
+    the link keeps pointing at it); a link to anything else, or a dangling one, is refused.
+    """
+    out = Path(out)
+    if out.is_symlink():
+        target = out.resolve()
+        if not target.is_dir() or any(target.iterdir()):
+            raise FileExistsError(
+                f"{out} is a symbolic link to {target}, which is not an empty folder; give a new folder "
+                "(exports never overwrite)"
+            )
+        return target
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new folder (exports never overwrite)")
+    return out
+
+
+def _check_reranker(
+    folder: Path, triples, expected: torch.Tensor, tolerance: float, trust_remote_code: bool
+) -> float:
+    """max |difference| between ``Reranker.from_pretrained(folder)`` and ``expected`` (raises above ``tolerance``)."""
+    exported = Reranker.from_pretrained(
+        folder,
+        device="cpu",
+        dtype="float32",
+        prefix_cache=False,
+        trust_remote_code=trust_remote_code,
+        verify=False,
+    )
+    got = torch.tensor(exported.score_encoded(encode_all(exported.encoder, triples)))
+    diff = float((got - expected).abs().max())
+    if not diff <= tolerance:
+        raise ExportParityError(
+            f"the exported folder scores differ from the training module by up to {diff:.3e} "
+            f"(> {tolerance:.0e}) on {len(triples)} pairs; nothing was written"
+        )
+    return diff
+
+
+def check_format(fmt: str, hparams: dict, base: str, trust_remote_code: bool, where: str) -> None:
+    """Refuse, before any weights load, a ``--format`` that cannot express the checkpoint's score or
+    backbone (one line: why). The default format always exports; its sentence-transformers files are
+    left out (and the card says why) for scores they cannot express."""
+    if fmt not in FORMATS:
+        raise ServeFormatError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if fmt == "rerank-lab":
+        return
+    import objectives
+
+    try:
+        objective = objectives.build(
+            hparams.get("objective", "sft"), hidden_size=8, **(hparams.get("objective_args") or {})
+        )
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: its objective does not build: {err}") from None
+    reason = refusal(score_kind(objective))
+    if reason is None:
+        from transformers import AutoConfig
+
+        try:
+            base_config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code)
+        except OSError as err:
+            raise ValueError(f"{where}: cannot read the config of its base {base!r} ({err})") from None
+        vision = getattr(base_config, "vision_config", None) is not None
+        reason = seq_cls_refusal(base_config.model_type, vision)
+    if reason is not None:
+        raise ServeFormatError(f"--format {fmt} refused for {where}: {reason}")
+
+
 def _copy_base_files(base: str, staging: Path, encoder: PairEncoder) -> None:
     folder = Path(base)
     if folder.is_dir():
@@ -225,6 +310,8 @@ def export(
     tolerance: float = PARITY_TOLERANCE,
     base: str | None = None,
     trust_remote_code: bool = False,
+    fmt: str = "rerank-lab",
+    instruction: str | None = None,
 ) -> Path:
     """Merge a rerank-lab checkpoint into a plain Hugging Face folder and check score parity.
 
@@ -240,6 +327,12 @@ def export(
             ``model_name_or_path``); its weights must match the recorded fingerprint.
         trust_remote_code: allow code shipped with the base. Never taken from the checkpoint: a
             checkpoint trained with it needs this switch too.
+        fmt: ``rerank-lab`` (default: the causal LM, also a sentence-transformers ``CrossEncoder``)
+            or ``seq-cls`` (a one-label ``*ForSequenceClassification`` for vLLM / TEI / infinity);
+            see :mod:`lightning_modules.export_serve`.
+        instruction: the default instruction written into the chat template and the
+            sentence-transformers prompt (default: the most frequent one of the training data, else
+            ``inference.DEFAULT_INSTRUCTION``).
 
     Returns:
         The folder.
@@ -249,10 +342,9 @@ def export(
         UnsafeCheckpointError: the checkpoint needs more than the weights-only unpickler.
         ValueError: unreadable checkpoint, or the base read now is not the one it was trained on.
         ExportParityError: the exported folder does not score like the training module.
+        ServeFormatError: ``fmt`` cannot express the checkpoint's score or backbone.
     """
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new folder (exports never overwrite)")
+    out = output_folder(out)
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"export dtype must be float32 or bfloat16, got {dtype!r}")
     checkpoint = load_checkpoint(ckpt)
@@ -267,6 +359,8 @@ def export(
     arguments["trust_remote_code"] = trust_remote_code
     base = str(base or arguments["model_name_or_path"])
     arguments["model_name_or_path"] = base
+    check_format(fmt, arguments, base, trust_remote_code, str(ckpt))
+    instruction = instruction or training_instruction(data_hparams.get("train_root")) or DEFAULT_INSTRUCTION
     try:
         module = RerankerModule(**arguments)
     except OSError as err:  # the base folder or hub id cannot be read
@@ -366,6 +460,8 @@ def export(
     if rounding_diff is not None:
         config["parity"]["bf16_rounding_max_abs_diff"] = rounding_diff
 
+    config["default_instruction"] = instruction
+    config["layout"] = "seq-cls" if fmt == "seq-cls" else "causal-lm"
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
@@ -373,7 +469,14 @@ def export(
 
         hf_logging.disable_progress_bar()
         model.to(torch.bfloat16 if dtype == "bfloat16" else torch.float32)
-        model.save_pretrained(staging)
+        if fmt == "seq-cls":
+            classifier = seq_cls_model(
+                model, config["label_token_ids"], config["score"], encoder.pad_token_id
+            )
+            classifier.save_pretrained(staging)
+            del classifier
+        else:
+            model.save_pretrained(staging)
         _copy_base_files(base, staging, encoder)
         write_pixel_budget(staging, encoder.min_pixels, encoder.max_pixels)
         check_image_processor(staging, encoder, triples)
@@ -383,22 +486,23 @@ def export(
             save_file(
                 {k: v.detach().float().contiguous() for k, v in score_params.items()}, staging / SCORE_HEAD
             )
-        (staging / RERANK_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-
+        left_out = write_serving_files(staging, config, encoder, instruction, seq_cls=fmt == "seq-cls")
+        config["sentence_transformers"] = {"written": left_out is None, "why_not": left_out}
+        if left_out is not None:
+            log.warning("sentence-transformers files left out: %s", left_out)
+        write_json(staging / RERANK_CONFIG, config)
         del module, model, objective  # the export is checked from disk, with its own files
-        exported = Reranker.from_pretrained(
-            staging, device="cpu", dtype="float32", prefix_cache=False, trust_remote_code=trust_remote_code
-        )
-        got = torch.tensor(exported.score_encoded(encode_all(exported.encoder, triples)))
-        diff = float((got - expected).abs().max())
-        if not diff <= tolerance:
-            raise ExportParityError(
-                f"the exported folder scores differ from the training module by up to {diff:.3e} "
-                f"(> {tolerance:.0e}) on {len(pairs)} pairs; nothing was written to {out}"
+        if fmt == "seq-cls":
+            config["parity"].update(check_seq_cls(staging, triples, expected, tolerance, config))
+        else:
+            config["parity"]["max_abs_diff"] = _check_reranker(
+                staging, triples, expected, tolerance, trust_remote_code
             )
-        config["parity"]["max_abs_diff"] = diff
-        (staging / RERANK_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+            if left_out is None:
+                config["parity"].update(check_crossencoder(staging, triples, expected, tolerance))
+        write_json(staging / RERANK_CONFIG, config)
         write_card(staging, config, encoder, score_params)
+        record_checksums(staging)
         publish_modes(staging)
         if out.exists():
             out.rmdir()  # empty (checked above)
@@ -438,6 +542,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow code shipped with the base model"
     )
+    parser.add_argument(
+        "--format",
+        dest="fmt",
+        default="rerank-lab",
+        choices=FORMATS,
+        help="rerank-lab: the causal LM, also a sentence-transformers CrossEncoder (default); seq-cls: a "
+        "one-label *ForSequenceClassification folder for vLLM / TEI / infinity",
+    )
+    parser.add_argument(
+        "--instruction",
+        default=None,
+        help="default instruction of the CrossEncoder prompt and chat template (default: the training data's)",
+    )
     args = parser.parse_args(argv)
     try:
         path = export(
@@ -450,12 +567,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.tolerance,
             base=args.base,
             trust_remote_code=args.trust_remote_code,
+            fmt=args.fmt,
+            instruction=args.instruction,
         )
     except (FileExistsError, ValueError, ExportParityError) as err:
         print(f"export failed: {err}", file=sys.stderr)
         return 1
-    config = json.loads((path / RERANK_CONFIG).read_text(encoding="utf-8"))
-    print(f"exported {path} (score parity: max |diff| {config['parity']['max_abs_diff']:.2e})")
+    parity = json.loads((path / RERANK_CONFIG).read_text(encoding="utf-8"))["parity"]
+    crossencoder = parity.get("crossencoder_max_abs_diff")
+    also = f", CrossEncoder {crossencoder:.2e}" if crossencoder is not None else ""
+    print(f"exported {path} (score parity: max |diff| {parity['max_abs_diff']:.2e}{also})")
     return 0
 
 

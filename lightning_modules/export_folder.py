@@ -24,15 +24,12 @@ from PIL import Image
 
 from datamodules.encoding import PairEncoder
 from datamodules.formats import Doc
+from lightning_modules.export_serve import SERVE_HEADING, ExportParityError, serve_lines  # noqa: F401 - re-exported
 
 MODEL_PLACEHOLDER = "path/to/this/folder"
 SNIPPET_HEADING = "## Score it with plain transformers"
 # A Hub repository id: "name" or "owner/name" of letters, digits, "-", "_", "."; never a path.
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class ExportParityError(RuntimeError):
-    """The exported folder does not score (or preprocess) like the training module."""
 
 
 SCORE_TEXT = {
@@ -195,7 +192,9 @@ def _training_text(config: dict) -> str:
     return text + "."
 
 
-def model_card(config: dict, example_prompt: str, example_tokens: str | None, snippet: str) -> str:
+def model_card(
+    config: dict, example_prompt: str, example_tokens: str | None, snippet: str, vision: bool = False
+) -> str:
     """The ``README.md`` of an export.
 
     Args:
@@ -266,6 +265,7 @@ def model_card(config: dict, example_prompt: str, example_tokens: str | None, sn
         'For example `score("Find the document that matches the query.", {"text": "a red car"}, '
         '{"image": "car.png"})`. Batching needs left padding (the score is read at the last position).',
         "",
+        *serve_lines(config, vision, MODEL_PLACEHOLDER),
         "## Score it with rerank-lab",
         "",
         "rerank-lab is not published on PyPI: install it from a checkout of its source "
@@ -283,6 +283,20 @@ def model_card(config: dict, example_prompt: str, example_tokens: str | None, sn
         "",
     ]
     return "\n".join(lines)
+
+
+def seq_cls_card(card: str) -> str:
+    """A seq-cls export's card: the causal-LM snippet and the rerank-lab section do not apply to it
+    (no LM head), so they are replaced by a note; the metadata, prompt and "Serve it" stay."""
+    head, _, rest = card.partition(SNIPPET_HEADING)
+    serve = rest[rest.index(SERVE_HEADING) : rest.index("## Score it with rerank-lab")]
+    note = (
+        "## Form\n\nA one-label `*ForSequenceClassification` (rerank-lab `export --format seq-cls`): its head is "
+        "the difference of the label rows of the trained LM head (or the positive row alone for a CL score), "
+        "so `AutoModelForSequenceClassification` gives the score directly, read at the last position of the "
+        "rendered pair. rerank-lab's `Reranker` needs the default export (with the LM head).\n\n"
+    )
+    return head + note + serve
 
 
 def example_doc_pair() -> tuple[str, Doc, Doc]:
@@ -393,5 +407,7 @@ def write_card(staging: Path, config: dict, encoder: PairEncoder, score_params: 
         )
     string_content = bool(getattr(encoder, "string_content", False))
     snippet = reference_snippet(config, vision, encoder.image_token, head_keys, string_content)
-    card = model_card(config, encoder.render(instruction, query, doc), example_tokens, snippet)
+    card = model_card(config, encoder.render(instruction, query, doc), example_tokens, snippet, vision)
+    if config.get("layout") == "seq-cls":
+        card = seq_cls_card(card)
     (staging / "README.md").write_text(card, encoding="utf-8")

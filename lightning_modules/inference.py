@@ -81,6 +81,7 @@ from datamodules.encoding import (
 )
 from datamodules.formats import Doc
 from lightning_modules.backbone import DTYPES, LabelScorer, label_token_id, label_words, load_backbone
+from lightning_modules.export_integrity import verify_export
 from lightning_modules.prefix import (
     ImageFeatureCache,
     pairs_features,
@@ -134,6 +135,56 @@ def as_doc(item: DocLike, what: str = "document") -> Doc:
     if not doc.text and doc.image is None:
         raise ValueError(f"{what}: has neither text nor image")
     return doc
+
+
+def read_rerank_config(folder: Path) -> dict | None:
+    """``rerank_config.json`` of an export folder (``None`` for a plain model), checked to be a JSON
+    object of a causal-LM export; problems are one ``ValueError`` line naming the file."""
+    path = folder / RERANK_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); re-export the checkpoint") from None
+    if not isinstance(config, dict) or not isinstance(config.get("objective"), str):
+        raise ValueError(f"{path}: expected a JSON object with an 'objective' name; re-export the checkpoint")
+    if config.get("layout") == "seq-cls":
+        raise ValueError(
+            f"{folder}: a --format seq-cls export (a one-label classifier without the LM head); load it "
+            "with sentence_transformers.CrossEncoder or AutoModelForSequenceClassification, or give Reranker "
+            "the default export"
+        )
+    return config
+
+
+def contained(folder: Path, name) -> Path:
+    """``folder / name`` for a file name that stays inside ``folder`` (no absolute path, no ``..``,
+    no link out), else ``ValueError`` naming the ``rerank_config.json`` key."""
+    path = folder / str(name)
+    if (
+        not isinstance(name, str)
+        or Path(name).is_absolute()
+        or not path.resolve().is_relative_to(folder.resolve())
+    ):
+        raise ValueError(f"{folder / RERANK_CONFIG}: score_head {name!r} must name a file inside the folder")
+    return path
+
+
+def unreadable_weights(folder: Path, err: Exception) -> str:
+    """One line naming the ``*.safetensors`` file of ``folder`` that safetensors cannot read (a
+    truncated or overwritten file), found by opening each; ``err`` when none can be named."""
+    from safetensors import safe_open
+
+    reason = str(err).splitlines()[0]
+    for weights in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except Exception as problem:  # noqa: BLE001 - SafetensorError has no importable base here
+            reason = f"{weights}: not a readable safetensors file ({str(problem).splitlines()[0]})"
+            break
+    return f"{reason}; it was truncated or overwritten: re-export or copy it again"
 
 
 class Reranker:
@@ -202,6 +253,7 @@ class Reranker:
         trust_remote_code: bool = False,
         prefix_cache: bool | str = "auto",
         image_cache_mb: int = 1024,
+        verify: bool = True,
     ) -> Reranker:
         """Load an exported reranker folder, or a plain base checkpoint for zero-shot SFT scoring.
 
@@ -221,19 +273,32 @@ class Reranker:
                 ``False``: reuse the query prefix's KV cache across candidates (exact; see the module
                 docstring).
             image_cache_mb: MiB of image features kept across calls (see the class); 0 turns it off.
+            verify: check the folder against the checksums recorded at export (``checksums.sha256``,
+                :mod:`lightning_modules.export_integrity`) before reading it; ``False`` loads a folder
+                changed on purpose.
 
         Returns:
             The reranker, in eval mode.
+
+        Raises:
+            ValueError: a changed or truncated export (``ExportIntegrityError``), an unreadable
+                ``rerank_config.json``, a score head outside the folder, or a ``seq-cls`` export
+                (no LM head: a ``CrossEncoder`` / ``AutoModelForSequenceClassification`` loads it).
         """
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         folder = Path(path)
-        config = None
-        if (folder / RERANK_CONFIG).is_file():
-            config = json.loads((folder / RERANK_CONFIG).read_text(encoding="utf-8"))
+        if verify and folder.is_dir():
+            verify_export(folder)
+        config = read_rerank_config(folder)
         batch_size = batch_size or (32 if device.type == "cuda" else 4)
-        model = load_backbone(str(path), dtype, trust_remote_code, attn_implementation)
+        try:
+            model = load_backbone(str(path), dtype, trust_remote_code, attn_implementation)
+        except Exception as err:
+            if type(err).__name__ != "SafetensorError":  # safetensors' own error type, raised from Rust
+                raise
+            raise ValueError(unreadable_weights(folder, err)) from None
         model.requires_grad_(False)
         hidden_size = model.get_output_embeddings().weight.shape[1]
         if config is None:
@@ -246,7 +311,9 @@ class Reranker:
             if config.get("score_head"):
                 from safetensors.torch import load_file
 
-                objective.load_state_dict(load_file(str(folder / config["score_head"])), strict=True)
+                objective.load_state_dict(
+                    load_file(str(contained(folder, config["score_head"]))), strict=True
+                )
             expected = config.get("label_tokens")
             if expected is not None and list(expected) != label_words(objective):
                 raise ValueError(
@@ -268,20 +335,24 @@ class Reranker:
 
     # ---- public API ------------------------------------------------------------------------
     def score(
-        self, query: DocLike, documents: Sequence[DocLike], instruction: str = DEFAULT_INSTRUCTION
+        self, query: DocLike, documents: Sequence[DocLike], instruction: str | None = None
     ) -> list[float]:
         """Scores of ``documents`` for ``query``, in input order (higher = more relevant).
 
         Args:
             query: the query (``str`` text, ``{"text", "image"}`` dict or ``Doc``).
             documents: the candidates, same forms.
-            instruction: the task instruction placed after ``<Instruct>:``.
+            instruction: the task instruction placed after ``<Instruct>:``; default: the export's
+                ``default_instruction`` (the one its sentence-transformers prompt and chat template use),
+                else :data:`DEFAULT_INSTRUCTION`.
 
         Returns:
             One float32-valued score per document.
         """
         if not documents:
             return []
+        if instruction is None:
+            instruction = (self.config or {}).get("default_instruction") or DEFAULT_INSTRUCTION
         query_doc = as_doc(query, "query")
         docs = [as_doc(d, f"document {i}") for i, d in enumerate(documents)]
         pairs = self.encoder.encode_group(instruction, query_doc, docs, where="rerank")
@@ -297,7 +368,7 @@ class Reranker:
         return self.score_encoded(pairs, prefix)
 
     def rank(
-        self, query: DocLike, documents: Sequence[DocLike], instruction: str = DEFAULT_INSTRUCTION
+        self, query: DocLike, documents: Sequence[DocLike], instruction: str | None = None
     ) -> list[tuple[int, float]]:
         """``(input index, score)`` of every document, best first; exact ties keep input order."""
         scores = self.score(query, documents, instruction=instruction)

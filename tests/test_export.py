@@ -83,7 +83,8 @@ def reranker_scores(reranker, triples) -> torch.Tensor:
 def check_round_trip(ckpt, out, base, demo_dir) -> tuple[dict, Reranker]:
     export(ckpt, out)
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
-    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o644}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()} == {0o644}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_dir()} == {0o755}  # 1_LogitScore
     config = json.loads((out / "rerank_config.json").read_text())
     assert config["base_model"] == str(base)
     assert config["parity"]["max_abs_diff"] <= 1e-4
