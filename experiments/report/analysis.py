@@ -214,16 +214,18 @@ def against_baselines(rows: Sequence[Row], tables: Tables, resamples: int, seed:
 def gates(rows: Sequence[Row], versus: Sequence[dict], results: Sequence[dict]) -> list[dict]:
     """The validity gates: a failed one makes every verdict 'setting not valid'."""
     out = []
-    for name in (RANDOM_ORDER, ZERO_SHOT):
+    for name in (RANDOM_ORDER, ZERO_SHOT):  # "zero-shot": the untrained judge
         checked = [e for e in versus if name in e["baselines"]]
         failing = [e["row"] for e in checked if e["baselines"][name]["low"] <= 0]
         out.append(
             {
-                "gate": f"every trained cell beats the {name} (seed-level interval above 0)",
+                "gate": f"every trained cell beats the {name}{' judge' if name == ZERO_SHOT else ''} (seed-level interval above 0)",
                 "passed": None if not checked else not failing,
-                "detail": "not checked (no per-query values)"
-                if not checked
-                else ("failing: " + "; ".join(failing) if failing else f"{len(checked)} cells"),
+                "detail": (
+                    ("no --zero-shot runs given" if name == ZERO_SHOT else "no per-query values")
+                    if not checked
+                    else ("failing: " + "; ".join(failing) if failing else f"{len(checked)} cells")
+                ),
             }
         )
     plain = [
