@@ -13,7 +13,7 @@ SWEEP ?= experiments/sweeps/demo_probe.yaml
 COUNT ?=
 DEMO_DIR ?= runs/demo
 
-.PHONY: help install demo test test-slow test-gpu gpu-check lint format sweep bench real probe-real probe-real-pilot probe-real-archive clean
+.PHONY: help install demo test test-slow test-gpu gpu-check lint typecheck format sweep bench real probe-real probe-real-pilot probe-real-archive clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ gpu-check: ## One table for a single H100/H200 (< 8 min); without CUDA a CPU dry
 lint: install ## ruff lint + format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+typecheck: install ## mypy on objectives/ and lightning_modules/ (config in pyproject.toml; joins lint once clean)
+	$(VENV)/bin/mypy
 
 format: install ## Apply ruff formatting and safe fixes
 	$(VENV)/bin/ruff check --fix .

@@ -86,7 +86,8 @@ def task_results(metas: dict[str, TaskMeta], tables: EvalTables) -> tuple[list[T
     """(reranked, first-stage) results of every task with a scored query, by
     :func:`~datamodules.metrics.evaluate_run` over the (merged) ``tables``. A task no query of
     which was seen (``fast_dev_run``, ``limit_val_batches``) is left out."""
-    reranked, retriever = [], []
+    reranked: list[TaskResult] = []
+    retriever: list[TaskResult] = []
     for name, meta in metas.items():
         qrels = tables.qrels.get(name, {})
         if not qrels:

@@ -300,7 +300,8 @@ class RerankerModule(L.LightningModule):
         positives = batch.positives
         groups, group_size = positives.shape
         if groups == 0:
-            zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+            start = torch.zeros((), device=positives.device)
+            zero = sum((p.sum() for p in self.parameters() if p.requires_grad), start) * 0.0
             return objectives.ObjectiveOutput(zero, positives.float(), {})
         logits, extra = self.score_groups(batch.groups)
         extra = {k: v.view(groups, group_size, *v.shape[1:]) for k, v in extra.items()}
@@ -324,8 +325,8 @@ class RerankerModule(L.LightningModule):
             "other_task_negatives": (batch.stream or {}).get("other_task", 0),
             "truncated_pairs": batch.truncated,
         }
-        for key, value in counters.items():
-            self.log(f"train/{key}", float(value), reduce_fx="sum", batch_size=groups)
+        for key, count in counters.items():
+            self.log(f"train/{key}", float(count), reduce_fx="sum", batch_size=groups)
         self.log("train/visual_tokens_per_pair", batch.visual_tokens / len(pairs), batch_size=groups)
         self.log("train/padded_tokens_per_pair", float(tokens), batch_size=groups)
         return out.loss
@@ -381,7 +382,7 @@ class RerankerModule(L.LightningModule):
         if self.hparams.optimizer == "adamw8bit":
             import bitsandbytes as bnb
 
-            optimizer = bnb.optim.AdamW8bit(
+            optimizer: torch.optim.Optimizer = bnb.optim.AdamW8bit(
                 params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
             )
         else:
@@ -406,6 +407,15 @@ class RerankerModule(L.LightningModule):
 
     on_test_epoch_start = on_validation_epoch_start
     on_predict_epoch_start = on_validation_epoch_start
+
+    @property
+    def eval_state(self) -> EvalState:
+        """The running evaluation's state (set at each evaluation's start)."""
+        if self._eval is None:
+            raise RuntimeError(
+                "no evaluation is running: on_validation_epoch_start (or test/predict) sets it"
+            )
+        return self._eval
 
     @torch.no_grad()
     def rerank_query(self, batch: QueryBatch) -> list[float]:
@@ -439,7 +449,7 @@ class RerankerModule(L.LightningModule):
         return reranked if alpha is None else fuse(reranked, batch.first_stage, alpha)
 
     def validation_step(self, batch: QueryBatch, batch_idx: int) -> None:
-        self._eval.add(batch, self.rerank_query(batch))
+        self.eval_state.add(batch, self.rerank_query(batch))
 
     test_step = validation_step
     predict_step = validation_step
@@ -458,14 +468,14 @@ class RerankerModule(L.LightningModule):
         """Score the merged runs (:func:`~lightning_modules.evaluation.task_results`), identically
         on every rank, log the metrics and leave the result in :attr:`eval_result` for the writer
         callback. ``predict`` logs nothing and leaves the runs only."""
-        tables = self.gather_over_ranks(self._eval.tables)
+        tables = self.gather_over_ranks(self.eval_state.tables)
         self._report_skipped(stage, tables.skipped)
         runs = tables.runs if self.hparams.write_runs or stage == "predict" else None
         if stage == "predict":
             self.eval_result = EvalResult(stage, self.global_step, runs=runs)
             return
         self.eval_result = None
-        reranked, retriever = task_results(self._eval.metas, tables)
+        reranked, retriever = task_results(self.eval_state.metas, tables)
         for result in reranked:
             self.log(f"{stage}/{result.task}/{result.metric}", result.value)
         if not reranked:
@@ -482,7 +492,7 @@ class RerankerModule(L.LightningModule):
         whose image could not be used (they count as not retrieved) and lines left out when the
         task was loaded. Logged as ``<stage>/<task>/skipped_candidates`` and printed; never silent."""
         loaded = getattr(self.trainer.datamodule, "eval_load_problems", {}) or {}
-        for name in self._eval.metas:
+        for name in self.eval_state.metas:
             candidates, lines = sum(skipped.get(name, {}).values()), len(loaded.get(name, ()))
             if not candidates and not lines:
                 continue
