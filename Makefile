@@ -13,7 +13,7 @@ SWEEP ?= experiments/sweeps/demo_probe.yaml
 COUNT ?=
 DEMO_DIR ?= runs/demo
 
-.PHONY: help install demo demo-check test test-slow test-gpu gpu-check serve-check lint format sweep bench real probe-real probe-real-pilot probe-real-archive clean
+.PHONY: help install demo demo-check test test-slow test-gpu gpu-check serve-check lint typecheck format sweep bench real probe-real probe-real-pilot probe-real-archive clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -83,6 +83,9 @@ serve-check: install $(SERVE_STAMP) ## vLLM (CPU, own venv) serving a SmolLM2 se
 lint: install ## ruff lint + format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+typecheck: install ## mypy on objectives/ and lightning_modules/ (config in pyproject.toml; joins lint once clean)
+	$(VENV)/bin/mypy
 
 format: install ## Apply ruff formatting and safe fixes
 	$(VENV)/bin/ruff check --fix .

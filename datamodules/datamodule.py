@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import lightning as L
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from datamodules.batches import QueryBatch, StreamBatch, TrainBatch, encode_query, encode_train
 from datamodules.encoding import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PairEncoder
 from datamodules.formats import (
     MRB_FILES,
-    Doc,
     FormatError,
     MRBTask,
     Problems,
@@ -27,13 +27,8 @@ from datamodules.formats import (
     list_tasks,
     load_task,
 )
-from datamodules.stream import (
-    BAD_RECORD_POLICIES,
-    ENCODE_ERRORS,
-    StreamBatch,
-    TrainStream,
-    encode_stream_batch,
-)
+from datamodules.ranking import ranked
+from datamodules.stream import BAD_RECORD_POLICIES, TrainStream
 from datamodules.trec import regular_file_problem
 
 log = logging.getLogger("rerank_lab.data")
@@ -51,6 +46,26 @@ class EvalQuery:
     relevance: dict[str, int] = field(default_factory=dict)
 
 
+def eval_queries(tasks: list[MRBTask], top_k: int) -> list[EvalQuery]:
+    """Every query of ``tasks`` (judged or with candidates), task by task and in sorted id order,
+    with its top-``top_k`` first-stage candidates in trec_eval order: what validation scores, and
+    what ``experiments.evaluate --model`` iterates."""
+    items = []
+    for task in tasks:
+        for qid in sorted(set(task.qrels) | set(task.candidates)):
+            top = ranked(task.candidates.get(qid, {}), top_k)
+            items.append(
+                EvalQuery(
+                    task=task.name,
+                    qid=qid,
+                    doc_ids=[d for d, _ in top],
+                    first_stage=[s for _, s in top],
+                    relevance=dict(task.qrels.get(qid, {})),
+                )
+            )
+    return items
+
+
 class EvalQueries(IterableDataset):
     """Every judged query of the selected tasks, sharded over ranks and workers without padding.
 
@@ -59,22 +74,7 @@ class EvalQueries(IterableDataset):
     """
 
     def __init__(self, tasks: list[MRBTask], top_k: int = 100, rank: int = 0, world_size: int = 1) -> None:
-        self.items: list[EvalQuery] = []
-        for task in tasks:
-            for qid in sorted(set(task.qrels) | set(task.candidates)):
-                ranked = sorted(
-                    task.candidates.get(qid, {}).items(), key=lambda kv: (kv[1], kv[0]), reverse=True
-                )
-                ranked = ranked[:top_k]
-                self.items.append(
-                    EvalQuery(
-                        task=task.name,
-                        qid=qid,
-                        doc_ids=[d for d, _ in ranked],
-                        first_stage=[s for _, s in ranked],
-                        relevance=dict(task.qrels.get(qid, {})),
-                    )
-                )
+        self.items = eval_queries(tasks, top_k)
         self.rank, self.world_size = rank, world_size
 
     def shard(self) -> list[EvalQuery]:
@@ -112,7 +112,6 @@ class RerankDataModule(L.LightningDataModule):
         hard_negative_ratio: share of negatives taken from the record's hard negatives.
         batch_size: groups per training step.
         eval_top_k: rerank depth: the top-K first-stage candidates of each query.
-        eval_pairs_per_batch: pairs per evaluation forward pass.
         max_length: token cap per pair (image tokens included).
         min_pixels: per-image lower bound on pixels.
         max_pixels: per-image upper bound on pixels.
@@ -140,7 +139,6 @@ class RerankDataModule(L.LightningDataModule):
         hard_negative_ratio: float = 0.5,
         batch_size: int = 1,
         eval_top_k: int = 100,
-        eval_pairs_per_batch: int = 32,
         max_length: int = 3200,
         min_pixels: int = DEFAULT_MIN_PIXELS,
         max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -240,87 +238,36 @@ class RerankDataModule(L.LightningDataModule):
             )
 
     # ---- encoding (runs in DataLoader workers; the module collates, once) -------------------
-    def encode_train(self, batch: StreamBatch) -> dict:
-        return encode_stream_batch(self.encoder, batch)
+    def encode_train(self, batch: StreamBatch) -> TrainBatch:
+        return encode_train(self.encoder, batch)
 
-    def encode_eval(self, items: list[EvalQuery]) -> dict:
+    def encode_eval(self, items: list[EvalQuery]) -> QueryBatch:
         (item,) = items  # one query per batch
         self._eval_tasks()
         task = self._tasks_by_name[item.task]
-        query = task.queries[item.qid]
-        documents = [task.corpus[d] for d in item.doc_ids]
-        doc_ids, first_stage, skipped = list(item.doc_ids), list(item.first_stage), []
-        try:
-            pairs = (
-                self.encoder.encode_group(
-                    task.meta.instruction, query, documents, where=task.where("queries", item.qid)
-                )
-                if documents
-                else []
-            )
-        except ENCODE_ERRORS:
-            pairs, kept, skipped = self._encode_each(task, item, query, documents)
-            doc_ids = [item.doc_ids[i] for i in kept]
-            first_stage = [item.first_stage[i] for i in kept]
-        return {
-            "task": item.task,
-            "qid": item.qid,
-            "doc_ids": doc_ids,
-            "first_stage": first_stage,
-            "relevance": item.relevance,
-            # The encoded pairs, in doc_ids' order, each with its image paths (image_keys): the
-            # module collates them in micro-batches of pairs_per_forward (lightning_modules/scoring.py).
-            "pairs": pairs,
-            "pairs_per_forward": self.hparams.eval_pairs_per_batch,
-            # "file:line: reason" of the candidates left out (on_bad_record=skip)
-            "skipped": skipped,
-        }
+        return encode_query(
+            self.encoder, task, item.qid, item.doc_ids, item.first_stage, self._bad_eval_record
+        )
 
-    def _encode_each(self, task: MRBTask, item: EvalQuery, query: Doc, documents: list[Doc]):
-        """Encode a query's candidates one by one to find the bad record(s): ``(pairs, kept
-        indices, skipped messages)``. With ``on_bad_record=error`` the first bad one raises."""
-
-        def message(kind: str, record_id: str, err: Exception) -> str:
-            where = task.where(kind, record_id)
-            return str(err) if str(err).startswith(where) else f"{where}: {err}"
-
-        def bad(text: str) -> None:
-            if self.hparams.on_bad_record == "error":
-                raise FormatError(text) from None
-            if self._eval_warnings < _MAX_EVAL_WARNINGS:
-                self._eval_warnings += 1
-                log.warning("skipping bad evaluation record: %s", text)
-
-        instruction, where = task.meta.instruction, task.where("queries", item.qid)
-        try:
-            self.encoder.encode_group(instruction, query, [], where=where)
-        except ENCODE_ERRORS as err:
-            bad(text := message("queries", item.qid, err))
-            more = f" (and its {len(documents) - 1} other candidate(s))" if len(documents) > 1 else ""
-            return [], [], [text + more] * len(documents)
-        pairs, kept, skipped = [], [], []
-        for i, (doc_id, document) in enumerate(zip(item.doc_ids, documents, strict=True)):
-            try:
-                (pair,) = self.encoder.encode_group(instruction, query, [document], where=where)
-            except ENCODE_ERRORS as err:
-                bad(text := message("corpus", doc_id, err))
-                skipped.append(text)
-                continue
-            pairs.append(pair)
-            kept.append(i)
-        return pairs, kept, skipped
+    def _bad_eval_record(self, message: str) -> None:
+        """A candidate (or query) that cannot be encoded: stop (``on_bad_record=error``) or warn."""
+        if self.hparams.on_bad_record == "error":
+            raise FormatError(message) from None
+        if self._eval_warnings < _MAX_EVAL_WARNINGS:
+            self._eval_warnings += 1
+            log.warning("skipping bad evaluation record: %s", message)
 
     # ---- loaders ---------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         overfit = self.trainer.overfit_batches if self.trainer is not None else 0
         if overfit:
             # Overfitting replays the same first batches every epoch, while the stream would move
-            # on to new data; they are collated once and are no stream progress (no "stream" key).
+            # on to new data; they are collated once and are no stream progress (``stream`` is None).
             count = int(overfit) if overfit >= 1 else 1
             loader = self.train_stream.dataloader(collate_fn=self.encode_train, num_workers=0)
             batches = list(itertools.islice(iter(loader), count))
             for batch in batches:
-                batch.pop("stream", None)
+                batch.stream = None
             return DataLoader(batches, batch_size=None, shuffle=False)
         return self.train_stream.dataloader(
             collate_fn=self.encode_train, num_workers=self.hparams.num_workers

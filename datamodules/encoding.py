@@ -384,7 +384,7 @@ class PairEncoder:
 
 
 def collate_pairs(
-    pairs: Sequence[EncodedPair], pad_token_id: int, image_token_id: int
+    pairs: Sequence[EncodedPair], pad_token_id: int, image_token_id: int | None
 ) -> dict[str, torch.Tensor]:
     """Left-pad pairs into one batch (see :meth:`PairEncoder.collate`)."""
     length = max(len(p.input_ids) for p in pairs)

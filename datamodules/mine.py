@@ -42,6 +42,7 @@ from typing import Any
 from datamodules.convert.common import ImageStore
 from datamodules.files import remove_leftovers, temporary_path
 from datamodules.formats import Doc, FormatError, load_task
+from datamodules.ranking import ranked
 from datamodules.validate import Report, validate_training
 
 
@@ -57,11 +58,6 @@ def parse_window(text: str) -> tuple[int, int]:
     if first < 1 or last < first:
         raise MiningError(f"--window {text!r}: needs 1 <= A <= B (ranks are 1-based and inclusive)")
     return first, last
-
-
-def ranked(candidates: dict[str, float]) -> list[tuple[str, float]]:
-    """Candidates in evaluation order: score descending, ties by the larger document id first."""
-    return sorted(candidates.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
 
 
 def mine_query(

@@ -64,17 +64,15 @@ import posixpath
 import random
 from bisect import bisect_right
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from fsspec.implementations.local import LocalFileSystem
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from datamodules.batches import StreamBatch, TrainBatch, encode_train
 from datamodules.formats import FormatError, TrainGroup, parse_train_group
-from datamodules.groups import DocPool, NegativeSampler, SampledGroup
+from datamodules.groups import DocPool, NegativeSampler
 from datamodules.shards import Block, StreamIndex, list_shards
 
 __all__ = [
@@ -114,38 +112,6 @@ def _parse_remote_group(fs, record: dict, base: str, where: str) -> TrainGroup:
 
 
 # ---- the stream ----------------------------------------------------------------------------------
-@dataclass
-class StreamBatch:
-    """What a worker yields for one rank batch; :func:`encode_stream_batch` turns it into tensors.
-
-    ``ids`` and ``skipped_ids`` name examples as ``(shard index, record index in the shard)``.
-    """
-
-    epoch: int
-    index: int
-    rank: int
-    groups: list[SampledGroup]
-    ids: list[tuple[int, int]]
-    skipped: list[str] = field(default_factory=list)  # "file:line: reason"
-    skipped_ids: list[tuple[int, int]] = field(default_factory=list)
-    on_bad_record: str = "error"
-    group_size: int = 0
-
-    def info(self, groups: list[SampledGroup] | None = None, extra_skipped: int = 0) -> dict[str, int]:
-        """Position and counters of this batch (``groups``: those kept by the collate), carried into
-        the collated batch as ``batch["stream"]``."""
-        groups = self.groups if groups is None else groups
-        return {
-            "epoch": self.epoch,
-            "index": self.index,
-            "rank": self.rank,
-            "groups": len(groups),
-            "skipped": len(self.skipped) + extra_skipped,
-            "filled_hard": sum(g.filled_hard for g in groups),
-            "other_task": sum(g.other_task for g in groups),
-        }
-
-
 class TrainStream(IterableDataset):
     """Training groups streamed from JSONL shards; see the module docstring for the layout.
 
@@ -241,13 +207,14 @@ class TrainStream(IterableDataset):
 
     # ---- position ------------------------------------------------------------------------------
     def mark_consumed(self, batch: Any) -> None:
-        """Record that the training loop used ``batch`` (a collated dict with ``"stream"``, or a
-        :class:`StreamBatch`). Anything else (validation batches) is ignored."""
+        """Record that the training loop used ``batch`` (a :class:`TrainBatch` or a
+        :class:`StreamBatch`). Anything else (evaluation batches, replays without ``stream``) is
+        ignored."""
         info = (
             batch.info()
             if isinstance(batch, StreamBatch)
-            else batch.get("stream")
-            if isinstance(batch, dict)
+            else batch.stream
+            if isinstance(batch, TrainBatch)
             else None
         )
         if not info or info.get("rank") != self.rank:
@@ -519,43 +486,5 @@ class StreamLoader(DataLoader):
         self.dataset.load_state_dict(state)
 
 
-# ---- collation -----------------------------------------------------------------------------------
-ENCODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
-
-
-def encode_stream_batch(encoder, batch: StreamBatch) -> dict[str, Any]:
-    """Encode a :class:`StreamBatch` with a :class:`~datamodules.encoding.PairEncoder`.
-
-    A group whose images are missing, undecodable or oversized (or that cannot fit ``max_length``)
-    raises ``file:line: reason`` with ``on_bad_record="error"``; with ``"skip"`` it leaves the batch
-    and is counted. The result has the keys of ``RerankDataModule.encode_train`` plus ``"stream"``
-    (position and counters, for :meth:`TrainStream.mark_consumed` and logging). ``groups`` is
-    empty and ``positives`` has 0 rows when every group of the batch was skipped.
-    """
-    groups, kept, skipped = [], [], []
-    for group in batch.groups:
-        try:
-            encoded = encoder.encode_group(
-                group.instruction, group.query, group.documents, where=group.source
-            )
-        except ENCODE_ERRORS as err:
-            message = str(err) if str(err).startswith(group.source) else f"{group.source}: {err}"
-            if batch.on_bad_record == "error":
-                raise FormatError(message) from err
-            skipped.append(message)
-            log.warning("skipping bad training record: %s", message)
-            continue
-        groups.append(encoded)
-        kept.append(group)
-    pairs = [pair for encoded in groups for pair in encoded]
-    positives = torch.tensor([g.positives for g in kept], dtype=torch.bool)
-    return {
-        "groups": groups,  # encoded pairs per group; the module collates them (lightning_modules/scoring.py)
-        "positives": positives.view(len(kept), batch.group_size),
-        "tasks": [g.task for g in kept],
-        "filled_hard": sum(g.filled_hard for g in kept),
-        "truncated": sum(p.truncated for p in pairs),
-        "visual_tokens": sum(p.input_ids.count(encoder.image_token_id) for p in pairs),
-        "stream": batch.info(kept, extra_skipped=len(skipped)),
-        "skipped_records": batch.skipped + skipped,
-    }
+# experiments/bench reads this name; the encoders live in datamodules/batches.py.
+encode_stream_batch = encode_train

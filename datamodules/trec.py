@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from datamodules.files import atomic_write
+from datamodules.ranking import ranked
 
 Qrels = dict[str, dict[str, int]]
 Run = dict[str, dict[str, float]]
@@ -217,10 +218,9 @@ def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str
 
     def write(handle) -> None:
         for qid in sorted(run):
-            ranked = sorted(run[qid].items(), key=lambda item: (item[1], item[0]), reverse=True)
             lines = (  # repr: round-trips exactly
                 f"{qid} Q0 {docid} {rank} {float(score)!r} {tag}\n"
-                for rank, (docid, score) in enumerate(ranked, start=1)
+                for rank, (docid, score) in enumerate(ranked(run[qid]), start=1)
             )
             handle.write("".join(lines).encode("utf-8"))
 

@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 
+from datamodules.batches import TrainBatch
 from experiments.keys import flatten
 from experiments.runs import RunError, append_line
 from lightning_modules.reranker import count_parameters
@@ -268,11 +269,11 @@ class TrainingRecords(Callback):
         self.batches = 0  # batches of this process's fit; the totals carry over a resume
 
     def on_train_batch_end(self, trainer: Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if not isinstance(batch, dict) or "positives" not in batch:
+        if not isinstance(batch, TrainBatch):
             return
         self.batches += 1
         counts = torch.tensor(
-            [batch["positives"].shape[0], int((batch.get("stream") or {}).get("skipped", 0))],
+            [batch.positives.shape[0], int((batch.stream or {}).get("skipped", 0))],
             device=pl_module.device,
         )
         groups, skipped = trainer.strategy.reduce(counts, reduce_op="sum").tolist()

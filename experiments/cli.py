@@ -30,7 +30,6 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-import objectives
 from datamodules.datamodule import RerankDataModule
 from datamodules.formats import list_tasks, read_task_meta
 from datamodules.trec import FormatError, error_message
@@ -53,7 +52,7 @@ from experiments.runs import (
     claim_run_dir,
     create_run_dir,
 )
-from lightning_modules.reranker import RerankerModule
+from lightning_modules.reranker import RerankerModule, build_objective
 
 RUN_DIR_ENV = "RERANK_LAB_RUN_DIR"
 EXPORT_HELP = "Merge a checkpoint into a plain Hugging Face folder (rerank-lab export --help)."
@@ -65,17 +64,13 @@ def check_config(config) -> None:
     Runs before any weights load, so a typo costs seconds, not a backbone load.
     """
     data, model = config["data"], config["model"]
-    for key in ("eval_top_k", "eval_pairs_per_batch"):
-        value = data.get(key)
+    for section, key, meaning in (
+        (data, "data.eval_top_k", "the number of first-stage candidates reranked per query"),
+        (model, "model.eval_pairs_per_forward", "candidate pairs per evaluation forward pass"),
+    ):
+        value = section.get(key.split(".")[1])
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise RunError(
-                f"data.{key}={value!r}: must be a whole number >= 1 "
-                + (
-                    "(the number of first-stage candidates reranked per query)"
-                    if key == "eval_top_k"
-                    else "(candidate pairs per evaluation forward pass)"
-                )
-            )
+            raise RunError(f"{key}={value!r}: must be a whole number >= 1 ({meaning})")
     check_model_path(model.get("model_name_or_path"))
     for key, value in (("quantization", "4bit"), ("optimizer", "adamw8bit")):
         if model.get(key) == value and importlib.util.find_spec("bitsandbytes") is None:
@@ -85,13 +80,12 @@ def check_config(config) -> None:
     args = model.get("objective_args") or {}
     if not isinstance(args, dict):
         raise RunError(f"model.objective_args={args!r}: must be a mapping of the objective's arguments")
-    try:
-        # hidden_size only sizes a projection direction's layer; the real one is built with the model.
-        objectives.build(model["objective"], hidden_size=8, **dict(args))
-    except (ValueError, TypeError) as error:
-        raise RunError(
-            f"model.objective={model['objective']!r} with model.objective_args={dict(args)}: {error}"
-        ) from None
+    try:  # the objective the module will build first, sized from config.json (no weights read)
+        build_objective(
+            model["model_name_or_path"], model["objective"], dict(args), bool(model.get("trust_remote_code"))
+        )
+    except (ValueError, OSError) as error:
+        raise RunError(str(error).splitlines()[0]) from None
 
 
 def check_before_loading(config, subcommand: str | None, argv: list[str]) -> None:
@@ -193,18 +187,24 @@ def _sets_key(path: str, key: str) -> bool:
     return True
 
 
+# Keys that moved: a config that still sets one is refused with its new name.
+RENAMED_KEYS = {"data.eval_pairs_per_batch": "model.eval_pairs_per_forward"}
+
+
 def one_line_error(message: str, parser, argv: list[str]) -> str:
     """An unknown key as one line, with where it was set and the closest valid key; other errors joined."""
     for pattern in _UNKNOWN_KEY:
         match = pattern.search(message)
         if match:
             key = match[1]
+            files = [f for f in config_files(argv) if _sets_key(f, key)]
+            where = f"{files[-1]}: " if files else ""
+            if key in RENAMED_KEYS:
+                return f"{where}{key} was renamed {RENAMED_KEYS[key]}; set that key instead"
             keys = [
                 a.dest for a in parser._actions if "." in a.dest or a.dest in ("seed_everything", "ckpt_path")
             ]
             close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
-            files = [f for f in config_files(argv) if _sets_key(f, key)]
-            where = f"{files[-1]}: " if files else ""
             hint = f"did you mean {close[0]}?" if close else "`--help` lists the valid keys"
             return f"{where}unknown config key {key}; {hint}"
     return " ".join(line.strip() for line in message.splitlines() if line.strip())

@@ -1,7 +1,7 @@
 """The evaluation writer: what an evaluation leaves in the run folder, as a Lightning callback.
 
 ``RerankerModule`` computes and logs an evaluation and leaves an ``EvalResult`` (stage, step,
-reranked and first-stage summaries, its rank's reranked runs) in ``pl_module.eval_result``;
+reranked and first-stage summaries, the reranked runs of every rank) in ``pl_module.eval_result``;
 :class:`EvalWriter` turns it into files, on global rank 0, after every validation and test that
 is not Lightning's sanity check:
 
@@ -33,7 +33,7 @@ COLUMNS = ["task", "family", "metric", "reranked", "retriever", "delta", "querie
 
 class EvalWriter(Callback):
     """Writes each evaluation's table, TREC runs, ``eval_history.jsonl`` line and logger table
-    (module docstring). Every rank must run it: merging the ranks' runs is a collective."""
+    (module docstring), on global rank 0; the module has already merged the ranks' runs."""
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._write_eval(trainer, pl_module)
@@ -45,7 +45,7 @@ class EvalWriter(Callback):
         result = _take_result(pl_module)
         if result is None or result.runs is None:
             return
-        runs = pl_module.gather_over_ranks(result.runs)
+        runs = result.runs
         if not trainer.is_global_zero:
             return
         folder = Path(trainer.default_root_dir) / "predictions"
@@ -57,7 +57,7 @@ class EvalWriter(Callback):
         result = _take_result(pl_module)
         if result is None or result.summary is None or trainer.sanity_checking:
             return
-        runs = pl_module.gather_over_ranks(result.runs) if result.runs is not None else {}
+        runs = result.runs or {}
         if not trainer.is_global_zero:
             return
         stage, step, summary, retriever = result.stage, result.step, result.summary, result.retriever

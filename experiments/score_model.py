@@ -21,20 +21,22 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from datamodules.datamodule import eval_queries
 from datamodules.formats import MRBTask, list_tasks, load_task
 from datamodules.metrics import Summary, TaskResult, evaluate_run, parse_metric, summarize
+from datamodules.ranking import fuse_runs
 from datamodules.trec import write_run
 
 Run = dict[str, dict[str, float]]
 
 
 def ranked_candidates(task: MRBTask, top_k: int) -> dict[str, list[tuple[str, float]]]:
-    """Each query's top-K candidates with first-stage scores, in validation order."""
-    out = {}
-    for qid in sorted(set(task.qrels) | set(task.candidates)):
-        ranked = sorted(task.candidates.get(qid, {}).items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
-        out[qid] = ranked[:top_k]
-    return out
+    """Each query's top-K candidates with first-stage scores, in validation order
+    (:func:`datamodules.datamodule.eval_queries`)."""
+    return {
+        item.qid: list(zip(item.doc_ids, item.first_stage, strict=True))
+        for item in eval_queries([task], top_k)
+    }
 
 
 def first_stage_runs(tasks: list[MRBTask], top_k: int) -> dict[str, Run]:
@@ -43,25 +45,30 @@ def first_stage_runs(tasks: list[MRBTask], top_k: int) -> dict[str, Run]:
     return {t.name: {q: dict(ranked) for q, ranked in ranked_candidates(t, top_k).items()} for t in tasks}
 
 
-def minmax(values: list[float]) -> list[float]:
-    low, high = min(values), max(values)
-    return [(v - low) / (high - low) if high > low else 0.0 for v in values]
+# ``fuse(run, first_stage, alpha)``: the per-query fusion of validation (datamodules/ranking.py).
+fuse = fuse_runs
 
 
-def fuse(
-    run: Mapping[str, Mapping[str, float]], first_stage: Mapping[str, Mapping[str, float]], alpha: float
-) -> Run:
-    """alpha·minmax(reranker) + (1-alpha)·minmax(first stage), per query (validation's fusion)."""
-    fused: Run = {}
-    for qid, scores in run.items():
-        docs = list(scores)
-        if not docs:
-            fused[qid] = {}
-            continue
-        a = minmax([scores[d] for d in docs])
-        b = minmax([first_stage[qid][d] for d in docs])
-        fused[qid] = {d: alpha * x + (1 - alpha) * y for d, x, y in zip(docs, a, b, strict=True)}
-    return fused
+class Progress:
+    """A progress line at most every ``every`` seconds, and at the end: queries, pairs, rate, ETA."""
+
+    def __init__(self, total: int, report: Callable[[str], None] | None, every: float = 30.0) -> None:
+        self.total, self.report, self.every = total, report, every
+        self.done = self.pairs = 0
+        self.start = self.last = time.monotonic()
+
+    def step(self, pairs: int) -> None:
+        self.done += 1
+        self.pairs += pairs
+        now = time.monotonic()
+        if self.report is None or (now - self.last <= self.every and self.done != self.total):
+            return
+        self.last = now
+        rate = self.pairs / max(now - self.start, 1e-9)
+        eta = (self.total - self.done) * (now - self.start) / self.done
+        self.report(
+            f"scored {self.done}/{self.total} queries, {self.pairs} pairs, {rate:.1f} pairs/s, ETA {eta:.0f} s"
+        )
 
 
 def score_tasks(
@@ -70,31 +77,22 @@ def score_tasks(
     top_k: int = 100,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Run]:
-    """The reranker's scores of every task's top-K candidates: ``{task: {qid: {docid: score}}}``."""
-    runs: dict[str, Run] = {}
-    pairs = 0
-    start = last = time.monotonic()
-    total = sum(len(ranked_candidates(task, top_k)) for task in tasks)
-    done = 0
-    for task in tasks:
-        run: Run = {}
-        for qid, ranked in ranked_candidates(task, top_k).items():
-            doc_ids = [d for d, _ in ranked]
-            if doc_ids:
-                documents = [task.corpus[d] for d in doc_ids]
-                scores = reranker.score(task.queries[qid], documents, instruction=task.meta.instruction)
-                run[qid] = dict(zip(doc_ids, scores, strict=True))
-                pairs += len(doc_ids)
-            else:
-                run[qid] = {}
-            done += 1
-            now = time.monotonic()
-            if progress is not None and (now - last > 30 or done == total):
-                last = now
-                rate = pairs / max(now - start, 1e-9)
-                eta = (total - done) * (now - start) / done
-                progress(f"scored {done}/{total} queries, {pairs} pairs, {rate:.1f} pairs/s, ETA {eta:.0f} s")
-        runs[task.name] = run
+    """The reranker's scores of every task's top-K candidates: ``{task: {qid: {docid: score}}}``.
+
+    The queries are validation's (:func:`~datamodules.datamodule.eval_queries`: same queries, same
+    candidates, same order), each scored by ``reranker.score`` with its task's instruction."""
+    by_name = {task.name: task for task in tasks}
+    runs: dict[str, Run] = {task.name: {} for task in tasks}
+    items = eval_queries(tasks, top_k)
+    meter = Progress(len(items), progress)
+    for item in items:
+        task = by_name[item.task]
+        scores = []
+        if item.doc_ids:
+            documents = [task.corpus[d] for d in item.doc_ids]
+            scores = reranker.score(task.queries[item.qid], documents, instruction=task.meta.instruction)
+        runs[item.task][item.qid] = dict(zip(item.doc_ids, scores, strict=True))
+        meter.step(len(item.doc_ids))
     return runs
 
 
@@ -147,7 +145,7 @@ def evaluate_model(
         for name, run in runs.items():
             write_run(write_runs / f"{name}.trec", run)
     if fusion_alpha is not None:
-        runs = {task.name: fuse(runs[task.name], task.candidates, fusion_alpha) for task in loaded}
+        runs = {task.name: fuse_runs(runs[task.name], task.candidates, fusion_alpha) for task in loaded}
     return summarize_runs(loaded, runs)
 
 

@@ -46,7 +46,7 @@ def load_backbone(
         attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2``.
         quantization: ``None`` or ``"4bit"`` (QLoRA through bitsandbytes, NF4 with bf16 compute).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     if dtype not in DTYPES:
         raise ValueError(f"model dtype {dtype!r} is not one of {sorted(DTYPES)}")
@@ -74,7 +74,7 @@ def load_backbone(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per weight file clutters logs of multi-GPU runs
-    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    config = backbone_config(name_or_path, trust_remote_code)
     has_vision = getattr(config, "vision_config", None) is not None
     auto_class = AutoModelForImageTextToText if has_vision else AutoModelForCausalLM
     return auto_class.from_pretrained(name_or_path, **kwargs)
@@ -159,6 +159,80 @@ def lora_target_for(model: nn.Module, target: str, default: str = LANGUAGE_MODEL
         "model.lora_target: the default regex matches no layer of this model; set model.lora_target to a "
         f"regex over its linear layers, e.g. some of: {', '.join(names[:6])}"
     )
+
+
+# LoRA on the vision tower's attention and MLP linears across Qwen2-VL, Qwen2.5-VL and Qwen3-VL naming.
+VISION_LORA_TARGET = r".*visual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2|gate_proj|up_proj|down_proj|linear_fc1|linear_fc2))"
+MERGER_NAMES = ("visual.merger", "visual.deepstack_merger")
+
+
+@dataclass(frozen=True)
+class TrainableSpec:
+    """What of a loaded backbone trains (``RerankerModule``'s ``lora_*`` and ``train_merger``)."""
+
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target: str = LANGUAGE_MODEL_LORA_TARGET
+    lora_vision: bool = False
+    train_merger: bool = False
+
+
+def backbone_config(name_or_path: str, trust_remote_code: bool = False):
+    """The checkpoint's ``config.json`` (no weights read)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+
+
+def text_hidden_size(config) -> int:
+    """The hidden size the LM head reads (the language model's, for multimodal configs)."""
+    return int(config.get_text_config().hidden_size)
+
+
+def set_trainable(model: nn.Module, spec: TrainableSpec, name_or_path: str) -> None:
+    """Freeze ``model`` and make trainable what ``spec`` asks for, in place.
+
+    ``lora_r == 0`` trains the whole backbone. Otherwise LoRA adapters (peft) go on the modules
+    matching ``lora_target`` (the plain causal-LM layout when the default matches nothing, see
+    :func:`lora_target_for`) and, with ``lora_vision``, the vision tower's linears; ``train_merger``
+    trains the vision-language merger in full. Trainable weights are then float32 (:func:`upcast_trainables`).
+
+    Raises:
+        ValueError: the target matches no module, or there is no merger to train; names the key.
+    """
+    model.requires_grad_(False)
+    if spec.lora_r <= 0:
+        model.requires_grad_(True)
+        return
+    from peft import LoraConfig, inject_adapter_in_model
+
+    lora_target = lora_target_for(model, spec.lora_target, LANGUAGE_MODEL_LORA_TARGET)
+    target = f"(?:{lora_target})|(?:{VISION_LORA_TARGET})" if spec.lora_vision else lora_target
+    config = LoraConfig(
+        r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout, target_modules=target
+    )
+    try:
+        inject_adapter_in_model(config, model)
+    except ValueError as err:
+        raise ValueError(
+            f"model.lora_target {lora_target!r} matched no module of {name_or_path}: {err}"
+        ) from None
+    if spec.train_merger:
+        merger = [p for n, p in model.named_parameters() if any(m in n for m in MERGER_NAMES)]
+        if not merger:
+            raise ValueError(f"model.train_merger: {name_or_path} has no vision merger")
+        for param in merger:
+            param.requires_grad_(True)
+    upcast_trainables(model)
+
+
+def upcast_trainables(module: nn.Module) -> None:
+    """Trainable half-precision weights become float32: a bf16 weight would swallow small Adam
+    updates late in the schedule, while the frozen base still computes in half precision."""
+    for param in module.parameters():
+        if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
+            param.data = param.data.float()
 
 
 @dataclass

@@ -1,98 +1,98 @@
-"""An evaluation pass's state (:class:`EvalState`), what it hands over (:class:`EvalResult`), and the
-per-query values it gathers over ranks.
+"""An evaluation pass's state (:class:`EvalState`) and what it hands over (:class:`EvalResult`).
 
-``RerankerModule`` (lightning_modules/reranker.py) keeps, per task, the per-query metric values of
-its rank in torchmetrics ``CatMetric`` objects (float64, NaN an error): at the end of an evaluation
-``compute()`` gathers every rank's values (torchmetrics' DDP sync, also for a rank that saw no
-query of the task), and the task mean is taken with ``math.fsum`` (datamodules/metrics.py), exact
-whatever order the values arrive in, so 1 and N processes give the same numbers to the last bit.
-A mean reduced across ranks (``MeanMetric``) would depend on the summation order. The module
-then leaves an :class:`EvalResult` for the evaluation writer (experiments/eval_writer.py).
+Validation produces runs and scores them with the offline scorer's code: each rank records, per
+task, every query's reranked run and first-stage run (``{qid: {docid: score}}``), its qrels and its
+candidates left out as bad records; at the end of the pass ONE gather merges these tables over ranks
+(:meth:`RerankerModule.gather_over_ranks`, each query lives on exactly one rank), and every rank
+scores the merged runs with :func:`datamodules.metrics.evaluate_run`, the function behind
+``experiments.evaluate --run``. Task means are taken with ``math.fsum`` (exact whatever order the
+queries arrive in), so 1 and N processes give the same numbers to the last bit, and a validation
+scores exactly as its written TREC files do offline.
 """
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import torch
-from torchmetrics.aggregation import CatMetric
-
+from datamodules.batches import QueryBatch
 from datamodules.formats import TaskMeta
-from datamodules.metrics import Summary, TaskResult, query_metric
+from datamodules.metrics import Summary, TaskResult, evaluate_run
+
+Runs = dict[str, dict[str, dict[str, float]]]  # {task: {qid: {docid: score}}}
 
 
 @dataclass
 class EvalResult:
     """What an evaluation (``val``, ``test``) or prediction (``predict``) leaves for its writer.
 
-    ``summary`` and ``retriever`` are the reranked and first-stage task summaries, identical on
-    every rank (``None`` in predict); ``runs`` is THIS rank's ``{task: {qid: {docid: score}}}``
-    (``None`` with ``model.write_runs: false``), merged over ranks with
-    :meth:`RerankerModule.gather_over_ranks`, a collective every rank must call.
+    ``summary`` and ``retriever`` are the reranked and first-stage task summaries (``None`` in
+    predict); ``runs`` is the reranked ``{task: {qid: {docid: score}}}`` of every rank, already
+    merged (``None`` with ``model.write_runs: false``). Identical on every rank.
     """
 
     stage: str
     step: int
     summary: Summary | None = None
     retriever: Summary | None = None
-    runs: dict[str, dict[str, dict[str, float]]] | None = None
+    runs: Runs | None = None
 
 
-def per_query_values(device: torch.device) -> CatMetric:
-    """A float64 CatMetric of per-query values (NaN is an error, never dropped)."""
-    # set_dtype after .to(): Metric.to() resets the dtype to the default (float32).
-    return CatMetric(nan_strategy="error").to(device).set_dtype(torch.float64)
+@dataclass
+class EvalTables:
+    """Per task: the reranked and first-stage runs of the queries seen, the qrels of those with a
+    relevant document, and the number of candidates left out per query (``on_bad_record=skip``)."""
 
+    runs: Runs = field(default_factory=dict)
+    first_stage: Runs = field(default_factory=dict)
+    qrels: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    skipped: dict[str, dict[str, int]] = field(default_factory=dict)
 
-def all_values(metric: CatMetric) -> list[float]:
-    """Every rank's values of ``metric`` (a collective under DDP: all ranks call it, task by task
-    in the same order); empty when no rank saw a query of the task."""
-    with warnings.catch_warnings():  # a rank without queries of a task still joins the gather
-        warnings.filterwarnings("ignore", message=".*was called before the ``update`` method")
-        values = metric.compute()
-    # compute() squeezes a single value to a 0-d tensor: reshape to keep a list.
-    return values.reshape(-1).tolist() if isinstance(values, torch.Tensor) else []
+    def merged(self, others: list[EvalTables]) -> EvalTables:
+        """These tables and ``others`` (other ranks': disjoint queries) as one."""
+        out = EvalTables()
+        for name in ("runs", "first_stage", "qrels", "skipped"):
+            table = getattr(out, name)
+            for part in (self, *others):
+                for task, rows in getattr(part, name).items():
+                    table.setdefault(task, {}).update(rows)
+        return out
 
 
 class EvalState:
-    """One evaluation pass on one rank: per task, each scored query's run (``{docid: score}``), its
-    metric values (reranked and first stage, float64 CatMetrics) and its candidates left out as bad
-    records (``data.on_bad_record=skip``)."""
+    """One evaluation pass on one rank (module docstring)."""
 
-    SIDES = ("reranked", "retriever")
-
-    def __init__(self, metas: dict[str, TaskMeta], device: torch.device) -> None:
+    def __init__(self, metas: dict[str, TaskMeta]) -> None:
         self.metas = metas
-        self.runs: dict[str, dict[str, dict[str, float]]] = {name: {} for name in metas}
-        self.metrics = {name: {side: per_query_values(device) for side in self.SIDES} for name in metas}
-        self.skipped: dict[str, dict[str, int]] = {name: {} for name in metas}
+        self.tables = EvalTables(
+            runs={name: {} for name in metas},
+            first_stage={name: {} for name in metas},
+            qrels={name: {} for name in metas},
+            skipped={name: {} for name in metas},
+        )
 
-    def add(self, batch: dict, scores: list[float], with_metric: bool = True) -> None:
-        """Record a query's ``scores`` (in ``batch["doc_ids"]`` order) and, with ``with_metric``,
-        its metric values; trec_eval skips queries without a relevant document, so do we."""
-        task, qid = batch["task"], batch["qid"]
-        self.runs[task][qid] = dict(zip(batch["doc_ids"], scores, strict=True))
-        if batch.get("skipped"):
-            self.skipped[task][qid] = len(batch["skipped"])
-        relevance = batch["relevance"]
-        if not with_metric or not any(grade > 0 for grade in relevance.values()):
-            return
-        metric = self.metas[task].metric
-        for side, ranking in zip(self.SIDES, (scores, batch["first_stage"]), strict=True):
-            value = query_metric(metric, batch["doc_ids"], ranking, relevance)
-            values = self.metrics[task][side]
-            values.update(torch.tensor([value], dtype=torch.float64, device=values.device))
+    def add(self, batch: QueryBatch, scores: list[float]) -> None:
+        """Record a query's ``scores`` (in ``batch.doc_ids`` order) with its first-stage scores and
+        qrels; trec_eval skips queries without a relevant document, and so does the scoring."""
+        task, qid, tables = batch.task, batch.qid, self.tables
+        tables.runs[task][qid] = dict(zip(batch.doc_ids, scores, strict=True))
+        tables.first_stage[task][qid] = dict(zip(batch.doc_ids, batch.first_stage, strict=True))
+        if batch.skipped:
+            tables.skipped[task][qid] = len(batch.skipped)
+        if any(grade > 0 for grade in batch.relevance.values()):
+            tables.qrels[task][qid] = batch.relevance
 
-    def task_results(self) -> tuple[list[TaskResult], list[TaskResult]]:
-        """(reranked, first-stage) results of every task some rank scored, identical on every
-        rank: a collective under DDP (every rank calls it)."""
-        reranked, retriever = [], []
-        for name, meta in self.metas.items():
-            values = {side: all_values(metric) for side, metric in self.metrics[name].items()}
-            if not values["reranked"]:  # partial validation (fast_dev_run, limit_val_batches)
-                continue
-            for results, side in ((reranked, "reranked"), (retriever, "retriever")):
-                per_query = dict(enumerate(values[side]))
-                results.append(TaskResult.from_per_query(name, meta.family, meta.metric, per_query))
-        return reranked, retriever
+
+def task_results(metas: dict[str, TaskMeta], tables: EvalTables) -> tuple[list[TaskResult], list[TaskResult]]:
+    """(reranked, first-stage) results of every task with a scored query, by
+    :func:`~datamodules.metrics.evaluate_run` over the (merged) ``tables``. A task no query of
+    which was seen (``fast_dev_run``, ``limit_val_batches``) is left out."""
+    reranked: list[TaskResult] = []
+    retriever: list[TaskResult] = []
+    for name, meta in metas.items():
+        qrels = tables.qrels.get(name, {})
+        if not qrels:
+            continue
+        for results, runs in ((reranked, tables.runs), (retriever, tables.first_stage)):
+            per_query = evaluate_run(runs[name], qrels, meta.metric)
+            results.append(TaskResult.from_per_query(name, meta.family, meta.metric, per_query))
+    return reranked, retriever

@@ -88,7 +88,9 @@ def vision_frozen(scorer: LabelScorer) -> bool:
     return not any(param.requires_grad for param in visual.parameters())
 
 
-def shared_prefix(pairs: Sequence[EncodedPair], image_token_id: int, merge_size: int) -> tuple[int, int]:
+def shared_prefix(
+    pairs: Sequence[EncodedPair], image_token_id: int | None, merge_size: int
+) -> tuple[int, int]:
     """(length in tokens, number of images) of the prefix that every pair shares exactly.
 
     Args:
@@ -151,7 +153,7 @@ def pair_images(pairs: Sequence[EncodedPair]) -> list[tuple[str | None, torch.Te
 def query_prefix(
     scorer: LabelScorer,
     pairs: Sequence[EncodedPair],
-    image_token_id: int,
+    image_token_id: int | None,
     merge_size: int,
     force: bool = False,
 ) -> tuple[int, int]:

@@ -20,14 +20,23 @@ import torch
 from torch import nn
 
 import objectives
+from datamodules.batches import QueryBatch, TrainBatch
 from datamodules.encoding import EncodedPair, collate_pairs, pad_token_id
 from datamodules.metrics import summarize
+from datamodules.ranking import fuse
 from lightning_modules.backbone import (
+    LANGUAGE_MODEL_LORA_TARGET,
+    MERGER_NAMES,
+    VISION_LORA_TARGET,
     LabelScorer,
+    TrainableSpec,
+    backbone_config,
     label_token_id,
     label_words,
     load_backbone,
-    lora_target_for,
+    set_trainable,
+    text_hidden_size,
+    upcast_trainables,
 )
 from lightning_modules.checkpoint_io import (
     base_fingerprint,
@@ -36,7 +45,7 @@ from lightning_modules.checkpoint_io import (
     restore_rng,
     trim_to_trainable,
 )
-from lightning_modules.evaluation import EvalResult, EvalState
+from lightning_modules.evaluation import EvalResult, EvalState, EvalTables, task_results
 from lightning_modules.prefix import (
     ImageFeatureCache,
     pairs_features,
@@ -54,10 +63,41 @@ warnings.filterwarnings(
     "ignore", message="Found keys that are in the model state dict but not in the checkpoint"
 )
 
-DEFAULT_LORA_TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-# The vision tower's attention and MLP linears across Qwen2-VL, Qwen2.5-VL and Qwen3-VL naming.
-VISION_LORA_TARGET = r".*visual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(fc1|fc2|gate_proj|up_proj|down_proj|linear_fc1|linear_fc2))"
-MERGER_NAMES = ("visual.merger", "visual.deepstack_merger")
+DEFAULT_LORA_TARGET = LANGUAGE_MODEL_LORA_TARGET
+__all__ = ["DEFAULT_LORA_TARGET", "MERGER_NAMES", "VISION_LORA_TARGET", "RerankerModule", "build_objective"]
+
+
+def build_objective(
+    model_name_or_path: str,
+    objective: str,
+    objective_args: dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
+) -> objectives.Objective:
+    """The configured objective, sized for the backbone from its ``config.json`` (no weights read):
+    what ``RerankerModule`` builds first, and what the CLI checks a config with.
+
+    Raises:
+        ValueError: one line naming ``model.objective`` / ``model.objective_args`` and the problem.
+    """
+    args = dict(objective_args or {})
+    hidden_size = text_hidden_size(backbone_config(model_name_or_path, trust_remote_code))
+    try:
+        return objectives.build(objective, hidden_size=hidden_size, **args)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"model.objective={objective!r} with model.objective_args={args}: {error}") from None
+
+
+def reset_objective_parameters(objective: nn.Module, hidden_size: int) -> None:
+    """Redraw the objective's own layers (a projection direction's), as its constructor did, and
+    check they read the backbone's real hidden size."""
+    for module in objective.modules():
+        if isinstance(module, nn.Linear):
+            if module.in_features != hidden_size:
+                raise ValueError(
+                    f"model.objective: the backbone's LM head reads {hidden_size} features but its config "
+                    f"says {module.in_features}"
+                )
+            module.reset_parameters()
 
 
 class RerankerModule(L.LightningModule):
@@ -80,6 +120,7 @@ class RerankerModule(L.LightningModule):
         lm_head: ``frozen`` (default), ``label_rows`` or ``full`` (the paper's unfreezing probe).
         pairs_per_forward: training micro-batch in pairs (0: a whole group per forward). Bounds
             activation memory independently of the group size, with exact gradients.
+        eval_pairs_per_forward: evaluation micro-batch in pairs (validation, test, predict).
         share_prefix: run the tokens a group's pairs share (system prompt, instruction, query and
             its image) once per training group, and once per evaluated query where it pays,
             instead of once per pair (exact; off by itself in training under
@@ -116,6 +157,7 @@ class RerankerModule(L.LightningModule):
         quantization: str | None = None,
         lm_head: str = "frozen",
         pairs_per_forward: int = 0,
+        eval_pairs_per_forward: int = 32,
         share_prefix: bool = True,
         eval_image_cache_mb: int = 2048,
         fusion_alpha: float | None = None,
@@ -130,6 +172,13 @@ class RerankerModule(L.LightningModule):
         self.save_hyperparameters()
         from transformers import AutoTokenizer
 
+        if optimizer not in ("adamw", "adamw8bit"):
+            raise ValueError(f"model.optimizer {optimizer!r} is not one of ['adamw', 'adamw8bit']")
+        # The objective is built (and its arguments checked) before any weight is read; its own
+        # initialisation (a projection direction's layer) is redrawn below, after the adapters',
+        # so that the random streams are those of building it after the backbone.
+        with torch.random.fork_rng(devices=[]):
+            self.objective = build_objective(model_name_or_path, objective, objective_args, trust_remote_code)
         model = load_backbone(model_name_or_path, dtype, trust_remote_code, attn_implementation, quantization)
         # Identity of the base weights, stored in checkpoints: export refuses to merge the adapters
         # into a different base (a silent accuracy loss otherwise).
@@ -140,38 +189,9 @@ class RerankerModule(L.LightningModule):
         model.train()  # from_pretrained returns eval mode; LoRA/backbone dropout belongs to training
         if gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        if optimizer not in ("adamw", "adamw8bit"):
-            raise ValueError(f"model.optimizer {optimizer!r} is not one of ['adamw', 'adamw8bit']")
-        model.requires_grad_(False)
-        if lora_r > 0:
-            from peft import LoraConfig, inject_adapter_in_model
-
-            lora_target = lora_target_for(model, lora_target, DEFAULT_LORA_TARGET)  # plain causal LMs too
-            target = f"(?:{lora_target})|(?:{VISION_LORA_TARGET})" if lora_vision else lora_target
-            config = LoraConfig(
-                r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target
-            )
-            try:
-                inject_adapter_in_model(config, model)
-            except ValueError as err:
-                raise ValueError(
-                    f"model.lora_target {lora_target!r} matched no module of {model_name_or_path}: {err}"
-                ) from None
-            if train_merger:
-                merger = [p for n, p in model.named_parameters() if any(m in n for m in MERGER_NAMES)]
-                if not merger:
-                    raise ValueError(f"model.train_merger: {model_name_or_path} has no vision merger")
-                for param in merger:
-                    param.requires_grad_(True)
-            # Adapters train in float32 even on a bf16 base: bf16 weights would swallow small Adam
-            # updates late in the schedule.
-            for param in model.parameters():
-                if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
-                    param.data = param.data.float()
-        else:
-            model.requires_grad_(True)
-        hidden_size = model.get_output_embeddings().weight.shape[1]
-        self.objective = objectives.build(objective, hidden_size=hidden_size, **(objective_args or {}))
+        trainable = TrainableSpec(lora_r, lora_alpha, lora_dropout, lora_target, lora_vision, train_merger)
+        set_trainable(model, trainable, model_name_or_path)
+        reset_objective_parameters(self.objective, model.get_output_embeddings().weight.shape[1])
         tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
         positive_words, negative_words = self.objective.label_tokens
         self.token_words = label_words(self.objective)
@@ -271,41 +291,43 @@ class RerankerModule(L.LightningModule):
             restore_rng(info)
 
     # ---- training --------------------------------------------------------------------------
-    def loss_step(self, batch: dict) -> objectives.ObjectiveOutput:
+    def loss_step(self, batch: TrainBatch) -> objectives.ObjectiveOutput:
         """The objective's output (loss, weights W, statistics) on a training batch, with nothing
         logged: :meth:`training_step` is this plus logging, and tests and benchmarks call it without
         a Trainer. A batch whose every group was skipped gives a zero loss that still touches every
         trainable parameter (DDP's gradient all-reduce would hang on a step without them)."""
-        positives = batch["positives"]
+        batch = _as_train_batch(batch)
+        positives = batch.positives
         groups, group_size = positives.shape
         if groups == 0:
-            zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+            start = torch.zeros((), device=positives.device)
+            zero = sum((p.sum() for p in self.parameters() if p.requires_grad), start) * 0.0
             return objectives.ObjectiveOutput(zero, positives.float(), {})
-        logits, extra = self.score_groups(batch["groups"])
+        logits, extra = self.score_groups(batch.groups)
         extra = {k: v.view(groups, group_size, *v.shape[1:]) for k, v in extra.items()}
         return self.objective(logits.view(groups, group_size, 2), positives, **extra)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        positives = batch["positives"]
-        groups = positives.shape[0]
-        stream = batch.get("stream", {})  # train/skipped_records: a running total (experiments.cli)
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> torch.Tensor:
+        batch = _as_train_batch(batch)
+        groups = batch.positives.shape[0]
         out = self.loss_step(batch)
         if groups == 0:
             return out.loss
-        self._remember_weights(out.weights.detach(), positives)
+        self._remember_weights(out.weights.detach(), batch.positives)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=groups)
         for key, value in out.stats.items():
             self.log(f"train/{key}", value, batch_size=groups)
-        pairs = [pair for group in batch["groups"] for pair in group]
+        pairs = batch.pairs
         tokens = max(len(pair.input_ids) for pair in pairs)  # a batch's padded width
         counters = {
-            "filled_hard_negatives": batch["filled_hard"],
-            "other_task_negatives": stream.get("other_task", 0),
-            "truncated_pairs": batch["truncated"],
+            "filled_hard_negatives": batch.filled_hard,
+            # train/skipped_records: a running total (experiments.callbacks.TrainingRecords)
+            "other_task_negatives": (batch.stream or {}).get("other_task", 0),
+            "truncated_pairs": batch.truncated,
         }
-        for key, value in counters.items():
-            self.log(f"train/{key}", float(value), reduce_fx="sum", batch_size=groups)
-        self.log("train/visual_tokens_per_pair", batch["visual_tokens"] / len(pairs), batch_size=groups)
+        for key, count in counters.items():
+            self.log(f"train/{key}", float(count), reduce_fx="sum", batch_size=groups)
+        self.log("train/visual_tokens_per_pair", batch.visual_tokens / len(pairs), batch_size=groups)
         self.log("train/padded_tokens_per_pair", float(tokens), batch_size=groups)
         return out.loss
 
@@ -351,9 +373,8 @@ class RerankerModule(L.LightningModule):
         precision plugin cast the whole module to bf16/fp16 (``precision: bf16-true``, before
         :meth:`configure_optimizers`): the frozen backbone computes in half precision and the
         adapters' AdamW updates are not rounded away."""
-        for param in self.parameters() if self.hparams.lora_r > 0 else []:
-            if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
-                param.data = param.data.float()
+        if self.hparams.lora_r > 0:
+            upcast_trainables(self)
 
     def configure_optimizers(self):
         self.float32_trainables()
@@ -361,7 +382,7 @@ class RerankerModule(L.LightningModule):
         if self.hparams.optimizer == "adamw8bit":
             import bitsandbytes as bnb
 
-            optimizer = bnb.optim.AdamW8bit(
+            optimizer: torch.optim.Optimizer = bnb.optim.AdamW8bit(
                 params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
             )
         else:
@@ -381,22 +402,32 @@ class RerankerModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._image_cache.clear()  # training may have changed the vision tower (lora_vision, merger)
         metas = {meta.name: meta for meta in self.trainer.datamodule.task_metas}
-        self._eval = EvalState(metas, self.device)
+        self._eval = EvalState(metas)
         self.eval_result = None
 
     on_test_epoch_start = on_validation_epoch_start
+    on_predict_epoch_start = on_validation_epoch_start
+
+    @property
+    def eval_state(self) -> EvalState:
+        """The running evaluation's state (set at each evaluation's start)."""
+        if self._eval is None:
+            raise RuntimeError(
+                "no evaluation is running: on_validation_epoch_start (or test/predict) sets it"
+            )
+        return self._eval
 
     @torch.no_grad()
-    def rerank_query(self, batch: dict) -> list[float]:
-        """Scores of a query's candidates (``batch["pairs"]``, in the batch's order).
+    def rerank_query(self, batch: QueryBatch) -> list[float]:
+        """Scores of a query's candidates (``batch.pairs``, in ``batch.doc_ids`` order).
 
         The query's shared prefix runs once when it pays (``prefix.pays``, as in ``Reranker``); the
-        candidates run in micro-batches of ``batch["pairs_per_forward"]`` (``data.eval_pairs_per_batch``);
-        with a frozen vision tower each distinct image is encoded once per evaluation
-        (``eval_image_cache_mb``). With ``fusion_alpha`` set the score is
-        α·minmax(reranker) + (1−α)·minmax(retriever), each min-max normalised over the query.
+        candidates run in micro-batches of ``eval_pairs_per_forward``; with a frozen vision tower
+        each distinct image is encoded once per evaluation (``eval_image_cache_mb``). With
+        ``fusion_alpha`` set the scores are fused with the first stage's
+        (:func:`datamodules.ranking.fuse`).
         """
-        pairs = batch["pairs"]
+        pairs = batch.pairs
         if not pairs:
             return []
         cache = self._image_cache if self.hparams.eval_image_cache_mb > 0 else None
@@ -410,54 +441,43 @@ class RerankerModule(L.LightningModule):
             pairs,
             collate=self._collate,
             features=self._features(cache),
-            size=batch["pairs_per_forward"],
+            size=self.hparams.eval_pairs_per_forward,
             prefix=prefix,
         )
-        reranked = rank_scores(self.objective, logits, hidden, self._token_columns).double()
+        reranked = rank_scores(self.objective, logits, hidden, self._token_columns).double().tolist()
         alpha = self.hparams.fusion_alpha
-        if alpha is not None:
-            retriever = torch.tensor(batch["first_stage"], dtype=torch.float64, device=reranked.device)
-            reranked = alpha * _minmax(reranked) + (1 - alpha) * _minmax(retriever)
-        return reranked.tolist()
+        return reranked if alpha is None else fuse(reranked, batch.first_stage, alpha)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval.add(batch, self.rerank_query(batch))
+    def validation_step(self, batch: QueryBatch, batch_idx: int) -> None:
+        self.eval_state.add(batch, self.rerank_query(batch))
 
     test_step = validation_step
+    predict_step = validation_step
 
-    on_predict_epoch_start = on_validation_epoch_start
-
-    def predict_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval.add(batch, self.rerank_query(batch), with_metric=False)
-
-    def on_predict_epoch_end(self) -> None:
-        self._report_skipped("predict")
-        self.eval_result = EvalResult("predict", self.global_step, runs=self._eval.runs)
-
-    def gather_over_ranks(self, per_rank: dict[str, dict]) -> dict[str, dict]:
-        """Merge a ``{task: {qid: ...}}`` table over ranks (each query lives on exactly one rank).
-
-        A collective: every rank calls it. Python objects (query and document ids with their
-        scores), hence ``all_gather_object`` rather than a tensor metric."""
+    def gather_over_ranks(self, tables: EvalTables) -> EvalTables:
+        """Every rank's tables merged (each query lives on exactly one rank): the one collective of
+        an evaluation, which every rank calls. Python objects (ids with their scores), hence
+        ``all_gather_object``."""
         if self.trainer.world_size == 1:
-            return per_rank
-        gathered = [None] * self.trainer.world_size
-        torch.distributed.all_gather_object(gathered, per_rank)
-        return {task: {q: v for part in gathered for q, v in part[task].items()} for task in per_rank}
+            return tables
+        gathered: list[EvalTables | None] = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(gathered, tables)
+        return EvalTables().merged([part for part in gathered if part is not None])
 
     def _finish_eval(self, stage: str) -> None:
-        """Exact task means from every rank's per-query values, the same on every rank.
-
-        Each task's CatMetrics gather the float64 per-query values of all ranks (torchmetrics'
-        DDP sync); ``TaskResult.from_per_query`` averages them with ``math.fsum``, which is exactly
-        rounded whatever order the ranks' values arrive in, so 1 and N processes log identical
-        numbers. The result is left in :attr:`eval_result` for the writer callback.
-        """
+        """Score the merged runs (:func:`~lightning_modules.evaluation.task_results`), identically
+        on every rank, log the metrics and leave the result in :attr:`eval_result` for the writer
+        callback. ``predict`` logs nothing and leaves the runs only."""
+        tables = self.gather_over_ranks(self.eval_state.tables)
+        self._report_skipped(stage, tables.skipped)
+        runs = tables.runs if self.hparams.write_runs or stage == "predict" else None
+        if stage == "predict":
+            self.eval_result = EvalResult(stage, self.global_step, runs=runs)
+            return
         self.eval_result = None
-        reranked, retriever = self._eval.task_results()
+        reranked, retriever = task_results(self.eval_state.metas, tables)
         for result in reranked:
             self.log(f"{stage}/{result.task}/{result.metric}", result.value)
-        self._report_skipped(stage)
         if not reranked:
             return
         summary, base_summary = summarize(reranked), summarize(retriever)
@@ -465,16 +485,14 @@ class RerankerModule(L.LightningModule):
             self.log(f"{stage}/family/{family}", value)
         self.log(f"{stage}/mrb_avg", summary.average, prog_bar=True)
         self.log(f"{stage}/retriever_avg", base_summary.average)
-        runs = self._eval.runs if self.hparams.write_runs else None
         self.eval_result = EvalResult(stage, self.global_step, summary, base_summary, runs)
 
-    def _report_skipped(self, stage: str) -> None:
+    def _report_skipped(self, stage: str, skipped: dict[str, dict[str, int]]) -> None:
         """Bad evaluation records left out with ``data.on_bad_record=skip``, per task: candidates
         whose image could not be used (they count as not retrieved) and lines left out when the
         task was loaded. Logged as ``<stage>/<task>/skipped_candidates`` and printed; never silent."""
-        skipped = self.gather_over_ranks(self._eval.skipped)
         loaded = getattr(self.trainer.datamodule, "eval_load_problems", {}) or {}
-        for name in self._eval.metas:
+        for name in self.eval_state.metas:
             candidates, lines = sum(skipped.get(name, {}).values()), len(loaded.get(name, ()))
             if not candidates and not lines:
                 continue
@@ -496,10 +514,24 @@ class RerankerModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._finish_eval("test")
 
+    def on_predict_epoch_end(self) -> None:
+        self._finish_eval("predict")
 
-def _minmax(values: torch.Tensor) -> torch.Tensor:
-    span = values.max() - values.min()
-    return (values - values.min()) / span if span > 0 else torch.zeros_like(values)
+
+def _as_train_batch(batch: TrainBatch | dict) -> TrainBatch:
+    """``batch`` itself; a dict of the former batch layout (experiments/bench still builds one) becomes
+    a :class:`TrainBatch` with a DeprecationWarning."""
+    if isinstance(batch, TrainBatch):
+        return batch
+    if isinstance(batch, dict):
+        warnings.warn(
+            "a training batch as a dict is deprecated: build a datamodules.batches.TrainBatch",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        names = TrainBatch.__dataclass_fields__
+        return TrainBatch(**{key: value for key, value in batch.items() if key in names})
+    raise TypeError(f"expected a TrainBatch, got {type(batch).__name__}")
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

@@ -22,7 +22,7 @@ states into what an objective takes (its ``needs``), for the loss and for rankin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import torch
@@ -96,7 +96,7 @@ def score_pairs(
 
 
 def objective_inputs(
-    label_logits: torch.Tensor, hidden: torch.Tensor, needs: Sequence[str], token_columns: Sequence[int]
+    label_logits: torch.Tensor, hidden: torch.Tensor, needs: Collection[str], token_columns: Sequence[int]
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The (yes, no) logits ``[n, 2]`` and the extra inputs an objective ``needs``: ``hidden``
     (float32 hidden states at the answer position) and ``token_logits`` (every label token's

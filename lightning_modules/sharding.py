@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from datamodules.batches import TrainBatch
 from datamodules.files import atomic_write
 from lightning_modules.reranker import RerankerModule
 
@@ -64,10 +65,10 @@ class ShardedRerankerModule(RerankerModule):
             layer.set_reshard_after_backward(False)
         fully_shard(self, mesh=mesh)
 
-    def forward(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def forward(self, batch: TrainBatch, batch_idx: int) -> torch.Tensor:
         return super().training_step(batch, batch_idx)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> torch.Tensor:
         return self(batch, batch_idx)
 
     def on_before_optimizer_step(self, optimizer) -> None:

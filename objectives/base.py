@@ -67,6 +67,13 @@ class GroupBatch:
     token_logits: Tensor | None = None
 
     @property
+    def labels(self) -> Tensor:
+        """``positives``, which a loss needs (it is None only when scoring)."""
+        if self.positives is None:
+            raise ValueError("a loss needs positives [B, G]; got None (only scoring takes none)")
+        return self.positives
+
+    @property
     def yes_logits(self) -> Tensor:
         """``[B, G]`` z_y."""
         return self.logits[..., 0]
@@ -172,7 +179,7 @@ class Objective(ReadsScores):
 
         Means over an empty set are 0.
         """
-        positives = batch.positives
+        positives = batch.labels
         negatives = ~positives
         logits = batch.logits.detach()
         log_odds = logits[..., 0] - logits[..., 1]

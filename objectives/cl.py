@@ -35,10 +35,10 @@ class CLObjective(Objective):
         self.temperature = check_temperature(temperature)
 
     def compute(self, batch: GroupBatch) -> LossParts:
-        fn.require_single_positive(batch.positives, f"objective '{self.objective_name}'")
+        fn.require_single_positive(batch.labels, f"objective '{self.objective_name}'")
         scores = self.compute_score(batch)
-        loss = fn.infonce_loss_per_group(scores, batch.positives, self.temperature).mean()
-        weights = fn.infonce_weights(scores.detach(), batch.positives, self.temperature)
+        loss = fn.infonce_loss_per_group(scores, batch.labels, self.temperature).mean()
+        weights = fn.infonce_weights(scores.detach(), batch.labels, self.temperature)
         return LossParts(loss=loss, weights=weights, scores=scores.detach())
 
     def compute_score(self, batch: GroupBatch) -> Tensor:

@@ -95,6 +95,10 @@ class MixObjective(Objective):
             term_losses[f"mix/{key}/loss"] = parts.loss.detach()
             if key == self.score_term:
                 scores = parts.scores
+        if scores is None:  # the constructor checks score_term names a term
+            raise ValueError(
+                f"objective 'mix': score_term {self.score_term!r} is not one of {list(self.terms)}"
+            )
         return LossParts(loss=loss, weights=weights, scores=scores, extra_stats=term_losses)
 
     def compute_score(self, batch: GroupBatch) -> Tensor:
@@ -124,12 +128,14 @@ class MixObjective(Objective):
         if "token_logits" not in self.terms[key].needs:
             return batch.with_token_logits(None)
         expected = len(self._positive_tokens) + len(self._negative_tokens)
-        if batch.token_logits.shape[-1] != expected:
+        token_logits = batch.token_logits
+        if token_logits is None or token_logits.shape[-1] != expected:
+            got = None if token_logits is None else tuple(token_logits.shape)
             raise ValueError(
                 f"objective 'mix' needs token_logits [B, G, {expected}] for "
-                f"{self._positive_tokens + self._negative_tokens}; got {tuple(batch.token_logits.shape)}"
+                f"{self._positive_tokens + self._negative_tokens}; got {got}"
             )
-        return batch.with_token_logits(batch.token_logits[..., self._token_columns[key]])
+        return batch.with_token_logits(token_logits[..., self._token_columns[key]])
 
 
 def _parse_term(key: str, spec: float | Mapping[str, Any]) -> tuple[str, float, dict[str, Any]]:

@@ -26,8 +26,8 @@ class SFTObjective(Objective):
 
     def compute(self, batch: GroupBatch) -> LossParts:
         log_odds = batch.log_odds
-        loss = fn.sft_loss_per_group(log_odds, batch.positives).mean()
-        weights = fn.sft_weights(log_odds.detach(), batch.positives)
+        loss = fn.sft_loss_per_group(log_odds, batch.labels).mean()
+        weights = fn.sft_weights(log_odds.detach(), batch.labels)
         return LossParts(loss=loss, weights=weights, scores=log_odds.detach())
 
     def compute_score(self, batch: GroupBatch) -> Tensor:

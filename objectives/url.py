@@ -86,9 +86,9 @@ class UnifiedRerankingLoss(Objective):
     def compute(self, batch: GroupBatch) -> LossParts:
         phi = self.direction(batch)
         with torch.no_grad():
-            weights = self.weighting(self.direction.weight_inputs(batch, phi.detach()), batch.positives)
+            weights = self.weighting(self.direction.weight_inputs(batch, phi.detach()), batch.labels)
         # -1 pulls positives up, +1 pushes negatives down: the gradient is W x D with the paper's signs.
-        sign = torch.where(batch.positives, -1.0, 1.0).to(phi.dtype)
+        sign = torch.where(batch.labels, -1.0, 1.0).to(phi.dtype)
         loss = (sign * weights * phi).sum(dim=-1).mean()
         return LossParts(loss=loss, weights=weights, scores=phi.detach())
 

@@ -392,7 +392,11 @@ def test_a_fit_whose_every_record_is_skipped_stops_with_an_error(tiny_model_dir,
     [
         ("--data.eval_top_k=-1", "data.eval_top_k=-1: must be a whole number >= 1"),
         ("--data.eval_top_k=0", "data.eval_top_k=0: must be a whole number >= 1"),
-        ("--data.eval_pairs_per_batch=0", "data.eval_pairs_per_batch=0: must be a whole number >= 1"),
+        ("--model.eval_pairs_per_forward=0", "model.eval_pairs_per_forward=0: must be a whole number >= 1"),
+        (
+            "--data.eval_pairs_per_batch=20",
+            "data.eval_pairs_per_batch was renamed model.eval_pairs_per_forward",
+        ),
         ("--model.objective=sfft", "model.objective='sfft'"),
         ("--model.objective_args={weight: slf}", "model.objective_args"),
         ("--run_name=../../x", "run_name '../../x': a run name is one folder name"),

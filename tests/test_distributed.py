@@ -79,43 +79,60 @@ def test_two_process_training_equals_one_process_on_the_same_global_batch(tiny_m
         torch.testing.assert_close(double["lora"][name], value, atol=1e-5, rtol=0, msg=name)
 
 
+def _uneven_states(rank: int | None):
+    """Per-rank evaluation states: one rank holds no query of "a", no rank one of "c"; ``rank=None``
+    gives one state holding every query."""
+    from datamodules.batches import QueryBatch
+    from datamodules.formats import TaskMeta
+    from lightning_modules.evaluation import EvalState
+
+    metas = {name: TaskMeta(name, "T2T", "", "recall@1") for name in ("a", "b", "c")}
+    queries = {
+        0: [("a", "q1", 0.1), ("a", "q2", 1 / 3), ("b", "q1", 0.5)],
+        1: [("b", "q2", 0.25), ("b", "q3", 0.75)],
+    }
+    state = EvalState(metas)
+    for owner, rows in queries.items():
+        if rank is None or owner == rank:
+            for task, qid, score in rows:
+                batch = QueryBatch(task, qid, ["d1", "d2"], [1.0, 0.0], {"d2": 1}, [])
+                state.add(batch, [0.5, score])  # relevant at rank 1 when its score exceeds 0.5
+    return metas, state
+
+
 def _gather_worker(rank: int, world: int, port: int, out: str) -> None:
-    """One rank of test_per_query_values_gather_over_uneven_ranks (spawned, gloo)."""
+    """One rank of test_runs_gather_over_uneven_ranks (spawned, gloo): the one all_gather_object of
+    RerankerModule.gather_over_ranks, then the scoring every rank does."""
     import torch
 
-    from lightning_modules.evaluation import all_values, per_query_values
+    from lightning_modules.evaluation import EvalTables, task_results
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        mine = {  # per task, this rank's per-query values: one rank holds none of "a" or of "c"
-            "a": [0.1, 1 / 3] if rank == 0 else [],
-            "b": [0.5] if rank == 0 else [0.25, 0.75],
-            "c": [],
-        }
-        gathered = {}
-        for task, values in mine.items():
-            metric = per_query_values(torch.device("cpu"))
-            for value in values:
-                metric.update(torch.tensor([value], dtype=torch.float64))
-            gathered[task] = all_values(metric)
-        Path(out, f"{rank}.json").write_text(json.dumps(gathered))
+        metas, state = _uneven_states(rank)
+        parts: list = [None] * world
+        torch.distributed.all_gather_object(parts, state.tables)
+        reranked, _ = task_results(metas, EvalTables().merged(parts))
+        Path(out, f"{rank}.json").write_text(json.dumps({r.task: [r.value, r.n_queries] for r in reranked}))
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_per_query_values_gather_over_uneven_ranks(tmp_path):
-    """Tasks with no query on a rank (or on any) still gather every value exactly, on every rank."""
+def test_runs_gather_over_uneven_ranks(tmp_path):
+    """Tasks with no query on a rank (or on any) still score every query exactly, on every rank."""
     import socket
 
     import torch.multiprocessing as mp
+
+    from lightning_modules.evaluation import task_results
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     mp.spawn(_gather_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    metas, whole = _uneven_states(None)
+    expected = {r.task: [r.value, r.n_queries] for r in task_results(metas, whole.tables)[0]}
+    assert expected == {"a": [0.0, 2], "b": [2 / 3, 3]}  # "c" has no query: left out
     for rank in (0, 1):
-        gathered = json.loads((tmp_path / f"{rank}.json").read_text())
-        assert sorted(gathered["a"]) == [0.1, 1 / 3]
-        assert sorted(gathered["b"]) == [0.25, 0.5, 0.75]
-        assert gathered["c"] == []
+        assert json.loads((tmp_path / f"{rank}.json").read_text()) == expected

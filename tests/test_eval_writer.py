@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 from types import SimpleNamespace
 
 import pytest
-import torch
 
-from datamodules.metrics import TaskResult, summarize
+from datamodules.batches import QueryBatch
+from datamodules.formats import TaskMeta
+from datamodules.metrics import TaskResult, evaluate_run, summarize
 from experiments.eval_writer import EvalWriter
 from experiments.runs import RunError
-from lightning_modules.evaluation import EvalResult, all_values, per_query_values
+from lightning_modules.evaluation import EvalResult, EvalState, EvalTables, task_results
 
 RUNS = {
     "alpha": {"q1": {"d1": 0.5, "d2": 1.5}, "q2": {"d3": -1.0, "d4": -1.0}},
@@ -57,12 +59,12 @@ def result(stage: str = "val", step: int = 7, runs=RUNS) -> EvalResult:
 
 
 def fake(tmp_path, outcome: EvalResult | None, sanity: bool = False):
-    """A trainer and module with what the writer reads (one process: gathering is the identity)."""
+    """A trainer and module with what the writer reads (the module has merged the ranks' runs)."""
     logger = TableLogger()
     trainer = SimpleNamespace(
         default_root_dir=str(tmp_path), is_global_zero=True, sanity_checking=sanity, loggers=[logger]
     )
-    module = SimpleNamespace(eval_result=outcome, gather_over_ranks=lambda table: table)
+    module = SimpleNamespace(eval_result=outcome)
     return trainer, module, logger
 
 
@@ -165,16 +167,29 @@ def test_a_failed_history_append_leaves_no_half_line(tmp_path, monkeypatch):
     assert history.read_text() == '{"stage": "val", "step": 0}\n'
 
 
-def test_per_query_values_are_kept_in_float64():
-    """The CatMetric holding per-query values neither rounds to float32 nor drops a NaN."""
-    metric = per_query_values(torch.device("cpu"))
-    values = [0.1, 1 / 3, 2 / 3]
-    for value in values:
-        metric.update(torch.tensor([value], dtype=torch.float64))
-    assert all_values(metric) == values
-    assert all_values(per_query_values(torch.device("cpu"))) == []  # no query: no values, no warning
-    single = per_query_values(torch.device("cpu"))
-    single.update(torch.tensor([0.25], dtype=torch.float64))
-    assert all_values(single) == [0.25]  # a task with one query
-    with pytest.raises(RuntimeError, match="nan"):
-        metric.update(torch.tensor([float("nan")], dtype=torch.float64))
+def test_validation_scores_the_merged_runs_like_the_offline_scorer():
+    """Validation records runs per rank, merges them in one gather and scores them with
+    evaluate_run: two ranks' halves give the numbers of one rank holding everything, to the bit."""
+    metas = {"alpha": TaskMeta("alpha", "T2T", "instruction", "ndcg@10")}
+    qrels = {"q1": {"d1": 2, "d2": 1}, "q2": {"d4": 1}, "q3": {"d5": 0}}
+    queries = [
+        QueryBatch("alpha", "q1", ["d1", "d2", "d7"], [3.0, 2.0, 1.0], qrels["q1"], []),
+        QueryBatch("alpha", "q2", ["d3", "d4"], [2.0, 1.0], qrels["q2"], [], skipped=["c:1: bad"]),
+        QueryBatch("alpha", "q3", ["d5"], [1.0], qrels["q3"], []),  # no relevant document: skipped
+    ]
+    scores = [[0.1, 1 / 3, 0.2], [-1.0, -1.0], [0.5]]
+    whole, halves = EvalState(metas), [EvalState(metas), EvalState(metas)]
+    for number, (query, values) in enumerate(zip(queries, scores, strict=True)):
+        whole.add(query, values)
+        halves[number % 2].add(query, values)
+    merged = EvalTables().merged([state.tables for state in halves])
+    assert merged == whole.tables and merged.skipped == {"alpha": {"q2": 1}}
+    (reranked,), (first,) = task_results(metas, merged)
+    expected = evaluate_run(whole.tables.runs["alpha"], {q: qrels[q] for q in ("q1", "q2")}, "ndcg@10")
+    assert reranked.value == math.fsum(expected.values()) / 2 and reranked.n_queries == 2
+    assert first.value == (1.0 + 1 / math.log2(3)) / 2  # q1 ideal, q2 relevant at rank 2
+    assert task_results(metas, EvalTables()) == ([], [])  # nothing seen (partial validation)
+    bad = EvalState(metas)
+    bad.add(queries[0], [0.1, float("nan"), 0.2])
+    with pytest.raises(ValueError, match="finite"):
+        task_results(metas, bad.tables)

@@ -7,6 +7,8 @@ Tolerances as in tests/test_precision.py (bf16 vs fp32: loss within 0.02 + 2 %, 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -24,15 +26,12 @@ def _no_tf32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
-def _batch(tiny_model_dir, demo_dir, image: bool) -> dict:
+def _batch(tiny_model_dir, demo_dir, image: bool):
     from tests.test_reranker import first_batch, make_data
 
     data = make_data(tiny_model_dir, demo_dir, num_negatives=3)
     batch = first_batch(data, count=2, predicate=lambda group: bool(group.query.image) == image)
-    return {
-        **batch,
-        "positives": batch["positives"].cuda(),
-    }
+    return dataclasses.replace(batch, positives=batch.positives.cuda())
 
 
 def _step(folder, batch, precision: str = "32-true", dtype: str = "float32", **kwargs):

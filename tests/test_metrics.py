@@ -24,6 +24,7 @@ from datamodules.metrics import (
     query_metric,
     summarize,
 )
+from datamodules.ranking import ranked
 
 ORACLE_METRICS = [
     "ndcg@1",
@@ -40,7 +41,7 @@ ORACLE_METRICS = [
 
 def trec_order(docs: dict[str, float]) -> list[str]:
     """trec_eval's ranking: score descending, then document id descending."""
-    return [d for d, _ in sorted(docs.items(), key=lambda item: (item[1], item[0]), reverse=True)]
+    return [d for d, _ in ranked(docs)]
 
 
 def oracle(run: dict, qrels: dict, metric: str) -> dict[str, float]:

@@ -97,32 +97,34 @@ def test_validation_scores_with_the_shared_prefix_equal_whole_pairs(tiny_model_d
     """Evaluation runs each query's prefix once (where it pays); scores equal whole pairs (1e-5)."""
     from lightning_modules.prefix import pays
 
-    data = make_data(tiny_model_dir, demo_dir, eval_pairs_per_batch=4)
+    data = make_data(tiny_model_dir, demo_dir)
     data.setup("validate")
-    shared = RerankerModule(str(tiny_model_dir), lora_r=0).eval()
-    plain = RerankerModule(str(tiny_model_dir), lora_r=0, share_prefix=False).eval()
+    shared = RerankerModule(str(tiny_model_dir), lora_r=0, eval_pairs_per_forward=4).eval()
+    plain = RerankerModule(str(tiny_model_dir), lora_r=0, share_prefix=False, eval_pairs_per_forward=4).eval()
     used = 0
     for index, batch in enumerate(data.val_dataloader()):
         if index % 7:  # a spread of tasks (text, image and image+text queries) keeps the test short
             continue
-        pairs = batch["pairs"]
+        pairs = batch.pairs
         length, _ = shared_prefix(pairs, data.encoder.image_token_id, data.encoder.merge_size)
-        used += pays(length, pairs) and len(pairs) > batch["pairs_per_forward"]
+        used += pays(length, pairs) and len(pairs) > shared.hparams.eval_pairs_per_forward
         _assert_same_scores(shared, plain, batch)
     assert used >= 3  # the prefix path really ran, across several micro-batches per query
 
 
 def test_evaluation_encodes_each_image_once_and_scores_the_same(tiny_model_dir, demo_dir):
     """A frozen vision tower's features are kept across queries; scores equal encoding every pair."""
-    data = make_data(tiny_model_dir, demo_dir, eval_pairs_per_batch=4, eval_tasks=["faces-i2i", "digits-t2i"])
+    data = make_data(tiny_model_dir, demo_dir, eval_tasks=["faces-i2i", "digits-t2i"])
     data.setup("validate")
-    cached = RerankerModule(str(tiny_model_dir), lora_r=4).eval()
-    plain = RerankerModule(str(tiny_model_dir), lora_r=4, eval_image_cache_mb=0, share_prefix=False).eval()
+    cached = RerankerModule(str(tiny_model_dir), lora_r=4, eval_pairs_per_forward=4).eval()
+    plain = RerankerModule(
+        str(tiny_model_dir), lora_r=4, eval_image_cache_mb=0, share_prefix=False, eval_pairs_per_forward=4
+    ).eval()
     distinct, pairs = set(), 0
     for index, batch in enumerate(data.val_dataloader()):
         if index == 6:
             break
-        distinct.update(key for pair in batch["pairs"] for key in pair.image_keys)
+        distinct.update(key for pair in batch.pairs for key in pair.image_keys)
         pairs += len(batch["pairs"])
         _assert_same_scores(cached, plain, batch)
     cache = cached._image_cache

@@ -10,6 +10,7 @@ import torch
 
 from datamodules.datamodule import RerankDataModule
 from datamodules.metrics import evaluate_run
+from datamodules.ranking import ranked
 from datamodules.stream import StreamBatch
 from experiments.eval_writer import EvalWriter
 from lightning_modules.reranker import RerankerModule, count_parameters
@@ -107,10 +108,7 @@ def test_validation_reports_every_task_and_the_retriever_exactly(tiny_model_dir,
     # The retriever number is the first-stage run scored by the evaluator's own code.
     expected = []
     for task in data._eval_tasks():
-        top = {
-            q: dict(sorted(d.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:20])
-            for q, d in task.candidates.items()
-        }
+        top = {q: dict(ranked(d, 20)) for q, d in task.candidates.items()}
         values = evaluate_run(top, task.qrels, task.meta.metric)
         expected.append(sum(values.values()) / len(values))
     assert metrics["val/retriever_avg"] == pytest.approx(sum(expected) / len(expected), abs=1e-6)

@@ -7,6 +7,7 @@ import gzip
 import json
 import random
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -14,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from datamodules.batches import TrainBatch
 from datamodules.formats import Doc, FormatError, TrainGroup
 from datamodules.groups import DocPool, NegativeSampler
 from datamodules.stream import StreamIndex, TrainStream, encode_stream_batch
@@ -384,8 +386,20 @@ class StreamData(L.LightningDataModule):
         self.train_stream.load_state_dict(state["train_stream"])
 
 
-def collate_ids(batch) -> dict:
-    return {"ids": torch.tensor([list(i) for i in batch.ids]), "stream": batch.info()}
+@dataclass
+class IdBatch(TrainBatch):
+    """A training batch that carries only its example ids (and its stream position)."""
+
+    ids: list[list[int]] = field(default_factory=list)
+
+
+def collate_ids(batch) -> IdBatch:
+    return IdBatch(
+        groups=[],
+        positives=torch.zeros(0, 0, dtype=torch.bool),
+        stream=batch.info(),
+        ids=[list(i) for i in batch.ids],
+    )
 
 
 class IdModel(L.LightningModule):
@@ -395,7 +409,7 @@ class IdModel(L.LightningModule):
         self.seen: list[list[int]] = []
 
     def training_step(self, batch, batch_idx):
-        self.seen.append(batch["ids"].tolist())
+        self.seen.append(batch.ids)
         return (self.weight - 1.0).pow(2).sum()
 
     def configure_optimizers(self):

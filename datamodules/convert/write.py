@@ -12,6 +12,7 @@ from typing import Any
 from datamodules.convert.common import ConversionError, ImageStore, read_run_lines
 from datamodules.files import remove_leftovers, temporary_path
 from datamodules.formats import image_roots
+from datamodules.ranking import ranked
 from datamodules.trec import write_run
 from datamodules.validate import ImageChecker, Report, validate_task, validate_training
 
@@ -78,10 +79,7 @@ def write_task(
     if errors:
         raise ConversionError("\n".join(errors))
     if candidates is not None and top_k is not None:
-        candidates = {
-            q: dict(sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:top_k])
-            for q, docs in candidates.items()
-        }
+        candidates = {q: dict(ranked(docs, top_k)) for q, docs in candidates.items()}
     relevant = {q for q, docs in qrels.items() if any(r > 0 for r in docs.values())}
     kept = {q for q in relevant if candidates is None or candidates.get(q)}
     counts: dict[str, Any] = {
