@@ -481,3 +481,43 @@ def test_real_demo_sweep_per_query_metrics_match_the_validation(
     assert result["estimate"] == pytest.approx(finals["sft"] - finals["cl"], abs=1e-12)
     prefix = "OMP_NUM_THREADS=1 python -m experiments.cli fit "
     assert all(r["command_line"].startswith(prefix) for r in data["runs"])
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("config_list", "config.yaml: not a mapping of config keys"),
+        ("config_bytes", "config.yaml: not UTF-8 text"),
+        ("history_bytes", "eval_history.jsonl: not UTF-8 text"),
+        ("average_nan", "'average' is nan, not a finite number"),
+        ("average_text", "'average' is 'high', not a finite number"),
+        ("tasks_list", "'tasks' is not {task:"),
+        ("garbage_last_line", "eval_history.jsonl:2: not a JSON line"),
+    ],
+)
+def test_one_damaged_run_folder_is_left_out_with_its_reason(tmp_path, damage, reason):
+    sweep_dir = build_probe(tmp_path, {("sft", "sft"): 0.9, ("cl", "sft"): 0.4}, seeds=(0, 1))
+    run = next(sweep_dir.glob("url-Wcl-Dsft-s1/*-000000"))
+    history = run / "eval_history.jsonl"
+    record = json.loads(history.read_text(encoding="utf-8"))
+    if damage == "config_list":
+        (run / "config.yaml").write_text("- just\n- a list\n", encoding="utf-8")
+    elif damage == "config_bytes":
+        (run / "config.yaml").write_bytes(b"seed_everything: 1\nmodel: {objective: \xff}\n")
+    elif damage == "history_bytes":
+        history.write_bytes(b'{"stage": "val", "average": 0.4, "x": "\xfe"}\n')
+    elif damage in ("average_nan", "average_text"):
+        record["average"] = float("nan") if damage == "average_nan" else "high"
+        history.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    elif damage == "tasks_list":
+        record["tasks"] = ["alpha", "beta"]
+        history.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    else:  # a later validation damaged: the earlier one must not pass for the final one
+        history.write_text(
+            json.dumps(record) + "\n{'stage': 'val', 'step': 16, 'average': 0.9\n", encoding="utf-8"
+        )
+    data = run_report(sweep_dir, tmp_path / "out")
+    left_out = [line for line in data["skipped"] if str(run) in line]
+    assert len(left_out) == 1 and reason in left_out[0], data["skipped"]
+    assert len(data["runs"]) == 3  # the other three runs are reported
+    assert comparison(data, "weight_at_dsft")["n_seeds"] == 1  # seed 1 lost its W_CL run: one pair left

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from datamodules.files import atomic_write
 
@@ -25,7 +24,7 @@ from .queries import (
     eval_root_of,
     load_query_table,
 )
-from .runs import Row, find_run_folders, load_run, mean_std
+from .runs import Row, RunFolderError, find_run_folders, load_run, mean_std
 
 
 class OutputError(RuntimeError):
@@ -228,7 +227,10 @@ def load_runs(root: Path, include_unfinished: bool) -> tuple[list, list[str]]:
     for folder in find_run_folders(root):
         try:
             run = load_run(folder)
-        except (OSError, yaml.YAMLError) as error:
+        except RunFolderError as error:
+            skipped.append(f"{folder}: left out: {error}")
+            continue
+        except OSError as error:
             skipped.append(f"{folder}: unreadable ({error})")
             continue
         if run.status == "unfinished" and not include_unfinished:

@@ -9,6 +9,7 @@ ran in and the environment variables that can change its numbers.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import statistics
@@ -20,7 +21,7 @@ import yaml
 
 from experiments.keys import flatten
 from experiments.sweep.command import portable
-from experiments.sweep.folders import DONE, LOG, read_done, read_jsonl
+from experiments.sweep.folders import DONE, LOG, read_done
 
 FAMILIES = ("T2T", "I2I", "T2I", "I2T", "T2VD", "T2IT", "IT2T", "IT2I", "IT2IT")
 ORDER = {
@@ -146,8 +147,70 @@ def sweep_record(path: Path) -> tuple[str, dict | None]:
     return "unknown", None
 
 
+class RunFolderError(ValueError):
+    """A run folder the report cannot use; the message names the file (and line) and why."""
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise RunFolderError(f"{path}: not UTF-8 text (byte {error.start})") from None
+
+
+def read_records(path: Path) -> list[dict]:
+    """Every line of a run's JSONL record as an object. Strict, unlike the sweep runner's reader: the
+    CLI appends whole lines atomically, so a line that does not parse is damage, and skipping it
+    would silently make an earlier validation the final one."""
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise RunFolderError(f"{path}:{number}: not a JSON line") from None
+        if not isinstance(row, dict):
+            raise RunFolderError(f"{path}:{number}: not a JSON object")
+        rows.append(row)
+    return rows
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_validation(record: dict, where: str) -> None:
+    """The fields of a final validation the report reads: a finite ``average``, ``tasks`` as
+    ``{task: {"value": number, ...}}`` and ``families`` as ``{family: number}``."""
+    if not _number(record.get("average")):
+        raise RunFolderError(f"{where}: 'average' is {record.get('average')!r}, not a finite number")
+    tasks, families = record.get("tasks", {}), record.get("families", {})
+    if not isinstance(tasks, dict) or not all(
+        isinstance(v, dict) and _number(v.get("value")) for v in tasks.values()
+    ):
+        raise RunFolderError(f"{where}: 'tasks' is not {{task: {{\"value\": number, ...}}}}")
+    if not isinstance(families, dict) or not all(_number(v) for v in families.values()):
+        raise RunFolderError(f"{where}: 'families' is not {{family: number}}")
+
+
 def load_run(path: Path) -> RunRecord:
-    config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+    """What the report needs from one run folder.
+
+    Raises:
+        RunFolderError: a config that is not a mapping, a file that is not UTF-8, a damaged JSONL
+            line, or a final validation with a non-numeric average or malformed tasks (named).
+    """
+    try:
+        config = yaml.safe_load(read_text(path / "config.yaml")) or {}
+    except yaml.YAMLError as error:
+        raise RunFolderError(f"{path / 'config.yaml'}: not YAML ({' '.join(str(error).split())})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model") or {}, dict):
+        raise RunFolderError(
+            f"{path / 'config.yaml'}: not a mapping of config keys (a run's resolved config)"
+        )
     objective, weight, direction = probe_cell(config.get("model") or {})
     status, done = sweep_record(path)
     # experiments.cli gives data.seed the run's seed_everything unless it is set: one seed sets both
@@ -165,10 +228,11 @@ def load_run(path: Path) -> RunRecord:
         status=status,
         done=done,
     )
-    metrics = read_jsonl(path / "metrics.jsonl")
-    evals = [r for r in read_jsonl(path / "eval_history.jsonl") if r.get("stage", "val") == "val"]
+    metrics = read_records(path / "metrics.jsonl")
+    evals = [r for r in read_records(path / "eval_history.jsonl") if r.get("stage", "val") == "val"]
     if evals:
         last = evals[-1]
+        check_validation(last, f"{path / 'eval_history.jsonl'}: the last validation")
         record.final, record.step = last.get("average"), last.get("step")
         record.families = dict(last.get("families") or {})
         record.tasks = dict(last.get("tasks") or {})
@@ -177,6 +241,10 @@ def load_run(path: Path) -> RunRecord:
         vals = [r for r in metrics if "val/mrb_avg" in r]
         if vals:
             last = vals[-1]
+            if not _number(last["val/mrb_avg"]):
+                raise RunFolderError(
+                    f"{path / 'metrics.jsonl'}: the last val/mrb_avg is {last['val/mrb_avg']!r}"
+                )
             record.final, record.step = last["val/mrb_avg"], last.get("step")
             record.families = {k.split("/")[-1]: v for k, v in last.items() if k.startswith("val/family/")}
             record.retriever = last.get("val/retriever_avg")
