@@ -13,7 +13,7 @@ SWEEP ?= experiments/sweeps/demo_probe.yaml
 COUNT ?=
 DEMO_DIR ?= runs/demo
 
-.PHONY: help install demo test test-slow test-gpu gpu-check lint format sweep bench real probe-real probe-real-pilot probe-real-archive clean
+.PHONY: help install demo test test-slow test-distributed test-gpu gpu-check lint format sweep bench real probe-real probe-real-pilot probe-real-archive clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -45,11 +45,16 @@ $(STAMP): pyproject.toml
 demo: install ## Build a tiny model + demo benchmark, train SFT on CPU, print before/after tables
 	$(PY) -m experiments.demo --out $(DEMO_DIR)
 
-test: install ## Run the fast test tier (CPU, tiny models)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+# PYTEST_ARGS: extra pytest options, e.g. PYTEST_ARGS=--durations=15 (what .ci/run passes).
+PYTEST_ARGS ?=
+test: install ## Run the fast test tier (CPU, tiny models, one process)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-slow: install ## Run the slow tier (learning checks, multi-process)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow
+test-distributed: install ## Run the multi-process tier (DDP and FSDP2 on 2 CPU processes; a CI step of its own)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m distributed $(PYTEST_ARGS)
+
+test-slow: install ## Run the slow tier (learning checks, end-to-end runs)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 test-gpu: install ## Run the GPU tier (needs CUDA): bf16 training, prefix sharing, export on CUDA
 	$(PY) -m pytest -q -m gpu
