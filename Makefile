@@ -13,7 +13,7 @@ SWEEP ?= experiments/sweeps/demo_probe.yaml
 COUNT ?=
 DEMO_DIR ?= runs/demo
 
-.PHONY: help install demo test test-slow test-distributed test-gpu gpu-check lint format sweep bench real probe-real probe-real-pilot probe-real-archive clean
+.PHONY: help install demo test test-slow test-distributed test-gpu gpu-check lint format sweep bench bench-peers real probe-real probe-real-pilot probe-real-archive clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -80,6 +80,11 @@ bench: install ## Speed/memory vs a naive baseline, data stream and evaluator sp
 	OMP_NUM_THREADS=1 $(PY) -m experiments.bench --out runs/bench
 	OMP_NUM_THREADS=1 $(PY) -m experiments.bench.data --json runs/bench/data.json
 	OMP_NUM_THREADS=1 $(PY) -m experiments.bench.eval --json runs/bench/eval.json
+
+# The real SmolLM2-135M and the v2 task's data (make probe-real-pilot's first step, or
+# `python -m experiments.real --out runs/real_v2 --probe-v2 --prepare-only`) must exist.
+bench-peers: install ## rerank-lab vs sentence-transformers on the real model: training, memory, quality, inference (runs/bench-peers/)
+	OMP_NUM_THREADS=1 $(PY) -m experiments.bench.peers --out runs/bench-peers
 
 real: install ## Real SmolLM2-135M reranker on real text: fetch, BM25, mining, zero-shot/SFT/CL, table (runs/real/)
 	OMP_NUM_THREADS=1 $(PY) -m experiments.real --out runs/real
