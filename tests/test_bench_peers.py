@@ -127,3 +127,18 @@ def test_peers_json_has_the_pinned_keys_and_paired_ratios():
         in text
     )
     assert "| 2 pairs | 3.00 (3.00-3.00) | 2.00 (2.00-2.00) | 1.50x | 800 / 850 | 5.0e-04 |" in text
+
+
+def test_profile_counts_fewer_positions_when_the_prefix_runs_once(tiny_task):
+    from experiments.bench.peers import profile
+
+    groups = load_groups(tiny_task["train_root"], 3, 3)
+    ours = profile._rerank_lab(tiny_task, groups)
+    theirs = profile._sentence_transformers(tiny_task, groups)
+    assert set(ours["seconds"]) == set(theirs["seconds"]) == set(profile.PHASES)
+    # Same pairs, same tokens: sentence-transformers runs each group's shared prefix 4 times, rerank-lab once.
+    assert (
+        ours["token_positions"]["real"]
+        < theirs["token_positions"]["real"]
+        <= theirs["token_positions"]["padded"]
+    )
