@@ -1,4 +1,4 @@
-"""``peers.json`` and ``peers.md`` from the runs' results (pure functions: tested without running a model)."""
+"""``<out>/peers.json`` and ``<out>/peers.md`` from the runs' results (pure functions: tested without running a model)."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ def _range(figure: dict, digits: int = 2) -> str:
 
 
 def markdown(report: dict) -> str:
-    """``peers.md``: the table a reader wants, with the conditions it was measured under."""
+    """The Markdown report (``<out>/peers.md``): the table a reader wants, with the conditions it was measured under."""
     load = report["load_average"]
     lines = [
         "# rerank-lab vs sentence-transformers",

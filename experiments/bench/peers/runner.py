@@ -1,4 +1,4 @@
-"""The peer benchmark's orchestration: which runs, in which order, and ``peers.json`` / ``peers.md``.
+"""The peer benchmark's orchestration: which runs, in which order, and ``<out>/peers.json`` / ``<out>/peers.md``.
 
 Every run is a fresh interpreter (one torch thread), one at a time. The two sides alternate
 (rerank-lab, sentence-transformers, rerank-lab, ... over the seeds), so a neighbour that slows the
@@ -120,7 +120,7 @@ def _device() -> str:
 
 
 def run(out: str | Path, plan: Plan, model: str | Path, data: str | Path, quick: bool = False) -> dict:
-    """Run every configuration of ``plan`` and write ``peers.json`` and ``peers.md`` into ``out``."""
+    """Run every configuration of ``plan`` and write ``<out>/peers.json`` and ``<out>/peers.md``."""
     out, data = Path(out), Path(data)
     base = {
         "model": str(model),
@@ -153,7 +153,7 @@ def run(out: str | Path, plan: Plan, model: str | Path, data: str | Path, quick:
     report = summarize(specs, results, header) | {"seconds": round(time.perf_counter() - started, 1)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "peers.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "peers.md").write_text(markdown(report))
+    (out / "peers.json").with_suffix(".md").write_text(markdown(report))
     return report
 
 
@@ -174,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.bench.peers", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--out", default="runs/bench-peers", help="folder for peers.json and peers.md")
+    parser.add_argument(
+        "--out", default="runs/bench-peers", help="folder for DIR/peers.json and DIR/peers.md"
+    )
     parser.add_argument(
         "--quick", action="store_true", help="a reduced run (SFT only, 6 steps, 5 dev queries)"
     )
@@ -185,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         "--data", default=DEFAULT_DATA, help="the real task's data root (train/, dev/stdlib-code/)"
     )
     parser.add_argument("--steps", type=int, help="optimizer steps per training run (default: the plan's)")
+    parser.add_argument("--objectives", help="comma-separated, e.g. cl (default: the plan's)")
+    parser.add_argument("--negatives", help="comma-separated N, e.g. 3 (default: 3,7)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -194,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else Plan()
     if args.steps:
         plan = dataclasses.replace(plan, steps=args.steps)
+    if args.objectives:
+        plan = dataclasses.replace(plan, objectives=tuple(args.objectives.split(",")))
+    if args.negatives:
+        plan = dataclasses.replace(plan, negatives=tuple(int(n) for n in args.negatives.split(",")))
     report = run(args.out, plan, args.model, args.data, quick=args.quick)
     print(markdown(report))
     return 0
