@@ -13,7 +13,7 @@ SWEEP ?= experiments/sweeps/demo_probe.yaml
 COUNT ?=
 DEMO_DIR ?= runs/demo
 
-.PHONY: help install demo demo-check test test-slow test-gpu gpu-check serve-check lint typecheck format sweep bench real probe-real probe-real-pilot probe-real-archive clean
+.PHONY: help install demo demo-check test test-slow test-distributed test-gpu gpu-check serve-check lint typecheck format sweep bench bench-peers real probe-real probe-real-pilot probe-real-archive clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -49,11 +49,16 @@ demo-check: install ## Run the demo afresh and fail if its averages differ from 
 	rm -rf runs/demo-check
 	OMP_NUM_THREADS=1 $(PY) -m experiments.demo --out runs/demo-check --check-readme README.md
 
-test: install ## Run the fast test tier (CPU, tiny models)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+# PYTEST_ARGS: extra pytest options, e.g. PYTEST_ARGS=--durations=15 (what .ci/run passes).
+PYTEST_ARGS ?=
+test: install ## Run the fast test tier (CPU, tiny models, one process)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-slow: install ## Run the slow tier (learning checks, multi-process)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow
+test-distributed: install ## Run the multi-process tier (DDP and FSDP2 on 2 CPU processes; a CI step of its own)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m distributed $(PYTEST_ARGS)
+
+test-slow: install ## Run the slow tier (learning checks, end-to-end runs)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 test-gpu: install ## Run the GPU tier (needs CUDA): bf16 training, prefix sharing, export on CUDA
 	$(PY) -m pytest -q -m gpu
@@ -98,6 +103,11 @@ bench: install ## Speed/memory vs a naive baseline, data stream and evaluator sp
 	OMP_NUM_THREADS=1 $(PY) -m experiments.bench --out runs/bench
 	OMP_NUM_THREADS=1 $(PY) -m experiments.bench.data --json runs/bench/data.json
 	OMP_NUM_THREADS=1 $(PY) -m experiments.bench.eval --json runs/bench/eval.json
+
+# The real SmolLM2-135M and the v2 task's data (make probe-real-pilot's first step, or
+# `python -m experiments.real --out runs/real_v2 --probe-v2 --prepare-only`) must exist.
+bench-peers: install ## rerank-lab vs sentence-transformers on the real model: training, memory, quality, inference (runs/bench-peers/)
+	OMP_NUM_THREADS=1 $(PY) -m experiments.bench.peers --out runs/bench-peers
 
 real: install ## Real SmolLM2-135M reranker on real text: fetch, BM25, mining, zero-shot/SFT/CL, table (runs/real/)
 	OMP_NUM_THREADS=1 $(PY) -m experiments.real --out runs/real

@@ -388,14 +388,7 @@ class RerankerModule(L.LightningModule):
         else:
             optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer else 1
-        warmup = min(self.hparams.warmup_steps, total - 1) if total > 1 else 0
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = warmup_linear_decay(optimizer, self.hparams.warmup_steps, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- evaluation ------------------------------------------------------------------------
@@ -532,6 +525,22 @@ def _as_train_batch(batch: TrainBatch | dict) -> TrainBatch:
         names = TrainBatch.__dataclass_fields__
         return TrainBatch(**{key: value for key, value in batch.items() if key in names})
     raise TypeError(f"expected a TrainBatch, got {type(batch).__name__}")
+
+
+def warmup_linear_decay(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The training schedule: linear warm-up over ``warmup_steps`` (the first step already at
+    1/(warmup+1) of the peak, never 0), then linear decay to 0 at ``total_steps``."""
+    total = max(1, total_steps)
+    warmup = min(warmup_steps, total - 1) if total > 1 else 0
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

@@ -23,7 +23,7 @@ def test_tables_print_before_and_after(tmp_path, capsys):
         },
     ]
     (tmp_path / "eval_history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert demo.print_tables(tmp_path) == (0.25, 0.75)
+    assert demo.print_tables(tmp_path) == (0.25, 0.75, 0.4)  # before, after, retriever
     out = capsys.readouterr().out
     assert "before (step 0) -> after (step 240)" in out
     assert "0.250 -> 0.750" in out and "first-stage retriever average: 0.400" in out

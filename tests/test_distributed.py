@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+# Each test starts processes (DDP on gloo): minutes on a busy 2-core machine, so they are a tier of
+# their own (`make test-distributed`, a separate step of .ci/run), not part of `make test`.
+pytestmark = pytest.mark.distributed
+
 SCRIPT = Path(__file__).with_name("ddp_validate.py")
 ROOT = SCRIPT.parent.parent
 

@@ -33,7 +33,7 @@ def _run(tiny_model_dir, demo_dir, out: Path, devices: int, checkpoint: str) -> 
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.mark.slow
+@pytest.mark.distributed
 def test_fsdp2_on_two_cpu_processes_equals_one_process_and_exports(tiny_model_dir, demo_dir, tmp_path):
     from lightning_modules.export import export
     from lightning_modules.inference import Reranker

@@ -48,7 +48,11 @@ Both are the step's transient memory (inputs, activations, logits, gradients) ab
 model and optimizer state. ``--quick`` (the smoke test) runs its configurations in-process.
 
 Timing: after one warm-up step (call), the fastest of ``Workload.repeats`` timings of each family's
-step (inference call), so that one busy moment of the machine does not decide a ratio.
+step (inference call), so that one busy moment of the machine does not decide a ratio. On a CPU the
+training measurements run ``--repeats`` times (default 3) in interleaved order (rerank-lab, naive,
+naive-gc, rerank-lab, ...): a neighbour that slows the machine for a while slows the runs of one
+repeat alike, each speed-up is the median of the per-repeat ratios, and ``train_speedup_spread``
+(min, median, max per N) and ``load_average`` go into ``bench.json``.
 Modules: :mod:`~experiments.bench.mix` (the workload), :mod:`~experiments.bench.models` (the
 architectures), :mod:`~experiments.bench.workers` (one measured configuration),
 :mod:`~experiments.bench.runner` (orchestration, ``bench.json``), :mod:`~experiments.bench.bounds`

@@ -27,9 +27,15 @@ def train_summary(train: dict) -> dict:
         result = train.get(f"{method}/n{negatives}", {})
         return None if result.get("oom") else result.get(key)
 
+    def paired(baseline: str, n: int) -> list[float]:
+        """The per-repeat ratios of interleaved runs (runner._measure_training), if any."""
+        return train.get(f"rerank-lab/n{n}", {}).get("speedup_repeats", {}).get(baseline, [])
+
     def speedups(baseline: str) -> dict[int, float | None]:
         return {
-            n: ratio(get("rerank-lab", n, "pairs_per_s"), get(baseline, n, "pairs_per_s"))
+            n: statistics.median(paired(baseline, n))
+            if paired(baseline, n)
+            else ratio(get("rerank-lab", n, "pairs_per_s"), get(baseline, n, "pairs_per_s"))
             for n in TRAIN_NEGATIVES
         }
 
@@ -49,6 +55,12 @@ def train_summary(train: dict) -> dict:
         "memory_growth_n4_to_n16": growth["rerank-lab"],
         "naive_memory_growth_n4_to_n16": growth["naive"],
         "naive_gc_memory_growth_n4_to_n16": growth["naive-gc"],
+        # vs naive, per N: [min, median, max] over the interleaved repeats
+        "train_speedup_spread": {
+            n: [min(paired("naive", n)), statistics.median(paired("naive", n)), max(paired("naive", n))]
+            for n in TRAIN_NEGATIVES
+            if paired("naive", n)
+        },
     }
 
 
@@ -109,6 +121,22 @@ def bound_lines(report: dict) -> list[str]:
     return lines
 
 
+def _spread_lines(report: dict) -> list[str]:
+    """The headline speed-up's spread over the interleaved repeats, with the load it was measured at."""
+    spread = report.get("train_speedup_spread") or {}
+    if not spread:
+        return []
+    figures = "; ".join(
+        f"N = {n}: {mid:.2f}x ({low:.2f}-{high:.2f})" for n, (low, mid, high) in spread.items()
+    )
+    load = report.get("load_average")
+    return [
+        "",
+        f"Speed-up vs naive, median (min-max) over {report.get('repeats')} interleaved repeats: {figures}"
+        + (f"; load average {load[0]:.1f}-{load[1]:.1f} after the runs." if load else "."),
+    ]
+
+
 def markdown(report: dict) -> str:
     """``bench.md``: the device, the training and inference tables, targets and the method notes."""
     weights = ", ".join(f"{family} {count}" for family, (count, _, _) in FAMILIES.items())
@@ -157,6 +185,7 @@ def markdown(report: dict) -> str:
             f"{_fmt(s['naive_memory_growth_n4_to_n16'], 2, 'x')} / "
             f"{_fmt(s['naive_gc_memory_growth_n4_to_n16'], 2, 'x')} |"
         )
+    lines += _spread_lines(report)
     lines += [
         "",
         "## Inference (end to end: encoding + scoring, one query's candidates per call)",

@@ -103,6 +103,61 @@ def _run_forked(spec: dict, threads: int) -> dict:
     return result
 
 
+def _measure_training(
+    base: dict, methods: list[str], mode: str, threads: int, repeats: int, both: bool
+) -> dict[str, dict]:
+    """Each method's training figures per N, timed ``repeats`` times in interleaved order (rerank-lab,
+    naive, naive-gc, rerank-lab, ...) so that a busy spell of the machine falls on every method.
+
+    A method's entry is its median repeat (by pairs/s) plus ``pairs_per_s_repeats``; rerank-lab's
+    also holds ``speedup_repeats``: per baseline, the ratio of the runs of each repeat, whose median
+    is the reported speed-up (:func:`experiments.bench.report.train_summary`). ``both`` (CUDA, or
+    the in-process smoke test) measures memory in the timing run; otherwise a separate process
+    measures it once per method.
+    """
+    train = {}
+    for negatives in TRAIN_NEGATIVES:
+        runs: dict[str, list[dict]] = {method: [] for method in methods}
+        for _ in range(repeats):
+            for method in methods:
+                spec = {**base, "kind": "train", "method": method, "negatives": negatives}
+                result = _run_worker({**spec, "measure": "both" if both else "time"}, mode, threads)
+                runs[method].append(result | {"load_average": round(os.getloadavg()[0], 2)})
+        for method in methods:
+            result = _median_run(runs[method])
+            if not both and not result.get("oom"):
+                spec = {**base, "kind": "train", "method": method, "negatives": negatives}
+                result["peak_mib"] = _run_worker({**spec, "measure": "memory"}, mode, threads).get("peak_mib")
+            train[f"{method}/n{negatives}"] = result
+            print(f"bench: {base['arch']} train {method} N={negatives}: {short(result)}", flush=True)
+        ours = runs.get("rerank-lab", [])
+        if ours and not any(r.get("oom") for r in ours):
+            train[f"rerank-lab/n{negatives}"]["speedup_repeats"] = {
+                method: [a["pairs_per_s"] / b["pairs_per_s"] for a, b in zip(ours, theirs, strict=True)]
+                for method, theirs in runs.items()
+                if method != "rerank-lab" and not any(r.get("oom") for r in theirs)
+            }
+    return train
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The repeat with the median pairs/s (the lower of the middle two for an even count), with every
+    repeat's pairs/s and load average beside it."""
+    if any(r.get("oom") for r in runs):
+        return runs[0]
+    ranked = sorted(runs, key=lambda r: r["pairs_per_s"])
+    chosen = dict(ranked[(len(ranked) - 1) // 2])
+    chosen["pairs_per_s_repeats"] = [r["pairs_per_s"] for r in runs]
+    chosen["load_average_repeats"] = [r["load_average"] for r in runs]
+    return chosen
+
+
+def _load_range(train: dict) -> list[float] | None:
+    """[min, max] of the load average after each timed training run."""
+    loads = [load for result in train.values() for load in result.get("load_average_repeats", [])]
+    return [min(loads), max(loads)] if loads else None
+
+
 def _device_name() -> str:
     import platform
 
@@ -122,6 +177,7 @@ def run(
     models: Sequence[str] | None = None,
     check: bool = False,
     families: Sequence[str] | None = None,
+    repeats: int | None = None,
 ) -> dict:
     """Run the benchmark and write ``bench.json`` and ``bench.md`` into ``out``.
 
@@ -138,6 +194,8 @@ def run(
         families: time only these task families (a reduced run; the mix then covers them only).
         check: ``make gpu-check``'s short form: ``GPU_CHECK_WORKLOAD`` and the rerank-lab and naive
             methods only.
+        repeats: interleaved repeats of every training measurement (default 3 on a CPU, 1 with
+            ``quick``, ``check`` or CUDA, whose timings a neighbour does not move).
 
     Returns:
         The ``bench.json`` contents.
@@ -148,6 +206,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available()
     mode = mode or ("in-process" if quick else "subprocess" if cuda else "fork")
+    repeats = repeats or (1 if quick or check or cuda else 3)
     if mode not in ("in-process", "fork", "subprocess"):
         raise ValueError(f"mode must be in-process, fork or subprocess, got {mode!r}")
     if quick:
@@ -176,6 +235,7 @@ def run(
         "quick": quick,
         "objective": "cl",
         "lora_r": LORA_R,
+        "repeats": repeats,
         "memory_method": (
             "torch.cuda.max_memory_allocated minus allocated before the timed steps"
             if cuda
@@ -197,23 +257,9 @@ def run(
             )
             data_dir = scratch / "data" / arch
             base = {"arch": arch, "folder": str(folder), "data": str(data_dir), "work": work.__dict__}
-            train = {}
-            for negatives in TRAIN_NEGATIVES:
-                methods = ARCHS[arch].get("methods", TRAIN_METHODS)
-                for method in [m for m in methods if m in ("rerank-lab", "naive")] if check else methods:
-                    spec = {**base, "kind": "train", "method": method, "negatives": negatives}
-                    if cuda or quick:  # CUDA's allocator statistics cost no speed; quick is a smoke test
-                        result = _run_worker({**spec, "measure": "both"}, mode, threads)
-                    else:  # CPU: time with the normal allocator, measure memory in a second process
-                        result = _run_worker({**spec, "measure": "time"}, mode, threads)
-                        if not result.get("oom"):
-                            memory = _run_worker({**spec, "measure": "memory"}, mode, threads)
-                            result["peak_mib"] = memory.get("peak_mib")
-                    train[f"{method}/n{negatives}"] = result
-                    print(
-                        f"bench: {arch} train {method} N={negatives}: {short(train[f'{method}/n{negatives}'])}",
-                        flush=True,
-                    )
+            methods = ARCHS[arch].get("methods", TRAIN_METHODS)
+            methods = [m for m in methods if m in ("rerank-lab", "naive")] if check else list(methods)
+            train = _measure_training(base, methods, mode, threads, repeats, both=cuda or quick)
             entry = {"train": train, "summary": train_summary(train)}
             with contextlib.suppress(Exception):
                 entry["head_flops_per_decoder_flops"] = head_ratio(arch, folder)
@@ -240,6 +286,8 @@ def run(
             "inference_speedup": inference.get("speedup"),
             "inference_bound": inference.get("bound"),
             "prefix_cache_speedup": inference.get("prefix_speedup"),
+            "train_speedup_spread": summary["train_speedup_spread"],
+            "load_average": _load_range(headline["train"]),
             "seconds": round(time.perf_counter() - started, 1),
         }
     )
@@ -271,6 +319,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--families", default=None, help="comma-separated task families to time (default: all nine)"
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="interleaved repeats of each training measurement (default 3)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -287,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tiny_dir=args.tiny_dir,
         models=models,
         families=families,
+        repeats=args.repeats,
     )
     print((Path(args.out) / "bench.md").read_text(encoding="utf-8"))
     print(f"wrote {Path(args.out) / 'bench.json'} in {report['seconds']} s")
