@@ -152,6 +152,7 @@ def train_worker(
     import torch
 
     import objectives
+    from datamodules.batches import TrainBatch
     from datamodules.encoding import PairEncoder
     from lightning_modules.backbone import label_token_id
     from lightning_modules.reranker import DEFAULT_LORA_TARGET, RerankerModule
@@ -168,21 +169,15 @@ def train_worker(
             str(folder), objective="cl", dtype=dtype, lora_r=LORA_R, pairs_per_forward=work.pairs_per_forward
         ).to(device)
         module.train()
-        module.log = lambda *args, **kwargs: None  # outside a Trainer
         model = module.scorer.model
         params = [p for p in module.parameters() if p.requires_grad]
 
         def loss_of(batch: dict) -> torch.Tensor:
             size = batch["positives"].shape[1]
             pairs = batch["pairs"]
-            step_batch = {  # what RerankDataModule yields: encoded groups, collated by the module
-                "groups": [pairs[i : i + size] for i in range(0, len(pairs), size)],
-                "positives": batch["positives"].to(device),
-                "filled_hard": 0,
-                "truncated": sum(p.truncated for p in batch["pairs"]),
-                "visual_tokens": sum(p.input_ids.count(encoder.image_token_id) for p in batch["pairs"]),
-            }
-            return module.training_step(step_batch, 0)
+            groups = [pairs[i : i + size] for i in range(0, len(pairs), size)]  # what the DataModule yields
+            step = TrainBatch.of_groups(groups, batch["positives"].to(device), encoder.image_token_id)
+            return module.loss_step(step).loss  # no Trainer: the loss alone, nothing logged
 
     elif method in ("naive", "naive-gc"):
         from peft import LoraConfig, inject_adapter_in_model

@@ -38,6 +38,7 @@ def _timed(phases: dict[str, float], name: str, fn, *args):
 
 
 def _rerank_lab(spec: dict, groups) -> dict:
+    from datamodules.batches import TrainBatch
     from datamodules.encoding import PairEncoder
     from datamodules.formats import Doc
     from lightning_modules.prefix import shared_prefix
@@ -46,7 +47,6 @@ def _rerank_lab(spec: dict, groups) -> dict:
     settings = _settings(spec)
     keys = ("lora_r", "lora_alpha", "lora_dropout", "lora_target", "pairs_per_forward")
     module = RerankerModule(spec["model"], objective="sft", **{k: settings[k] for k in keys})
-    module.log = lambda *args, **kwargs: None  # outside a Trainer
     init_lora(module.scorer.model, 0)
     encoder = PairEncoder.from_pretrained(spec["model"], max_length=spec["max_length"])
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=settings["lr"])
@@ -56,9 +56,8 @@ def _rerank_lab(spec: dict, groups) -> dict:
             phases, tokens = dict.fromkeys(PHASES, 0.0), np.zeros(2, dtype=np.int64)
         docs = [Doc(text=d) for d in group.documents]
         pairs = _timed(phases, "encode", encoder.encode_group, group.instruction, Doc(text=group.query), docs)
-        batch = {"groups": [pairs], "positives": torch.tensor([[True] + [False] * (len(pairs) - 1)])}
-        batch |= {"filled_hard": 0, "truncated": 0, "visual_tokens": 0}
-        loss = _timed(phases, "forward", module.training_step, batch, 0)
+        batch = TrainBatch.of_groups([pairs], torch.tensor([[True] + [False] * (len(pairs) - 1)]))
+        loss = _timed(phases, "forward", lambda step=batch: module.loss_step(step).loss)
         _timed(phases, "backward", loss.backward)
         _timed(phases, "optimizer", lambda: (optimizer.step(), optimizer.zero_grad(set_to_none=True)))
         prefix, _ = shared_prefix(pairs, None, 1)
