@@ -511,20 +511,11 @@ class RerankerModule(L.LightningModule):
         self._finish_eval("predict")
 
 
-def _as_train_batch(batch: TrainBatch | dict) -> TrainBatch:
-    """``batch`` itself; a dict of the former batch layout (experiments/bench still builds one) becomes
-    a :class:`TrainBatch` with a DeprecationWarning."""
-    if isinstance(batch, TrainBatch):
-        return batch
-    if isinstance(batch, dict):
-        warnings.warn(
-            "a training batch as a dict is deprecated: build a datamodules.batches.TrainBatch",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        names = TrainBatch.__dataclass_fields__
-        return TrainBatch(**{key: value for key, value in batch.items() if key in names})
-    raise TypeError(f"expected a TrainBatch, got {type(batch).__name__}")
+def _as_train_batch(batch: TrainBatch) -> TrainBatch:
+    """``batch``, checked: a training step takes a :class:`~datamodules.batches.TrainBatch`."""
+    if not isinstance(batch, TrainBatch):
+        raise TypeError(f"a training step takes a datamodules.batches.TrainBatch, got {type(batch).__name__}")
+    return batch
 
 
 def warmup_linear_decay(

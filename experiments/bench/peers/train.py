@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from datamodules.batches import QueryBatch, TrainBatch
 from experiments.bench.peers.data import Group, check_same_tokens, load_dev, load_groups, pair_template
 from experiments.bench.peers.memory import rss_mib
 
@@ -102,6 +104,13 @@ def _settings(spec: dict) -> dict:
     return {key: model[key] for key in keys} | {"weight_decay": model.get("weight_decay", 0.0)}
 
 
+@dataclass
+class _Digested(TrainBatch):
+    """A training batch that also names its group (the check that both sides saw the same groups)."""
+
+    digest: str = ""
+
+
 class _Encoded(torch.utils.data.Dataset):
     """The groups, encoded when the loader asks (tokenisation is part of the timed step on both sides)."""
 
@@ -118,14 +127,9 @@ class _Encoded(torch.utils.data.Dataset):
         pairs = self.encoder.encode_group(
             group.instruction, Doc(text=group.query), [Doc(text=d) for d in group.documents]
         )
-        return {  # what RerankDataModule yields for a batch of one group
-            "groups": [pairs],
-            "positives": torch.tensor([[True] + [False] * (group.size - 1)]),
-            "filled_hard": 0,
-            "truncated": sum(p.truncated for p in pairs),
-            "visual_tokens": 0,
-            "digest": group_digest(group.query, group.documents),
-        }
+        positives = torch.tensor([[True] + [False] * (group.size - 1)])
+        batch = TrainBatch.of_groups([pairs], positives)  # what RerankDataModule yields for one group
+        return _Digested(**vars(batch), digest=group_digest(group.query, group.documents))
 
 
 def _train_rerank_lab(spec: dict, groups: list[Group]) -> dict:
@@ -164,14 +168,16 @@ def _train_rerank_lab(spec: dict, groups: list[Group]) -> dict:
     loaded = rss_mib()
     trainer.fit(module, train_dataloaders=loader)
     trained = _trained_figures(clock.ends, groups, loaded)
-    trained["truncated_pairs"] = sum(data[i]["truncated"] for i in range(len(data)))
+    trained["truncated_pairs"] = sum(data[i].truncated for i in range(len(data)))
     module.eval()
 
     def score_list(instruction: str, query: str, documents) -> list[float]:
         from datamodules.formats import Doc
 
         pairs = [encoder.encode(instruction, Doc(text=query), Doc(text=d)) for d in documents]
-        return module.rerank_query({"pairs": pairs, "pairs_per_forward": len(pairs), "first_stage": None})
+        ids = [str(i) for i in range(len(pairs))]
+        query_batch = QueryBatch("dev", "q", ids, [0.0] * len(ids), {}, pairs)
+        return module.rerank_query(query_batch)
 
     return trained | _dev_figures(score_list, spec) | {"losses": clock.losses, "groups": clock.digests}
 
@@ -212,7 +218,7 @@ def _lightning_clock():
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
             self.ends.append(time.perf_counter())
             self.losses.append(float(outputs["loss"]))
-            self.digests.append(batch["digest"])
+            self.digests.append(batch.digest)
 
     return Clock()
 
