@@ -225,21 +225,31 @@ def model_card(
         "# Reranker exported by rerank-lab",
         "",
         "A judge that reads a (query, document) pair and scores how well the document meets the query; "
-        "queries and documents may hold text, an image, or both.",
+        + (
+            "queries and documents may hold text, an image, or both."
+            if vision
+            else "this backbone reads text only (queries and documents are text)."
+        ),
         "",
         f"- **Base model:** {base_text}; config sha256 `{config['base_config_sha256'][:16]}...`",
         f"- **Objective:** `{config['objective']}` with `{json.dumps(config['objective_args'] or {})}`",
         f"- **Score:** `{score}`: {SCORE_TEXT.get(score, score)}; higher means more relevant.",
         f"- **Label tokens (ids):** {words}",
         f"- **Training:** {_training_text(config)}",
-        f"- **Budgets:** at most {config['max_length']} tokens per pair; each image is resized to "
-        f"{config['min_pixels']:,}-{config['max_pixels']:,} pixels (also in `preprocessor_config.json`).",
+        f"- **Budgets:** at most {config['max_length']} tokens per pair"
+        + (
+            f"; each image is resized to {config['min_pixels']:,}-{config['max_pixels']:,} pixels (also in "
+            "`preprocessor_config.json`)."
+            if vision
+            else "."
+        ),
         f"- **Parity:** the folder scores like the training module to {parity['max_abs_diff']:.1e} "
         f"(max |difference| on {parity['pairs']} pairs; tolerance {parity['tolerance']:.0e}).",
         "",
         "## Prompt",
         "",
-        "One pair (a text query, an image + text document) as this folder's chat template renders it; "
+        f"One pair ({'a text query, an image + text document' if vision else 'a text query and a text document'}) "
+        "as this folder's chat template renders it; "
         "the score is read at the last position, right after the assistant prompt:",
         "",
         "```text",

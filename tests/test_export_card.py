@@ -151,6 +151,8 @@ def test_card_snippet_for_a_text_only_model_with_a_string_only_template(tiny_mod
     write_card(card_dir, card_config, encoder, {})
     card = (card_dir / "README.md").read_text(encoding="utf-8")
     assert "AutoModelForCausalLM" in card and "AutoImageProcessor" not in card
+    # a text-only card speaks of text: no image budget, no preprocessor_config.json (not in the folder)
+    assert "pixels" not in card and "preprocessor_config.json" not in card and "reads text only" in card
     score = run_snippet(card, base)["score"]
     for query, document in (("a red car", "A red car parks."), ("two birds", "The cat sits on a table.")):
         expected = reranker.score(query, [document], instruction=INSTRUCTION)[0]
