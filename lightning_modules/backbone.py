@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -260,6 +261,9 @@ class LabelScorer(nn.Module):
             paper's LM-head unfreezing probe (docs/science.md §4).
     """
 
+    label_token_ids: torch.Tensor  # a buffer (declared for the type checker)
+    row_delta: nn.Parameter | None
+
     def __init__(self, model: nn.Module, label_token_ids: list[int], lm_head: str = "frozen") -> None:
         super().__init__()
         if lm_head not in LM_HEAD_MODES:
@@ -285,7 +289,7 @@ class LabelScorer(nn.Module):
 
     @property
     def decoder(self) -> nn.Module:
-        return self.model.model
+        return cast(nn.Module, self.model.model)
 
     @property
     def lm_head(self) -> nn.Linear:

@@ -146,7 +146,7 @@ def module_arguments(checkpoint: dict, where: str, module_class: type, **overrid
     another rerank-lab version) are left out, the unknown ones with a warning. The class is passed
     in, not imported, because the module itself imports this file (for the base fingerprint).
     """
-    accepted = set(inspect.signature(module_class.__init__).parameters) - {"self"}
+    accepted = set(inspect.signature(module_class).parameters)  # __init__'s, without self
     hparams = dict(checkpoint["hyper_parameters"])
     unknown = sorted(k for k in hparams if k not in accepted and not k.startswith("_"))
     if unknown:
