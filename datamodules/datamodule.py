@@ -73,9 +73,12 @@ class EvalQueries(IterableDataset):
     metrics are exact, and no query is duplicated to even out ranks (that would bias the means).
     """
 
-    def __init__(self, tasks: list[MRBTask], top_k: int = 100, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, tasks: list[MRBTask], top_k: int = 100, rank: int = 0, world_size: int = 1, workers: int = 0
+    ) -> None:
         self.items = eval_queries(tasks, top_k)
         self.rank, self.world_size = rank, world_size
+        self.workers = max(1, workers)  # the DataLoader's num_workers (0: the main process)
 
     def shard(self) -> list[EvalQuery]:
         info = get_worker_info()
@@ -85,8 +88,13 @@ class EvalQueries(IterableDataset):
     def __iter__(self) -> Iterator[EvalQuery]:
         return iter(self.shard())
 
+    def __len__(self) -> int:
+        """The queries this rank scores, all its workers together (a progress bar's total and ETA)."""
+        step = self.world_size * self.workers
+        return sum(len(self.items[self.rank * self.workers + w :: step]) for w in range(self.workers))
 
-# The training stream's __len__ is exact per rank (batches are formed inside it, equal on every
+
+# The training stream's and the evaluation queries' __len__ are exact per rank (batches are formed inside it, equal on every
 # rank), so Lightning's generic caution about IterableDataset lengths does not apply.
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
@@ -289,7 +297,9 @@ class RerankDataModule(L.LightningDataModule):
 
     def _eval_loader(self) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        dataset = EvalQueries(self._eval_tasks(), top_k=self.hparams.eval_top_k, rank=rank, world_size=world)
+        dataset = EvalQueries(
+            self._eval_tasks(), self.hparams.eval_top_k, rank, world, workers=self.hparams.num_workers
+        )
         return DataLoader(
             dataset, batch_size=1, collate_fn=self.encode_eval, num_workers=self.hparams.num_workers
         )
