@@ -28,3 +28,11 @@ def demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "data"
     build_demo(out, seed=0)
     return out
+
+
+@pytest.fixture
+def umask_022():
+    """Files written get the modes an ordinary umask gives (the test machine's umask may differ)."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)

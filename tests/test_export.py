@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
 
@@ -41,12 +40,7 @@ def fit_checkpoint(folder, base, demo_dir, **module_kwargs):
     return path
 
 
-@pytest.fixture(autouse=True)
-def _umask_022():
-    """Exports get the modes an ordinary umask gives (the test machine's umask may differ)."""
-    old = os.umask(0o022)
-    yield
-    os.umask(old)
+pytestmark = pytest.mark.usefixtures("umask_022")  # exports get the modes an ordinary umask gives
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ exported as the default folder (also a sentence-transformers CrossEncoder) and a
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import pytest
@@ -27,11 +26,7 @@ DOCUMENTS = ["The car is red.", "The sky is blue.", "Anna wrote the letter on a 
 OTHER = "Find the document that matches the query."
 
 
-@pytest.fixture(autouse=True)
-def _umask_022():
-    old = os.umask(0o022)
-    yield
-    os.umask(old)
+pytestmark = pytest.mark.usefixtures("umask_022")  # exports get the modes an ordinary umask gives
 
 
 @pytest.fixture(scope="module")

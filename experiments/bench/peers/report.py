@@ -10,6 +10,17 @@ TARGETS = {"n3": 1.5, "n7": 2.0}  # training speed-up wanted per N (issue 21); o
 INFERENCE_TARGET = 1.3
 
 
+def _both_sides(ours: list[dict], theirs: list[dict], keys) -> dict:
+    """``{key: {side: spread of its values}}`` for each of ``keys``."""
+    return {
+        key: {
+            "rerank-lab": spread([r[key] for r in ours]),
+            "sentence-transformers": spread([r[key] for r in theirs]),
+        }
+        for key in keys
+    }
+
+
 def spread(values: Sequence[float]) -> dict:
     """Median, min and max of repeated figures."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
@@ -52,14 +63,7 @@ def train_config(ours: list[dict], theirs: list[dict]) -> dict:
     return {
         "speedup": statistics.median(rates),
         "speedup_per_repeat": rates,
-        "pairs_per_s": {
-            "rerank-lab": spread([r["pairs_per_s"] for r in ours]),
-            "sentence-transformers": spread([r["pairs_per_s"] for r in theirs]),
-        },
-        "peak_rss_mib": {
-            "rerank-lab": spread([r["peak_rss_mib"] for r in ours]),
-            "sentence-transformers": spread([r["peak_rss_mib"] for r in theirs]),
-        },
+        **_both_sides(ours, theirs, ("pairs_per_s", "peak_rss_mib")),
         "memory_ratio": statistics.median(_paired(ours, theirs, "peak_rss_mib")),
         "dev_ndcg10": dev,
         "dev_ndcg10_mean": means,
@@ -85,14 +89,7 @@ def inference_summary(ours: list[dict], theirs: list[dict]) -> dict:
         "speedup": statistics.median(_paired(ours, theirs, "pairs_per_s")),
         "speedup_per_repeat": _paired(ours, theirs, "pairs_per_s"),
         "pairs": ours[0]["pairs"],
-        "pairs_per_s": {
-            "rerank-lab": spread([r["pairs_per_s"] for r in ours]),
-            "sentence-transformers": spread([r["pairs_per_s"] for r in theirs]),
-        },
-        "peak_rss_mib": {
-            "rerank-lab": spread([r["peak_rss_mib"] for r in ours]),
-            "sentence-transformers": spread([r["peak_rss_mib"] for r in theirs]),
-        },
+        **_both_sides(ours, theirs, ("pairs_per_s", "peak_rss_mib")),
         "max_abs_score_difference": max(differences),
         "runs": strip,
     }
