@@ -132,7 +132,7 @@ probe-real-archive: install ## Copy the v2 probe's finished runs (no checkpoints
 # report into docs/results/real_probe_v1/ (superseded by v2: docs/science.md section 8). Resumable: run it again to finish an interrupted sweep.
 # PROBE_AGENTS runs (one torch thread each) share the CPUs; 2 on a 2-core machine.
 PROBE_AGENTS ?= 2
-probe-real: install ## Paper's W x D probe on SmolLM2-135M, 3 seeds (~2 h on 2 cores; resumable) + report
+probe-real: install ## v1 probe (superseded by v2, docs/science.md section 8): W x D on SmolLM2-135M, 3 seeds (~2 h; resumable)
 	OMP_NUM_THREADS=1 $(PY) -m experiments.real --out runs/real --prepare-only
 	OMP_NUM_THREADS=1 $(PY) -m experiments.sweep experiments/sweeps/real_probe.yaml --local --agents $(PROBE_AGENTS)
 	OMP_NUM_THREADS=1 $(PY) -m experiments.sweep experiments/sweeps/real_probe_table2.yaml --local \
