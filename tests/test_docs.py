@@ -157,3 +157,21 @@ def test_nothing_committed_under_docs_names_a_machine_folder(tmp_path) -> None:
     (tmp_path / "r.json").write_text('{"a": 1,\n "command": "cd /work/probe && x"}\n', encoding="utf-8")
     (tmp_path / "ok.md").write_text("python -m experiments.cli fit --data.eval_root=runs/real_v2/data/mrb\n")
     assert absolute_path_problems(tmp_path) == ["r.json:2: /work/p..."]
+
+
+def test_committed_results_are_not_git_ignored() -> None:
+    """Archived sweep runs (docs/results/*/runs/..., with their runs/val-step*/ TREC folders) must be
+    committable: only the root runs/ folder is ignored."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = [
+        "docs/results/real_probe_v2/runs/sweep/key/key-1/runs/val-step100/task.trec",
+        "docs/results/real_probe_v2/runs/sweep/key/done.json",
+    ]
+    for path in paths:
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO, check=False)
+        assert ignored.returncode == 1, f"{path} is git-ignored"
+    assert subprocess.run(["git", "check-ignore", "-q", "runs/demo/x"], cwd=REPO, check=False).returncode == 0
