@@ -5,7 +5,8 @@ Command line (what ``make bench-peers`` runs)::
     python -m experiments.bench.peers [--quick] --out DIR [--model DIR] [--data DIR] [--steps S]
         [--objectives sft,cl] [--negatives 3,7]
 
-Writes ``DIR/peers.json`` and ``DIR/peers.md``. The model is SmolLM2-135M-Instruct
+Writes ``DIR/peers.json`` and ``DIR/peers.md`` (docs/peers.md §1 places this benchmark among the
+neighbouring tools). The model is SmolLM2-135M-Instruct
 (``python -m lightning_modules.fetch smollm2-135m``), the data the real task of ``make real``'s v2
 setting (stdlib code search: training groups of 1 positive + 8 mined negatives, the dev split's
 first-stage candidates).
