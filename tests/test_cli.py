@@ -337,12 +337,17 @@ def _skip_args(tiny_model_dir, demo_dir, train_root, runs_dir, *extra):
     ]
 
 
-def test_skipped_records_are_a_running_total(tiny_model_dir, demo_dir, tmp_path):
-    train = tmp_path / "train"
+def _mixed_train_root(demo_dir, train):
+    """A training root of 12 good demo groups and 4 bad records."""
     train.mkdir()
     good = (demo_dir / "train" / "stdlib-docs.jsonl").read_text().splitlines()[:12]
     (train / "good.jsonl").write_text("\n".join(good) + "\n")
     _bad_records(train / "bad.jsonl", 4)
+    return train
+
+
+def test_skipped_records_are_a_running_total(tiny_model_dir, demo_dir, tmp_path):
+    train = _mixed_train_root(demo_dir, tmp_path / "train")
     cli = build_cli(
         _skip_args(
             tiny_model_dir,
@@ -360,11 +365,7 @@ def test_skipped_records_are_a_running_total(tiny_model_dir, demo_dir, tmp_path)
 
 def test_the_final_skipped_total_is_logged_after_the_last_step(tiny_model_dir, demo_dir, tmp_path):
     """Issue 23 item 12: with log_every_n_steps=3 the running total stopped at step 3 of 4."""
-    train = tmp_path / "train"
-    train.mkdir()
-    good = (demo_dir / "train" / "stdlib-docs.jsonl").read_text().splitlines()[:12]
-    (train / "good.jsonl").write_text("\n".join(good) + "\n")
-    _bad_records(train / "bad.jsonl", 4)
+    train = _mixed_train_root(demo_dir, tmp_path / "train")
     args = _skip_args(tiny_model_dir, demo_dir, train, tmp_path / "runs", "--trainer.max_steps=4")
     cli = build_cli([*args, "--trainer.log_every_n_steps=3", "--trainer.val_check_interval=4"])
     rows = [json.loads(line) for line in (cli.run_dir / "metrics.jsonl").read_text().splitlines()]

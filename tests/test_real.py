@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -292,27 +293,34 @@ def test_shared_prefix_training_on_a_text_only_llm_has_the_gradients_of_whole_pa
             torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=0, msg=name)
 
 
-def test_make_real_resumes_by_skipping_finished_stages(code_data, tmp_path, monkeypatch):
-    """With every stage's result present, only fetch (which checks its own cache) runs, and the
-    table is written from the results."""
+def finished_stages(data: Path, out: Path, suffixes: tuple[str, ...]) -> Path:
+    """``make real``'s folder with every stage's result written (scores 0.1 / 0.2 / 0.3 for zero-shot,
+    SFT and CL, fused +0.05, for each first-stage ``suffix``), so that only the table is computed."""
     import shutil
 
-    from experiments import real
-
-    data, _ = code_data
-    out = tmp_path / "real"
     shutil.copytree(data, out / "data")
     results = out / "results"
     results.mkdir()
     summary = lambda value: {"tasks": {}, "families": {"T2T": value}, "average": value}  # noqa: E731
-    for name, value in (("zero-shot", 0.1), ("sft", 0.2), ("cl", 0.3)):
-        scored = {"reranked": summary(value), "fused": summary(value + 0.05), "peak_rss_mib": 1.0}
-        (results / f"{name}.json").write_text(json.dumps({**scored, "seconds_per_pair": 0.5}))
+    for suffix in suffixes:
+        for name, value in (("zero-shot", 0.1), ("sft", 0.2), ("cl", 0.3)):
+            scored = {"reranked": summary(value), "fused": summary(value + 0.05), "peak_rss_mib": 1.0}
+            (results / f"{name}{suffix}.json").write_text(json.dumps({**scored, "seconds_per_pair": 0.5}))
     for name in ("sft", "cl"):
         fit = {"checkpoint": "x", "seconds_per_step": 2.0, "peak_rss_mib": 3.0}
         (results / f"fit-{name}.json").write_text(json.dumps(fit))
         (out / "export" / name).mkdir(parents=True)
         (out / "export" / name / "rerank_config.json").write_text("{}")
+    return out
+
+
+def test_make_real_resumes_by_skipping_finished_stages(code_data, tmp_path, monkeypatch):
+    """With every stage's result present, only fetch (which checks its own cache) runs, and the
+    table is written from the results."""
+    from experiments import real
+
+    out = finished_stages(code_data[0], tmp_path / "real", suffixes=("",))
+    results = out / "results"
     # The scoring stages' TREC files: SFT ranks exactly like the first stage, CL puts the relevant
     # documents last.
     from datamodules.trec import write_run
@@ -345,30 +353,16 @@ def test_make_real_resumes_by_skipping_finished_stages(code_data, tmp_path, monk
 def test_make_real_table_reranks_the_dense_first_stage_too(code_data, tmp_path, monkeypatch):
     """With the MiniLM run present, the rerankers' scores of its top-k form a second table against that
     first stage, and the table says its rows are single runs."""
-    import shutil
-
     from datamodules.trec import write_run
     from experiments import real
     from experiments.score_model import first_stage_runs, load_tasks
 
-    data, _ = code_data
-    out = tmp_path / "real"
-    shutil.copytree(data, out / "data")
+    out = finished_stages(code_data[0], tmp_path / "real", suffixes=("", "-dense"))
     results = out / "results"
-    results.mkdir()
-    summary = lambda value: {"tasks": {}, "families": {"T2T": value}, "average": value}  # noqa: E731
     tasks = load_tasks(out / "data" / "mrb")
     # the "dense" run: the BM25 candidates in reverse order
     dense = {q: {d: -s for d, s in docs.items()} for q, docs in tasks[0].candidates.items()}
     write_run(out / "data" / "minilm.trec", dense)
-    for suffix in ("", "-dense"):
-        for name, value in (("zero-shot", 0.1), ("sft", 0.2), ("cl", 0.3)):
-            scored = {"reranked": summary(value), "fused": summary(value + 0.05), "peak_rss_mib": 1.0}
-            (results / f"{name}{suffix}.json").write_text(json.dumps({**scored, "seconds_per_pair": 0.5}))
-    for name in ("sft", "cl"):
-        (results / f"fit-{name}.json").write_text(json.dumps({"checkpoint": "x", "seconds_per_step": 2.0}))
-        (out / "export" / name).mkdir(parents=True)
-        (out / "export" / name / "rerank_config.json").write_text("{}")
     calls = []
     monkeypatch.setattr(real, "run_module", lambda args: calls.append(args[0]))
     real.dense_task(out / "data")

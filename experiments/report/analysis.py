@@ -41,6 +41,8 @@ class Tables:
         self.runs, self.baselines, self.failed = dict(runs), dict(baselines), dict(failed or {})
         first = next(iter(self.runs.values()), None)
         self.order = {task: sorted(values) for task, values in (first or {}).items()}
+        # Each run's values in the common order, computed once (every comparison and baseline reads them).
+        self.arrays = {key: self.aligned(values) for key, values in self.runs.items()}
 
     def aligned(self, per_query: PerQuery) -> dict[str, np.ndarray] | None:
         """The values in the common query order; ``None`` when the tasks or queries differ."""
@@ -54,7 +56,7 @@ class Tables:
         """``{seed: {task: values}}`` of a row (runs sharing a seed averaged query by query)."""
         by_seed: dict[Any, list[dict[str, np.ndarray]]] = {}
         for run in row.runs:
-            table = self.aligned(self.runs[id(run)]) if id(run) in self.runs else None
+            table = self.arrays.get(id(run))
             if table is None:
                 return None
             by_seed.setdefault(run.seed, []).append(table)

@@ -73,7 +73,7 @@ def load_tables(rows: list[Row], eval_root: Path | None, zero_shot: Path | None)
     tables = Tables(run_tables, baselines, failed)
     for row in rows:
         for run in row.runs:
-            if id(run) in run_tables and tables.aligned(run_tables[id(run)]) is None:
+            if id(run) in run_tables and tables.arrays[id(run)] is None:
                 notes.append(
                     f"{run.path}: validated on other tasks or queries than {loaded[0].path}; its row has no "
                     "interval (a paired comparison needs the same queries)"
