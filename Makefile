@@ -118,6 +118,9 @@ real: install ## Real SmolLM2-135M reranker on real text: fetch, BM25, mining, z
 # The pilot ran its first rate only (--count 4: SFT and CL x 2 seeds at lr 1e-3), which met its criterion;
 # docs/results/real_probe_v2/README.md says why the lower rates were not run.
 V2_ARCHIVE := docs/results/real_probe_v2/runs
+# The zero-shot judge's TREC runs on dev and test (copies of runs/real_v2/results/zero-shot-{dev,mrb}-runs), committed
+# so that the reports are re-derived from the repository.
+V2_ZERO_SHOT := docs/results/real_probe_v2/zero-shot
 V2_PREPARE := OMP_NUM_THREADS=1 $(PY) -m experiments.real --out runs/real_v2 --probe-v2 --prepare-only
 probe-real-pilot: install ## v2 probe, step 1: the learning-rate pilot on the dev split (resumable) + report
 	$(V2_PREPARE)
@@ -125,7 +128,7 @@ probe-real-pilot: install ## v2 probe, step 1: the learning-rate pilot on the de
 	OMP_NUM_THREADS=1 $(PY) -m experiments.sweep experiments/sweeps/real_probe_v2_pilot.yaml --local --count 4 \
 	  --agents $(PROBE_AGENTS)
 	$(MAKE) --no-print-directory probe-real-archive
-	$(PY) -m experiments.report runs/sweeps/real_probe_v2_pilot --zero-shot runs/real_v2/results/zero-shot-dev-runs \
+	$(PY) -m experiments.report runs/sweeps/real_probe_v2_pilot --zero-shot $(V2_ZERO_SHOT)/dev \
 	  --out docs/results/real_probe_v2/pilot
 
 # The stages, in order (experiments/sweeps/real_probe_v2_<stage>.yaml): the weight claim under D_SFT (16 runs),
@@ -142,7 +145,7 @@ probe-real-v2: install ## v2 probe, step 2: the W x D cells and Table 2 rows on 
 	$(MAKE) --no-print-directory probe-real-v2-report
 
 probe-real-v2-report: install ## v2 probe: the report over the finished runs of every stage (docs/results/real_probe_v2/probe)
-	$(PY) -m experiments.report runs/sweeps/real_probe_v2 --zero-shot runs/real_v2/results/zero-shot-mrb-runs \
+	$(PY) -m experiments.report runs/sweeps/real_probe_v2 --zero-shot $(V2_ZERO_SHOT)/test \
 	  --out docs/results/real_probe_v2/probe
 
 probe-real-archive: install ## Copy the v2 probe's finished runs (no checkpoints) into docs/results/real_probe_v2/runs
