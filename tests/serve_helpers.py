@@ -43,7 +43,7 @@ def fit_text_checkpoint(folder: Path, base: Path, train_root: Path, **module_kwa
     """Two optimizer steps of LoRA r=4 (plus ``module_kwargs``) on ``train_root``; the checkpoint path."""
     from datamodules.datamodule import RerankDataModule
     from lightning_modules.reranker import RerankerModule
-    from tests.test_reranker import cpu_trainer
+    from tests.helpers import cpu_trainer
 
     torch.manual_seed(0)
     module = RerankerModule(str(base), **{"lora_r": 4, "lr": 1e-2, "lm_head": "label_rows", **module_kwargs})

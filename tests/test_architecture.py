@@ -1,6 +1,7 @@
 """The package layering of docs/architecture.md §1, enforced: objectives ← datamodules ←
 lightning_modules ← experiments (an arrow points from a package to what it may import), and no
-import cycles between modules, counting imports made inside functions too."""
+import cycles between modules, counting imports made inside functions too; tests share helpers through
+tests/helpers.py, never by importing another test module."""
 
 from __future__ import annotations
 
@@ -93,3 +94,20 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
         encoding="utf-8",
     )
     assert imports("objectives.x", source, known) == {"objectives.base", "experiments.cli"}
+
+
+def test_tests_share_helpers_through_the_helpers_module_only():
+    """A test module never imports another test module: shared builders live in tests/helpers.py (or a
+    named helper module such as tests/tiny_llama.py), fixtures in tests/conftest.py."""
+    offenders = []
+    for path in sorted((REPO / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tests.test_"):
+                offenders.append(f"{path.name}:{node.lineno}: from {node.module} import ...")
+            elif isinstance(node, ast.Import):
+                offenders += [
+                    f"{path.name}:{node.lineno}: import {a.name}"
+                    for a in node.names
+                    if a.name.startswith("tests.test_")
+                ]
+    assert offenders == []

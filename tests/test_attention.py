@@ -23,7 +23,7 @@ from datamodules.formats import Doc
 from lightning_modules.backbone import check_attn_implementation
 from lightning_modules.inference import Reranker
 from lightning_modules.reranker import RerankerModule
-from tests.test_reranker import first_batch, make_data
+from tests.helpers import first_batch, make_data
 
 INSTRUCTION = "Find the document that matches the query."
 

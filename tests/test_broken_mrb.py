@@ -273,7 +273,7 @@ def test_a_task_folder_without_task_json_is_named_not_dropped(tmp_path, capsys):
 
 def test_validation_with_skip_reports_skipped_candidates_per_task(tmp_path, capsys, tiny_model_dir):
     from lightning_modules.reranker import RerankerModule
-    from tests.test_reranker import cpu_trainer
+    from tests.helpers import cpu_trainer
 
     root = tmp_path / "mrb"
     write_task(root / "t")

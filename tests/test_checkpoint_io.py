@@ -13,8 +13,7 @@ import torch
 from lightning_modules.checkpoint_io import UnsafeCheckpointError, load_checkpoint
 from lightning_modules.export import main as export_main
 from lightning_modules.reranker import RerankerModule
-from tests.test_export import fit_checkpoint, make_data
-from tests.test_reranker import cpu_trainer
+from tests.helpers import cpu_trainer, fit_checkpoint, train_data
 
 
 class _Payload:
@@ -67,7 +66,7 @@ def test_resume_and_load_from_checkpoint_refuse_it_too(crafted, tiny_model_dir, 
     module = RerankerModule(str(tiny_model_dir), lora_r=4)
     trainer = cpu_trainer(tmp_path, max_steps=1, limit_val_batches=0)
     with pytest.raises(pickle.UnpicklingError):
-        trainer.fit(module, datamodule=make_data(tiny_model_dir, demo_dir), ckpt_path=path)
+        trainer.fit(module, datamodule=train_data(tiny_model_dir, demo_dir), ckpt_path=path)
     assert not marker.exists()
 
 
@@ -121,7 +120,7 @@ def test_hyper_parameters_that_build_no_module_get_a_clear_error(tmp_path, tiny_
 def test_resuming_the_cli_from_a_crafted_checkpoint_is_one_error_line(
     crafted, tiny_model_dir, demo_dir, tmp_path, capsys
 ):
-    from tests.test_cli import resume_error
+    from tests.helpers import resume_error
 
     path, marker = crafted
     err = resume_error(tiny_model_dir, demo_dir, tmp_path / "runs", path, capsys)

@@ -13,27 +13,10 @@ import yaml
 from experiments.callbacks import EvalBookkeeping, LocalMetrics
 from experiments.cli import build_cli, main
 from experiments.keys import flatten, run_name
+from tests.helpers import fit_args, resume_error
 from tests.wandb_reader import artifacts, history, wait_until_written
 from tests.wandb_reader import config as wandb_config
 from tests.wandb_reader import summary as wandb_summary
-
-
-def _fit_args(tiny_model_dir, demo_dir, runs_dir, *extra):
-    return [
-        "fit",
-        "--config",
-        "experiments/configs/demo.yaml",
-        f"--model.model_name_or_path={tiny_model_dir}",
-        f"--data.train_root={demo_dir / 'train'}",
-        f"--data.eval_root={demo_dir / 'mrb'}",
-        "--data.eval_tasks=[faces-i2i, stdlib-docs]",
-        "--data.eval_top_k=5",
-        f"--runs_dir={runs_dir}",
-        "--trainer.max_steps=4",
-        "--trainer.val_check_interval=4",
-        "--trainer.log_every_n_steps=1",
-        *extra,
-    ]
 
 
 def test_offline_fit_writes_run_folder_and_wandb_history(
@@ -58,7 +41,7 @@ def test_offline_fit_writes_run_folder_and_wandb_history(
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     capsys.readouterr()
-    cli = build_cli(_fit_args(tiny_model_dir, demo_dir, tmp_path / "runs"))
+    cli = build_cli(fit_args(tiny_model_dir, demo_dir, tmp_path / "runs"))
     assert "no login found, logging offline" in capsys.readouterr().err
 
     run_dir = cli.run_dir
@@ -83,7 +66,7 @@ def test_offline_fit_writes_run_folder_and_wandb_history(
 
 
 def test_two_runs_in_one_directory_do_not_collide(tiny_model_dir, demo_dir, tmp_path):
-    args = _fit_args(
+    args = fit_args(
         tiny_model_dir, demo_dir, tmp_path, "--trainer.max_steps=1", "--validate_before_fit=false"
     )
     first, second = build_cli(args), build_cli(args)
@@ -100,7 +83,7 @@ def test_a_second_run_in_an_exported_run_folder_is_refused(
 
     shared = tmp_path / "shared"
     monkeypatch.setenv("RERANK_LAB_RUN_DIR", str(shared))
-    args = _fit_args(
+    args = fit_args(
         tiny_model_dir, demo_dir, tmp_path, "--trainer.max_steps=1", "--validate_before_fit=false"
     )
     first = build_cli(args)
@@ -116,7 +99,7 @@ def test_a_second_run_in_an_exported_run_folder_is_refused(
 
 
 def test_the_data_order_follows_the_run_seed_unless_data_seed_is_given(tiny_model_dir, demo_dir, tmp_path):
-    args = _fit_args(
+    args = fit_args(
         tiny_model_dir, demo_dir, tmp_path, "--trainer.max_steps=1", "--validate_before_fit=false"
     )
     tied = build_cli([*args, "--seed_everything=5"])
@@ -138,7 +121,7 @@ def test_run_names_and_flattened_keys():
 
 def test_bad_config_key_is_rejected_with_its_name(tiny_model_dir, demo_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        build_cli(_fit_args(tiny_model_dir, demo_dir, tmp_path, "--model.no_such_key=1"))
+        build_cli(fit_args(tiny_model_dir, demo_dir, tmp_path, "--model.no_such_key=1"))
     assert "no_such_key" in capsys.readouterr().err
 
 
@@ -153,7 +136,7 @@ def error_line(capsys) -> str:
 def test_a_mistyped_key_is_one_line_with_the_closest_valid_key(tiny_model_dir, demo_dir, tmp_path, capsys):
     """Issue 23 item 14: one line naming the key (and the file that set it), not 89 lines of usage."""
     with pytest.raises(SystemExit) as caught:
-        build_cli(_fit_args(tiny_model_dir, demo_dir, tmp_path, "--trainer.max_stepz=3"))
+        build_cli(fit_args(tiny_model_dir, demo_dir, tmp_path, "--trainer.max_stepz=3"))
     assert caught.value.code == 2
     assert (
         error_line(capsys) == "error: unknown config key trainer.max_stepz; did you mean trainer.max_steps?"
@@ -161,7 +144,7 @@ def test_a_mistyped_key_is_one_line_with_the_closest_valid_key(tiny_model_dir, d
     patch = tmp_path / "patch.yaml"
     patch.write_text("model:\n  lrr: 0.1\n")
     with pytest.raises(SystemExit) as caught:
-        build_cli(_fit_args(tiny_model_dir, demo_dir, tmp_path, "--config", str(patch)))
+        build_cli(fit_args(tiny_model_dir, demo_dir, tmp_path, "--config", str(patch)))
     assert caught.value.code == 2
     assert error_line(capsys) == f"error: {patch}: unknown config key model.lrr; did you mean model.lr?"
 
@@ -207,7 +190,7 @@ def test_mistakes_are_refused_before_weights_or_wandb(
     )
     model = _text_only_model(tmp_path) if flag == "text-only" else tiny_model_dir
     extra = [] if flag == "text-only" else [flag.format(tmp=tmp_path)]
-    args = _fit_args(model, demo_dir, tmp_path / "runs", *extra)
+    args = fit_args(model, demo_dir, tmp_path / "runs", *extra)
     if flag == "text-only":
         args.remove("--data.eval_tasks=[faces-i2i, stdlib-docs]")
     with pytest.raises(SystemExit) as caught:
@@ -246,7 +229,7 @@ def test_wandb_config_steps_histograms_best_summary_and_progress_lines(
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setattr(LocalMetrics, "progress_every_s", 0.0)  # a progress line per query
-    cli = build_cli(_fit_args(tiny_model_dir, demo_dir, tmp_path / "runs", "--trainer.val_check_interval=2"))
+    cli = build_cli(fit_args(tiny_model_dir, demo_dir, tmp_path / "runs", "--trainer.val_check_interval=2"))
     out = capsys.readouterr().out
     beat = [line for line in out.splitlines() if line.startswith("step 4/4")]
     assert beat and re.search(r"elapsed \d+s  [\d.]+ (step/s|s/step)  ETA 0s$", beat[0]), beat
@@ -412,7 +395,7 @@ def test_bad_settings_are_refused_at_once_with_the_key_named(
     monkeypatch.setattr(
         reranker, "load_backbone", lambda *a, **k: pytest.fail("weights loaded before the check")
     )
-    args = _fit_args(tiny_model_dir, demo_dir, tmp_path / "runs", flag)
+    args = fit_args(tiny_model_dir, demo_dir, tmp_path / "runs", flag)
     if flag.startswith("--model.objective_args"):
         args.append("--model.objective=url")
     with pytest.raises(SystemExit) as caught:
@@ -438,7 +421,7 @@ def test_a_missing_extra_is_named_before_anything_loads(
         reranker, "load_backbone", lambda *a, **k: pytest.fail("weights loaded before the check")
     )
     with pytest.raises(SystemExit) as caught:
-        build_cli(_fit_args(tiny_model_dir, demo_dir, tmp_path / "runs", flag))
+        build_cli(fit_args(tiny_model_dir, demo_dir, tmp_path / "runs", flag))
     assert caught.value.code == 2
     assert "needs bitsandbytes, which is not installed: pip install -e '.[qlora]'" in capsys.readouterr().err
 
@@ -491,17 +474,6 @@ def test_test_scores_the_test_root_not_the_validation_root(tiny_model_dir, demo_
 
 
 # ---- checkpoints (issue 11 item 12) ---------------------------------------------------------------
-def resume_error(tiny_model_dir, demo_dir, runs_dir, ckpt, capsys) -> str:
-    """The stderr of a demo fit resumed from ``ckpt`` that must stop with exit code 1."""
-    args = _fit_args(
-        tiny_model_dir, demo_dir, runs_dir, "--validate_before_fit=false", "--trainer.logger=false"
-    )
-    with pytest.raises(SystemExit) as caught:
-        main([*args, f"--ckpt_path={ckpt}"])
-    assert caught.value.code == 1
-    return capsys.readouterr().err
-
-
 def test_resume_from_a_truncated_checkpoint_names_the_last_good_one(
     tiny_model_dir, demo_dir, tmp_path, capsys
 ):
@@ -535,7 +507,7 @@ def test_a_full_disk_during_a_checkpoint_stops_the_fit_and_keeps_the_previous_on
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(runs.torch, "save", save_until_the_disk_fills)
-    args = _fit_args(
+    args = fit_args(
         tiny_model_dir,
         demo_dir,
         tmp_path / "runs",

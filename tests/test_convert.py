@@ -3,7 +3,6 @@ that validate and load: counts, ids, qrels and pixels survive the round trip."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from datamodules.convert import ConversionError, convert, detect
 from datamodules.convert import cli as convert_module
 from datamodules.formats import FormatError, load_task
 from datamodules.validate import main as validate_main
+from tests.helpers import image_bytes, same_pixels, write_umrb
 
 
 def write_beir(src: Path) -> Path:
@@ -124,85 +124,8 @@ def test_problems_are_listed_and_nothing_is_left_behind(tmp_path):
 
 
 # ---- shared fixture helpers (also used by test_retrieve / test_mine) ----------------------------
-def image_bytes(color: tuple[int, int, int], fmt: str, size: tuple[int, int] = (9, 7)) -> bytes:
-    """A small image whose first pixel differs from the rest, so pixel order matters."""
-    buffer = io.BytesIO()
-    image = Image.new("RGB", size, color)
-    image.putpixel((0, 0), (color[2], color[0], color[1]))
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def same_pixels(path: str | Path, data: bytes) -> bool:
-    with Image.open(path) as stored, Image.open(io.BytesIO(data)) as original:
-        return stored.size == original.size and list(stored.convert("RGB").getdata()) == list(
-            original.convert("RGB").getdata()
-        )
-
-
 def records(path: Path) -> dict[str, dict]:
     return {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
-
-
-def write_umrb(src: Path, layout: str = "files") -> dict[str, bytes]:
-    """UMRB as on the Hub: id, modality, text, image (the Image feature, bytes embedded); qrels with Q0.
-
-    ``layout``: ``files`` (query/corpus/qrels.parquet), ``shards`` (the parquet-converter folders), or
-    ``card`` (renamed files found through the dataset card's configs, as in the UMRB cards)."""
-    from datasets import Dataset, Features, Value
-    from datasets import Image as ImageFeature
-
-    png, jpg = image_bytes((200, 10, 10), "PNG"), image_bytes((10, 200, 10), "JPEG")
-    png2 = image_bytes((1, 2, 250), "PNG", (5, 11))
-    features = Features(
-        {"id": Value("string"), "modality": Value("string"), "text": Value("string"), "image": ImageFeature()}
-    )
-    query = {
-        "id": ["q1", "q2", "q3"],
-        "modality": ["image,text", "image", "text"],
-        "text": ["what is red?", None, "green thing"],
-        "image": [{"bytes": png, "path": "q1.png"}, {"bytes": jpg, "path": "q2.jpg"}, None],
-    }
-    corpus = {
-        "id": ["c1", "c2", "c3", "c4"],
-        "modality": ["text", "image", "image,text", "text"],
-        "text": ["a red square", "caption not part of an image record", "green", "unrelated"],
-        "image": [None, {"bytes": png, "path": "dup.png"}, {"bytes": png2, "path": "c3.png"}, None],
-    }
-    qrels = {
-        "query-id": ["q1", "q1", "q2", "q3"], "Q0": ["Q0"] * 4,
-        "corpus-id": ["c1", "c4", "c2", "c3"], "score": [1, 0, 1, 2],
-    }  # fmt: skip
-    qrels_features = Features(
-        {
-            "query-id": Value("string"),
-            "Q0": Value("string"),
-            "corpus-id": Value("string"),
-            "score": Value("int8"),
-        }
-    )
-    if layout == "shards":  # the Hub's parquet-converter layout: <config>/<split>/<shard>.parquet
-        names = {"query": "query/test/0000.parquet", "corpus": "corpus/corpus/0000.parquet",
-                 "qrels": "qrels/test/0000.parquet"}  # fmt: skip
-    elif layout == "card":
-        names = {"query": "data/q.parquet", "corpus": "data/c.parquet", "qrels": "data/j.parquet"}
-        (src / "README.md").parent.mkdir(parents=True, exist_ok=True)
-        (src / "README.md").write_text(
-            "---\nconfig_names:\n  - query\n  - corpus\n  - qrels\nconfigs:\n"
-            "  - config_name: qrels\n    data_files:\n      - split: test\n        path: data/j.parquet\n"
-            "  - config_name: corpus\n    data_files:\n      - split: corpus\n        path: data/c.parquet\n"
-            "  - config_name: query\n    data_files:\n      - split: test\n        path: data/q.parquet\n---\n"
-        )
-    else:
-        names = {"query": "query.parquet", "corpus": "corpus.parquet", "qrels": "qrels.parquet"}
-    for name, table, feats in (
-        ("query", query, features),
-        ("corpus", corpus, features),
-        ("qrels", qrels, qrels_features),
-    ):
-        (src / names[name]).parent.mkdir(parents=True, exist_ok=True)
-        Dataset.from_dict(table, features=feats).to_parquet(str(src / names[name]))
-    return {"png": png, "jpg": jpg, "png2": png2}
 
 
 def write_mbeir(src: Path) -> dict[str, bytes]:

@@ -10,35 +10,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from datamodules.datamodule import RerankDataModule
 from lightning_modules.export import ExportParityError, base_fingerprint, config_sha256, export
 from lightning_modules.inference import Reranker
 from lightning_modules.reranker import RerankerModule
-from tests.test_reranker import cpu_trainer
-
-BUDGETS = {"max_length": 512, "min_pixels": 3136, "max_pixels": 3136}
-
-
-def make_data(tiny_model_dir, demo_dir, base=None) -> RerankDataModule:
-    return RerankDataModule(
-        model_name_or_path=str(base or tiny_model_dir),
-        train_root=str(demo_dir / "train"),
-        num_negatives=3,
-        batch_size=2,
-        **BUDGETS,
-    )
-
-
-def fit_checkpoint(folder, base, demo_dir, **module_kwargs):
-    """Two optimizer steps through the real Trainer and checkpoint code (LoRA B becomes non-zero)."""
-    torch.manual_seed(0)
-    module = RerankerModule(str(base), **{"lora_r": 4, "lr": 1e-2, **module_kwargs})
-    trainer = cpu_trainer(folder, max_steps=2, limit_val_batches=0)
-    trainer.fit(module, datamodule=make_data(None, demo_dir, base=base))
-    path = folder / "last.ckpt"
-    trainer.save_checkpoint(path)
-    return path
-
+from tests.helpers import BUDGETS, fit_checkpoint
 
 pytestmark = pytest.mark.usefixtures("umask_022")  # exports get the modes an ordinary umask gives
 
@@ -152,12 +127,12 @@ def test_export_projection_direction_saves_the_score_head(tiny_model_dir, demo_d
         rtol=0,
     )
     # The same export's model card: its plain-transformers snippet reads the projection head too.
-    from tests.test_export_card import INSTRUCTION, run_snippet
+    from tests.helpers import CARD_INSTRUCTION, run_snippet
 
     score = run_snippet((out / "README.md").read_text(encoding="utf-8"), out)["score"]
     for document in ({"text": "A red car parks near the house."}, {"text": "The cat sits."}):
-        expected = reranker.score("a red car", [document], instruction=INSTRUCTION)[0]
-        got = score(INSTRUCTION, {"text": "a red car"}, document)
+        expected = reranker.score("a red car", [document], instruction=CARD_INSTRUCTION)[0]
+        got = score(CARD_INSTRUCTION, {"text": "a red car"}, document)
         torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), atol=1e-5, rtol=0)
 
 

@@ -12,11 +12,9 @@ import yaml
 from PIL import Image
 
 from lightning_modules.export import export
-from lightning_modules.export_folder import MODEL_PLACEHOLDER, extract_snippet, hub_id, model_card
+from lightning_modules.export_folder import hub_id, model_card
 from lightning_modules.inference import Reranker
-from tests.test_export import fit_checkpoint
-
-INSTRUCTION = "Find the document that matches the query."
+from tests.helpers import CARD_INSTRUCTION, fit_checkpoint, run_snippet
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +23,6 @@ def exported(tiny_model_dir, demo_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("card")
     ckpt = fit_checkpoint(folder, tiny_model_dir, demo_dir, lm_head="label_rows")
     return export(ckpt, folder / "export", min_pixels=3136, max_pixels=6272)
-
-
-def run_snippet(card: str, folder) -> dict:
-    """Execute the card's snippet, pointed at ``folder``, as an outsider would; returns its namespace."""
-    code = extract_snippet(card)
-    assert code.count(f'MODEL = "{MODEL_PLACEHOLDER}"') == 1
-    imported = set(re.findall(r"^(?:from|import) (\w+)", code, flags=re.M))
-    assert imported <= {"os", "torch", "safetensors", "PIL", "transformers"}, imported  # no rerank-lab
-    assert len(code.splitlines()) <= 45
-    namespace: dict = {}
-    exec(compile(code.replace(MODEL_PLACEHOLDER, str(folder)), "model-card-snippet", "exec"), namespace)
-    return namespace
 
 
 def test_card_snippet_scores_like_reranker(exported, tmp_path):
@@ -54,10 +40,10 @@ def test_card_snippet_scores_like_reranker(exported, tmp_path):
     ]
     reranker = Reranker.from_pretrained(exported, device="cpu")
     for query, document in pairs:
-        expected = reranker.score(query, [document], instruction=INSTRUCTION)[0]
-        assert abs(score(INSTRUCTION, query, document) - expected) <= 1e-5, (query, document)
+        expected = reranker.score(query, [document], instruction=CARD_INSTRUCTION)[0]
+        assert abs(score(CARD_INSTRUCTION, query, document) - expected) <= 1e-5, (query, document)
     # Not a constant: the snippet tells documents apart as Reranker does.
-    got = [score(INSTRUCTION, q, d) for q, d in pairs]
+    got = [score(CARD_INSTRUCTION, q, d) for q, d in pairs]
     assert max(got) - min(got) > 1e-3
 
 
@@ -155,6 +141,6 @@ def test_card_snippet_for_a_text_only_model_with_a_string_only_template(tiny_mod
     assert "pixels" not in card and "preprocessor_config.json" not in card and "reads text only" in card
     score = run_snippet(card, base)["score"]
     for query, document in (("a red car", "A red car parks."), ("two birds", "The cat sits on a table.")):
-        expected = reranker.score(query, [document], instruction=INSTRUCTION)[0]
-        got = score(INSTRUCTION, {"text": query}, {"text": document})
+        expected = reranker.score(query, [document], instruction=CARD_INSTRUCTION)[0]
+        got = score(CARD_INSTRUCTION, {"text": query}, {"text": document})
         assert abs(got - expected) <= 1e-5, (query, document, got, expected)

@@ -27,7 +27,7 @@ def _no_tf32():
 
 
 def _batch(tiny_model_dir, demo_dir, image: bool):
-    from tests.test_reranker import first_batch, make_data
+    from tests.helpers import first_batch, make_data
 
     data = make_data(tiny_model_dir, demo_dir, num_negatives=3)
     batch = first_batch(data, count=2, predicate=lambda group: bool(group.query.image) == image)
@@ -90,13 +90,12 @@ def test_export_after_cuda_training_scores_like_the_module_on_cuda(tiny_model_di
     from lightning_modules.export import export
     from lightning_modules.inference import Reranker
     from lightning_modules.reranker import RerankerModule
-    from tests.test_export import make_data
-    from tests.test_reranker import cpu_trainer
+    from tests.helpers import cpu_trainer, train_data
 
     torch.manual_seed(0)
     module = RerankerModule(str(tiny_model_dir), lora_r=4, lr=1e-2, pairs_per_forward=2)
     trainer = cpu_trainer(tmp_path, accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=2)
-    trainer.fit(module, datamodule=make_data(tiny_model_dir, demo_dir))
+    trainer.fit(module, datamodule=train_data(tiny_model_dir, demo_dir))
     assert {p.dtype for p in module.parameters() if p.requires_grad} == {torch.float32}
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     out = export(tmp_path / "last.ckpt", tmp_path / "export", min_pixels=3136, max_pixels=3136)

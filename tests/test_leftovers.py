@@ -11,7 +11,7 @@ from datamodules.files import leftovers, remove_leftovers
 from datamodules.formats import list_tasks
 from datamodules.shards import StreamIndex, list_shards
 from experiments.evaluate import evaluate
-from tests.test_validate import run, write_clean_train, write_task
+from tests.helpers import validate_cli, write_clean_train, write_task
 
 GONE = 9_999_999  # above Linux's pid_max: no such process
 
@@ -38,7 +38,7 @@ def test_hidden_task_folders_are_never_scored(tmp_path, capsys, caplog):
     expected = (summary.tasks["a"].value + summary.tasks["b"].value) / 2
     assert abs(summary.average - expected) < 1e-12
     assert f".c.converting-{GONE}: left behind by process {GONE}" in caplog.text
-    code, lines = run(capsys, root)
+    code, lines = validate_cli(capsys, root)
     assert code == 0
     assert lines[:2] == [
         f"note: {root / f'.c.converting-{GONE}'}: left behind by process {GONE}, which is gone (a killed "
@@ -58,7 +58,7 @@ def test_hidden_shards_are_never_trained_on(tmp_path, capsys):
     (root / ".cache" / "old.jsonl").write_text("\n".join(groups) + "\n")
     assert [Path(p).name for p in list_shards(str(root))[2]] == ["a.jsonl", "b.jsonl.gz"]
     assert StreamIndex.build(str(root)).num_records == 24
-    code, lines = run(capsys, root)
+    code, lines = validate_cli(capsys, root)
     assert code == 0
     assert lines == [
         f"note: {root / f'.x.mining-{GONE}.jsonl'}: left behind by process {GONE}, which is gone (a killed "

@@ -124,7 +124,7 @@ def test_never_overwrites_and_rejects_bad_arguments(tmp_path, capsys):
 
 def test_chain_from_a_converted_umrb_task_with_images(tmp_path):
     from datamodules.convert import convert
-    from tests.test_convert import same_pixels, write_umrb
+    from tests.helpers import same_pixels, write_umrb
 
     images = write_umrb(tmp_path / "src")
     task = tmp_path / "mrb" / "toy"

@@ -29,7 +29,7 @@ from lightning.pytorch.plugins.precision import HalfPrecision, MixedPrecision, P
 
 import lightning_modules.reranker as reranker
 import lightning_modules.scoring as scoring
-from tests.test_reranker import cpu_trainer, first_batch, make_data
+from tests.helpers import cpu_trainer, first_batch, make_data
 
 OBJECTIVES = {
     "sft": ("sft", None),

@@ -8,7 +8,7 @@ import torch
 from datamodules.encoding import EncodedPair
 from lightning_modules.prefix import shared_prefix
 from lightning_modules.reranker import RerankerModule
-from tests.test_reranker import first_batch, make_data
+from tests.helpers import first_batch, make_data
 
 IMAGE = 99  # the image token id of the hand-made pairs below
 

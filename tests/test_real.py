@@ -21,7 +21,7 @@ from lightning_modules.backbone import (
     label_token_id,
     lora_target_for,
 )
-from tests.test_reranker import cpu_trainer
+from tests.helpers import cpu_trainer
 from tests.tiny_llama import build_llama
 
 MODULE_SOURCE = '''

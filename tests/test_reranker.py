@@ -8,56 +8,10 @@ import lightning as L
 import pytest
 import torch
 
-from datamodules.datamodule import RerankDataModule
 from datamodules.metrics import evaluate_run
 from datamodules.ranking import ranked
-from datamodules.stream import StreamBatch
-from experiments.eval_writer import EvalWriter
 from lightning_modules.reranker import RerankerModule, count_parameters
-
-
-def make_data(tiny_model_dir, demo_dir, **overrides) -> RerankDataModule:
-    kwargs = dict(
-        model_name_or_path=str(tiny_model_dir),
-        train_root=str(demo_dir / "train"),
-        eval_root=str(demo_dir / "mrb"),
-        num_negatives=3,
-        batch_size=2,
-        eval_top_k=20,
-        max_length=512,
-        min_pixels=3136,
-        max_pixels=3136,
-    )
-    kwargs.update(overrides)
-    return RerankDataModule(**kwargs)
-
-
-def cpu_trainer(root, writer: bool = True, **overrides) -> L.Trainer:
-    """A quiet CPU Trainer for tests: no logger, bar, summary or checkpoints unless overridden; with
-    the evaluation writer the CLI adds (tables, eval_history.jsonl, TREC runs) unless ``writer=False``."""
-    kwargs = dict(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=root,
-    )
-    callbacks = [*overrides.pop("callbacks", []), *([EvalWriter()] if writer else [])]
-    return L.Trainer(**{**kwargs, **overrides, "callbacks": callbacks})
-
-
-def first_batch(data: RerankDataModule, count: int = 2, predicate=lambda group: True) -> dict:
-    """A training batch (encoded groups) of the first ``count`` streamed groups that satisfy ``predicate``."""
-    data.setup("fit")
-    groups = []
-    for stream_batch in data.train_stream:
-        groups += [g for g in stream_batch.groups if predicate(g)]
-        if len(groups) >= count:
-            break
-    return data.encode_train(
-        StreamBatch(0, 0, 0, groups[:count], ids=[], group_size=data.hparams.num_negatives + 1)
-    )
+from tests.helpers import cpu_trainer, first_batch, make_data
 
 
 def test_lora_targets_only_the_language_model(tiny_model_dir):

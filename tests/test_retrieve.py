@@ -95,7 +95,7 @@ def test_bm25_needs_query_text(tmp_path, tiny_png):
 
 @pytest.fixture
 def tiny_png() -> bytes:
-    from tests.test_convert import image_bytes
+    from tests.helpers import image_bytes
 
     return image_bytes((1, 2, 3), "PNG")
 
@@ -129,7 +129,7 @@ def test_dense_minilm_offline(tmp_path, tiny_png):
 
 # ---- issue 23 items 9 and 15: BM25 never ranks what it cannot read; images go through dense ----------
 def image_task(root: Path, tiny_png: bytes, texts: dict[str, str | None]) -> Path:
-    from tests.test_convert import image_bytes
+    from tests.helpers import image_bytes
 
     task = write_task(root, queries={"q1": {"text": "red apple"}, "q2": {"text": "stock market"}})
     (task / "images").mkdir()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_modules.reranker import RerankerModule
-from tests.test_reranker import first_batch, make_data
+from tests.helpers import first_batch, make_data
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ folders report nothing, and --stream walks the real stream."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import subprocess
@@ -11,44 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from datamodules.validate import main
+from tests.helpers import good_record, png, validate_cli, write_clean_train, write_task
 
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-def png(path: Path, size=(16, 16), colour=(10, 200, 30)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).save(path)
-
-
-def run(capsys, *argv) -> tuple[int, list[str]]:
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().out.strip().splitlines()
-
-
-def good_record(k: int) -> dict:
-    return {
-        "task": "alpha",
-        "instruction": "find it",
-        "query": {"text": f"query {k}", "image": f"images/q{k % 3}.png"},
-        "positives": [{"text": f"positive {k}"}],
-        "hard_negatives": [{"image": "images/q0.png"}, {"text": f"hard {k}"}],
-    }
-
-
-def write_clean_train(root: Path, n: int = 24) -> None:
-    for i in range(3):
-        png(root / "images" / f"q{i}.png", colour=(i * 80, 10, 10))
-    (root / "a.jsonl").write_text("\n".join(json.dumps(good_record(k)) for k in range(n // 2)) + "\n\n")
-    with gzip.open(root / "b.jsonl.gz", "wt") as handle:
-        handle.write("\n".join(json.dumps(good_record(k)) for k in range(n // 2, n)) + "\n")
-
-
 def test_clean_training_root_reports_nothing(tmp_path, capsys):
     write_clean_train(tmp_path / "train")
-    code, lines = run(capsys, tmp_path / "train")
+    code, lines = validate_cli(capsys, tmp_path / "train")
     assert code == 0
     assert lines == [f"OK: training root {tmp_path / 'train'}: 2 file(s), 24 record(s), 3 image(s) checked"]
 
@@ -107,7 +77,7 @@ def test_every_training_rule_finds_its_planted_problem(tmp_path, capsys):
     bad.write_text("\n".join(v if isinstance(v, str) else json.dumps(v) for v in planted.values()) + "\n")
     (root / "broken.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00" + bytes(6) + b"not deflate data at all")
 
-    code, lines = run(capsys, root)
+    code, lines = validate_cli(capsys, root)
     assert code == 1
     assert lines[-1].startswith("FAILED: 17 problem(s)")
     problems = lines[:-1]
@@ -121,7 +91,9 @@ def test_every_training_rule_finds_its_planted_problem(tmp_path, capsys):
 def test_stream_walk_reports_exactly_once_coverage(tmp_path, capsys):
     root = tmp_path / "train"
     write_clean_train(root, n=30)
-    code, lines = run(capsys, root, "--stream", "--world-size", 2, "--num-workers", 2, "--batch-size", 2)
+    code, lines = validate_cli(
+        capsys, root, "--stream", "--world-size", 2, "--num-workers", 2, "--batch-size", 2
+    )
     assert code == 0, lines
     assert lines[0].startswith("OK: training root")
     assert "batches per rank [7, 7] (equal)" in lines[1] and "2 remainder example(s) dropped" in lines[1]
@@ -133,7 +105,7 @@ def test_stream_walk_counts_bad_records_and_fails(tmp_path, capsys):
     write_clean_train(root, n=12)
     with open(root / "a.jsonl", "a") as handle:
         handle.write("{oops\n")
-    code, lines = run(capsys, root, "--stream", "--world-size", 1, "--num-workers", 0)
+    code, lines = validate_cli(capsys, root, "--stream", "--world-size", 1, "--num-workers", 0)
     assert code == 1
     assert (
         lines[0]
@@ -144,32 +116,16 @@ def test_stream_walk_counts_bad_records_and_fails(tmp_path, capsys):
 
 
 # ---- MRB -----------------------------------------------------------------------------------------
-def write_task(task: Path, queries=3, docs=6) -> None:
-    task.mkdir(parents=True)
-    png(task / "images" / "d0.png")
-    (task / "task.json").write_text(json.dumps({"family": "T2I", "instruction": "find", "metric": "ndcg@10"}))
-    (task / "queries.jsonl").write_text(
-        "".join(json.dumps({"id": f"q{i}", "text": f"q {i}"}) + "\n" for i in range(queries))
-    )
-    corpus = [{"id": f"d{i}", "text": f"doc {i}"} for i in range(docs)]
-    corpus[0]["image"] = "images/d0.png"
-    (task / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus))
-    (task / "qrels.tsv").write_text("".join(f"q{i} 0 d{i} 1\nq{i} 0 d{i + 1} 0\n" for i in range(queries)))
-    (task / "candidates.trec").write_text(
-        "".join(f"q{i} Q0 d{j} {j + 1} {10 - j}.5 bm25\n" for i in range(queries) for j in range(docs))
-    )
-
-
 def test_clean_mrb_root_reports_nothing(tmp_path, capsys):
     for name in ("t1", "t2"):
         write_task(tmp_path / "mrb" / name)
-    code, lines = run(capsys, tmp_path / "mrb")
+    code, lines = validate_cli(capsys, tmp_path / "mrb")
     assert code == 0
     assert lines == [
         f"OK: MRB root {tmp_path / 'mrb'}: 2 task(s), 6 queries, 12 documents, 12 judgements, 36 candidates, "
         "2 image(s) checked"
     ]
-    code, lines = run(capsys, tmp_path / "mrb" / "t1")  # a single task folder works too
+    code, lines = validate_cli(capsys, tmp_path / "mrb" / "t1")  # a single task folder works too
     assert code == 0 and lines[0].startswith("OK: MRB root")
 
 
@@ -200,7 +156,7 @@ def test_every_mrb_rule_finds_its_planted_problem(tmp_path, capsys):
     write_task(root / "t2")
     (root / "t2" / "candidates.trec").unlink()
 
-    code, lines = run(capsys, root)
+    code, lines = validate_cli(capsys, root)
     assert code == 1
     problems = lines[:-1]
     expected = [
@@ -252,14 +208,16 @@ def test_unrecognised_roots_are_an_error(tmp_path, capsys, layout):
     root.mkdir()
     if layout == "neither":
         (root / "notes.txt").write_text("hello")
-    code, lines = run(capsys, root)
+    code, lines = validate_cli(capsys, root)
     assert code == 1 and "neither an MRB root" in lines[0]
 
 
 def test_stream_walk_failure_is_reported_with_file_line(tmp_path, capsys):
     root = tmp_path / "train"
     write_clean_train(root, n=6)
-    code, lines = run(capsys, root, "--stream", "--world-size", 2, "--num-workers", 2, "--num-negatives", 12)
+    code, lines = validate_cli(
+        capsys, root, "--stream", "--world-size", 2, "--num-workers", 2, "--num-negatives", 12
+    )
     assert code == 1
     assert lines[0].startswith("FAILED: 0 problem(s), stream walk failed")
     assert lines[1].startswith(f"stream: ValueError: {root}") and "random negatives" in lines[1]
@@ -269,7 +227,7 @@ def test_stream_walk_failure_is_reported_with_file_line(tmp_path, capsys):
 def test_a_folder_holding_a_training_root_and_an_mrb_root_validates_each(demo_dir, capsys):
     """The folder the demo builds (``data/`` with ``train/`` and ``mrb/``) is two roots, not one
     training root whose MRB files are 2,307 bad training records."""
-    code, lines = run(capsys, demo_dir)
+    code, lines = validate_cli(capsys, demo_dir)
     assert code == 0, lines[:5]
     assert [line.split(":")[0] for line in lines] == ["OK", "OK"]
     assert lines[0].startswith(f"OK: MRB root {demo_dir / 'mrb'}: 7 task(s)")
@@ -280,7 +238,7 @@ def test_mixed_folder_problems_are_reported_per_root(tmp_path, capsys):
     write_task(tmp_path / "data" / "bench" / "t1")
     write_clean_train(tmp_path / "data" / "shards", n=4)
     (tmp_path / "data" / "shards" / "a.jsonl").write_text("{oops\n")
-    code, lines = run(capsys, tmp_path / "data")
+    code, lines = validate_cli(capsys, tmp_path / "data")
     assert code == 1
     assert lines[0].startswith(f"OK: MRB root {tmp_path / 'data' / 'bench'}: 1 task(s)")
     assert lines[1].startswith(f"{tmp_path / 'data' / 'shards' / 'a.jsonl'}:1: invalid JSON")
@@ -293,6 +251,6 @@ def test_non_utf8_bytes_are_reported_at_their_own_line(tmp_path, capsys):
     lines = corpus.read_bytes().split(b"\n")
     lines[4] = b'{"id": "d4", "text": "caf\xe9"}'
     corpus.write_bytes(b"\n".join(lines))
-    code, out = run(capsys, tmp_path / "mrb")
+    code, out = validate_cli(capsys, tmp_path / "mrb")
     assert code == 1
     assert out[0] == f"{corpus}:5: not UTF-8 (byte 0xe9 at column 26); save the file as UTF-8"
