@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(PY) -W ignore -c "import torch" || { echo "torch failed to install"; exit 1; }
 	@$(PY) -W ignore -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
 	@echo "installing rerank-lab and its dependencies (pinned to $$(cat $(VENV)/constraints.txt))"
-	@set -o pipefail; $(PIP) install -c $(VENV)/constraints.txt -c constraints.txt -e ".[dev,demo,qlora]" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	@set -o pipefail; $(PIP) install -c $(VENV)/constraints.txt -c constraints.txt -e ".[dev,demo,qlora,data,real,report]" 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@if ! command -v nvidia-smi >/dev/null 2>&1; then \
 	  bad=$$($(PY) -m pip list --format=freeze 2>/dev/null | grep -iE '^(nvidia|triton|torchvision)' || true); \
 	  if [ -n "$$bad" ]; then echo "CPU machine but GPU packages were installed: $$bad"; exit 1; fi; \

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodules.extras import require
 from datamodules.files import temporary_path
 from datamodules.formats import Doc, FormatError, read_docs, read_task_meta
 from datamodules.images import open_image
@@ -259,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run file")
     parser.add_argument("--batch-size", type=int, default=64, help="dense: encoding batch size")
     args = parser.parse_args(argv)
+    require(parser.prog, "data", "bm25s" if args.method == "bm25" else "sentence_transformers")
     try:
         result = retrieve(
             args.task, args.method, args.model, args.top_k, args.out, args.overwrite, args.batch_size

@@ -45,6 +45,7 @@ from pathlib import Path
 
 from lightning.pytorch import Callback
 
+from datamodules.extras import require
 from datamodules.files import atomic_write
 
 REPO = Path(__file__).resolve().parent.parent
@@ -415,6 +416,14 @@ def dense_block(out: Path, args: argparse.Namespace) -> tuple[list[str], list[di
     return lines, rows, compared
 
 
+def require_extras(args: argparse.Namespace) -> None:
+    """Stop at once (one line, exit 2) unless the extras the pipeline's steps run with are installed."""
+    first_stage = "bm25s" if args.first_stage == "bm25" else "sentence_transformers"
+    dense = ("sentence_transformers",) if args.dense_reference and first_stage == "bm25s" else ()
+    require("python -m experiments.real", "data", first_stage, *dense)
+    require("python -m experiments.real", "real", "gguf")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m experiments.real", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/real"))
@@ -486,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh and out.exists() and any(out.iterdir()):
         print(f"{out}: not empty; drop --fresh to resume it or choose another --out", file=sys.stderr)
         return 1
+    require_extras(args)
     start = time.perf_counter()
     pipeline(args)
     print(f"{'prepared' if args.prepare_only else 'make real'}: {time.perf_counter() - start:.0f} s")

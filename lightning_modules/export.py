@@ -51,6 +51,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -300,6 +301,213 @@ def _copy_base_files(base: str, staging: Path, encoder: PairEncoder) -> None:
             encoder.image_processor.save_pretrained(staging)
 
 
+@dataclass(frozen=True)
+class _Base:
+    """The base an export merges into, as ``rerank_config.json`` records it."""
+
+    name: str
+    config_sha256: str
+    fingerprint: str | None
+
+
+def _build_module(
+    ckpt: str | Path, checkpoint: dict, base: str | None, trust_remote_code: bool, fmt: str
+) -> tuple[RerankerModule, str]:
+    """Step 1: the module from the checkpoint's hyper-parameters (float32, no quantization) on ``base``
+    (default: the recorded ``model_name_or_path``), once ``fmt`` is known to fit; returns it and the base."""
+    if checkpoint["hyper_parameters"].get("trust_remote_code") and not trust_remote_code:
+        raise ValueError(
+            f"{ckpt}: its base was loaded with trust_remote_code, which runs code shipped with the base; "
+            "pass --trust-remote-code if you trust it"
+        )
+    arguments = module_arguments(checkpoint, str(ckpt), RerankerModule, dtype="float32", quantization=None)
+    arguments["trust_remote_code"] = trust_remote_code
+    base = str(base or arguments["model_name_or_path"])
+    arguments["model_name_or_path"] = base
+    check_format(fmt, arguments, base, trust_remote_code, str(ckpt))
+    try:
+        return RerankerModule(**arguments), base
+    except OSError as err:  # the base folder or hub id cannot be read
+        raise ValueError(
+            f"{ckpt}: cannot load its base {base!r} ({str(err).splitlines()[0]}); pass --base with the "
+            "base model it was trained on"
+        ) from None
+    except (TypeError, ValueError) as err:  # hyper-parameters of the wrong type or value
+        raise ValueError(f"{ckpt}: its hyper_parameters do not build a reranker: {err}") from None
+
+
+def _load_weights(module: RerankerModule, checkpoint: dict, ckpt: str | Path, base: str) -> _Base:
+    """Step 2: the base's identity against training's, then the trained weights loaded (module in eval mode).
+
+    The identity is taken before the checkpoint's weights replace any of its tensors (``lora_r`` 0,
+    ``lm_head`` full and ``train_merger`` train base weights themselves).
+    """
+    recorded = checkpoint.get("rerank_lab") or {}
+    model = module.scorer.model
+    fingerprint = base_fingerprint(model)
+    if recorded.get("base_fingerprint") and fingerprint and recorded["base_fingerprint"] != fingerprint:
+        raise ValueError(
+            f"{ckpt} was trained on a base with fingerprint {recorded['base_fingerprint'][:16]}..., but "
+            f"{base} now has {str(fingerprint)[:16]}...: the base changed since training; pass --base "
+            "with the original base model"
+        )
+    config_hash = config_sha256(model.config)
+    if recorded.get("base_config_sha256") and recorded["base_config_sha256"] != config_hash:
+        raise ValueError(
+            f"{ckpt}: the config of {base} changed since training; pass --base with the original base model"
+        )
+    module.on_load_checkpoint(checkpoint)
+    try:
+        result = module.load_state_dict(checkpoint["state_dict"], strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(
+            f"{ckpt}: its weights do not fit {base}: {str(err).splitlines()[-1].strip()}"
+        ) from None
+    if result.unexpected_keys:
+        raise ValueError(
+            f"{ckpt}: holds weights the module built from its hyper-parameters lacks "
+            f"({result.unexpected_keys[:3]}); was it written by this version of rerank-lab?"
+        )
+    module.eval()
+    return _Base(base, config_hash, recorded.get("base_fingerprint") or fingerprint)
+
+
+def _parity_encoder(
+    base: str, data_hparams: dict, budgets: dict, trust_remote_code: bool
+) -> tuple[PairEncoder, dict]:
+    """Step 3's encoder: the base's, with the given token and pixel budgets (default: the training data's);
+    returns it and the budgets it applies (``max_length``, ``min_pixels``, ``max_pixels``)."""
+    budgets = {
+        "max_length": budgets["max_length"] or data_hparams.get("max_length") or 3200,
+        "min_pixels": budgets["min_pixels"] or data_hparams.get("min_pixels"),
+        "max_pixels": budgets["max_pixels"] or data_hparams.get("max_pixels"),
+    }
+    encoder = PairEncoder.from_pretrained(
+        base,
+        trust_remote_code=trust_remote_code,
+        **{k: v for k, v in budgets.items() if v is not None},
+    )
+    budgets.update(min_pixels=encoder.min_pixels, max_pixels=encoder.max_pixels)
+    return encoder, budgets
+
+
+def _merge(
+    module: RerankerModule,
+    pairs: Sequence[EncodedPair],
+    reference: torch.Tensor,
+    tolerance: float,
+    dtype: str,
+) -> tuple[dict, torch.Tensor, float | None]:
+    """Step 4: LoRA merged into the base, the ``label_rows`` offset folded into the head, checked on ``pairs``.
+
+    Returns:
+        ``{"merged_layers", "untied"}``, the scores the folder must give (``reference``, or after the
+        bfloat16 rounding the saved weights will carry) and that rounding's own difference (or None).
+    """
+    model = module.scorer.model
+    merged = merge_lora(model)
+    untied = False
+    if module.scorer.row_delta is not None:
+        untied = fold_row_delta(model, module.scorer.label_token_ids, module.scorer.row_delta)
+        module.scorer.row_delta = None
+    model.requires_grad_(False)
+    merged_scores = module_scores(module, pairs)
+    merge_diff = float((merged_scores - reference).abs().max())
+    if not merge_diff <= tolerance:
+        raise ExportParityError(f"merging changed the scores by up to {merge_diff:.3e} (> {tolerance:.0e})")
+    expected, rounding_diff = reference, None
+    if dtype == "bfloat16":
+        model.to(torch.bfloat16).to(torch.float32)  # the rounding the saved weights will carry
+        expected = module_scores(module, pairs)
+        rounding_diff = float((expected - reference).abs().max())
+    return {"merged_layers": merged, "untied": untied}, expected, rounding_diff
+
+
+def _rerank_config(
+    module: RerankerModule,
+    encoder: PairEncoder,
+    base: _Base,
+    budgets: dict,
+    dtype: str,
+    merge: dict,
+    parity: dict,
+    instruction: str,
+    fmt: str,
+) -> dict:
+    """``rerank_config.json`` before the folder is written (``parity``: pairs, tolerance, bf16 rounding)."""
+    hparams = module.hparams
+    objective = module.objective
+    positive, negative = objective.label_tokens
+    return {
+        "format": FORMAT,
+        "base_model": base.name,
+        "base_config_sha256": base.config_sha256,
+        "base_fingerprint": base.fingerprint,
+        "objective": hparams.objective,
+        "objective_args": dict(hparams.objective_args or {}),
+        "score": score_kind(objective),
+        "score_head": SCORE_HEAD if objective.state_dict() else None,
+        "label_tokens": list(module.token_words),
+        "label_token_ids": module.scorer.label_token_ids.tolist(),
+        "positive_tokens": list(positive),
+        "negative_tokens": list(negative),
+        "system_prompt": encoder.system_prompt or SYSTEM_PROMPT,
+        **budgets,
+        "dtype": dtype,
+        "lora": {"r": hparams.lora_r, "alpha": hparams.lora_alpha, "merged_layers": merge["merged_layers"]},
+        "train_merger": bool(hparams.train_merger),
+        "lm_head": {"mode": hparams.lm_head, "row_delta_folded": hparams.lm_head == "label_rows"},
+        "lm_head_untied": merge["untied"],
+        "parity": parity,
+        "default_instruction": instruction,
+        "layout": "seq-cls" if fmt == "seq-cls" else "causal-lm",
+    }
+
+
+def _write_folder(
+    staging: Path, module: RerankerModule, encoder: PairEncoder, config: dict, triples, fmt: str
+) -> str | None:
+    """Step 5: weights, the base's files, pixel budget, score head and serving files into ``staging``;
+    returns why the sentence-transformers files were left out (None: written)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model = module.scorer.model
+    model.to(torch.bfloat16 if config["dtype"] == "bfloat16" else torch.float32)
+    if fmt == "seq-cls":
+        classifier = seq_cls_model(model, config["label_token_ids"], config["score"], encoder.pad_token_id)
+        classifier.save_pretrained(staging)
+        del classifier
+    else:
+        model.save_pretrained(staging)
+    _copy_base_files(config["base_model"], staging, encoder)
+    write_pixel_budget(staging, encoder.min_pixels, encoder.max_pixels)
+    check_image_processor(staging, encoder, triples)
+    score_params = module.objective.state_dict()
+    if score_params:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().float().contiguous() for k, v in score_params.items()}, staging / SCORE_HEAD)
+    instruction = config["default_instruction"]
+    return write_serving_files(staging, config, encoder, instruction, seq_cls=fmt == "seq-cls")
+
+
+def _check_folder(
+    staging: Path, config: dict, triples, expected: torch.Tensor, trust_remote_code: bool, fmt: str
+) -> None:
+    """Step 6: the written folder, loaded from disk, scores like ``expected``; the differences go into
+    ``config["parity"]`` (raises ExportParityError above its tolerance)."""
+    tolerance = config["parity"]["tolerance"]
+    if fmt == "seq-cls":
+        config["parity"].update(check_seq_cls(staging, triples, expected, tolerance, config))
+        return
+    config["parity"]["max_abs_diff"] = _check_reranker(
+        staging, triples, expected, tolerance, trust_remote_code
+    )
+    if config["sentence_transformers"]["written"]:
+        config["parity"].update(check_crossencoder(staging, triples, expected, tolerance))
+
+
 def export(
     ckpt: str | Path,
     out: str | Path,
@@ -348,158 +556,34 @@ def export(
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"export dtype must be float32 or bfloat16, got {dtype!r}")
     checkpoint = load_checkpoint(ckpt)
-    recorded = checkpoint.get("rerank_lab") or {}
     data_hparams = dict(checkpoint.get("datamodule_hyper_parameters") or {})
-    if checkpoint["hyper_parameters"].get("trust_remote_code") and not trust_remote_code:
-        raise ValueError(
-            f"{ckpt}: its base was loaded with trust_remote_code, which runs code shipped with the base; "
-            "pass --trust-remote-code if you trust it"
-        )
-    arguments = module_arguments(checkpoint, str(ckpt), RerankerModule, dtype="float32", quantization=None)
-    arguments["trust_remote_code"] = trust_remote_code
-    base = str(base or arguments["model_name_or_path"])
-    arguments["model_name_or_path"] = base
-    check_format(fmt, arguments, base, trust_remote_code, str(ckpt))
+    module, base = _build_module(ckpt, checkpoint, base, trust_remote_code, fmt)
     instruction = instruction or training_instruction(data_hparams.get("train_root")) or DEFAULT_INSTRUCTION
-    try:
-        module = RerankerModule(**arguments)
-    except OSError as err:  # the base folder or hub id cannot be read
-        raise ValueError(
-            f"{ckpt}: cannot load its base {base!r} ({str(err).splitlines()[0]}); pass --base with the "
-            "base model it was trained on"
-        ) from None
-    except (TypeError, ValueError) as err:  # hyper-parameters of the wrong type or value
-        raise ValueError(f"{ckpt}: its hyper_parameters do not build a reranker: {err}") from None
-    # The base's identity is taken now, before the checkpoint's weights replace any of its tensors
-    # (lora_r 0, lm_head full and train_merger train base weights themselves).
-    model = module.scorer.model
-    fingerprint = base_fingerprint(model)
-    if recorded.get("base_fingerprint") and fingerprint and recorded["base_fingerprint"] != fingerprint:
-        raise ValueError(
-            f"{ckpt} was trained on a base with fingerprint {recorded['base_fingerprint'][:16]}..., but "
-            f"{base} now has {str(fingerprint)[:16]}...: the base changed since training; pass --base "
-            "with the original base model"
-        )
-    config_hash = config_sha256(model.config)
-    if recorded.get("base_config_sha256") and recorded["base_config_sha256"] != config_hash:
-        raise ValueError(
-            f"{ckpt}: the config of {base} changed since training; pass --base with the original base model"
-        )
-    module.on_load_checkpoint(checkpoint)
-    try:
-        result = module.load_state_dict(checkpoint["state_dict"], strict=False)
-    except RuntimeError as err:  # shape mismatches
-        raise ValueError(
-            f"{ckpt}: its weights do not fit {base}: {str(err).splitlines()[-1].strip()}"
-        ) from None
-    if result.unexpected_keys:
-        raise ValueError(
-            f"{ckpt}: holds weights the module built from its hyper-parameters lacks "
-            f"({result.unexpected_keys[:3]}); was it written by this version of rerank-lab?"
-        )
-    module.eval()
-    hparams = module.hparams
+    identity = _load_weights(module, checkpoint, ckpt, base)
     del checkpoint
 
-    budgets = {
-        "max_length": max_length or data_hparams.get("max_length") or 3200,
-        "min_pixels": min_pixels or data_hparams.get("min_pixels"),
-        "max_pixels": max_pixels or data_hparams.get("max_pixels"),
-    }
-    encoder = PairEncoder.from_pretrained(
-        base,
-        trust_remote_code=trust_remote_code,
-        **{k: v for k, v in budgets.items() if v is not None},
-    )
-    budgets.update(min_pixels=encoder.min_pixels, max_pixels=encoder.max_pixels)
+    requested = {"max_length": max_length, "min_pixels": min_pixels, "max_pixels": max_pixels}
+    encoder, budgets = _parity_encoder(base, data_hparams, requested, trust_remote_code)
     triples = parity_pairs(encoder.image_processor is not None, encoder.min_pixels)
     pairs = encode_all(encoder, triples)
     reference = module_scores(module, pairs)
+    merge, expected, rounding_diff = _merge(module, pairs, reference, tolerance, dtype)
 
-    merged = merge_lora(model)
-    untied = False
-    if module.scorer.row_delta is not None:
-        untied = fold_row_delta(model, module.scorer.label_token_ids, module.scorer.row_delta)
-        module.scorer.row_delta = None
-    model.requires_grad_(False)
-    merged_scores = module_scores(module, pairs)
-    merge_diff = float((merged_scores - reference).abs().max())
-    if not merge_diff <= tolerance:
-        raise ExportParityError(f"merging changed the scores by up to {merge_diff:.3e} (> {tolerance:.0e})")
-    expected, rounding_diff = reference, None
-    if dtype == "bfloat16":
-        model.to(torch.bfloat16).to(torch.float32)  # the rounding the saved weights will carry
-        expected = module_scores(module, pairs)
-        rounding_diff = float((expected - reference).abs().max())
-
-    objective = module.objective
-    score_params = dict(objective.state_dict())
-    positive, negative = objective.label_tokens
-    config = {
-        "format": FORMAT,
-        "base_model": base,
-        "base_config_sha256": config_hash,
-        "base_fingerprint": recorded.get("base_fingerprint") or fingerprint,
-        "objective": hparams.objective,
-        "objective_args": dict(hparams.objective_args or {}),
-        "score": score_kind(objective),
-        "score_head": SCORE_HEAD if score_params else None,
-        "label_tokens": list(module.token_words),
-        "label_token_ids": module.scorer.label_token_ids.tolist(),
-        "positive_tokens": list(positive),
-        "negative_tokens": list(negative),
-        "system_prompt": encoder.system_prompt or SYSTEM_PROMPT,
-        **budgets,
-        "dtype": dtype,
-        "lora": {"r": hparams.lora_r, "alpha": hparams.lora_alpha, "merged_layers": merged},
-        "train_merger": bool(hparams.train_merger),
-        "lm_head": {"mode": hparams.lm_head, "row_delta_folded": hparams.lm_head == "label_rows"},
-        "lm_head_untied": untied,
-        "parity": {"pairs": len(pairs), "tolerance": tolerance, "max_abs_diff": None},
-    }
+    parity = {"pairs": len(pairs), "tolerance": tolerance, "max_abs_diff": None}
     if rounding_diff is not None:
-        config["parity"]["bf16_rounding_max_abs_diff"] = rounding_diff
-
-    config["default_instruction"] = instruction
-    config["layout"] = "seq-cls" if fmt == "seq-cls" else "causal-lm"
+        parity["bf16_rounding_max_abs_diff"] = rounding_diff
+    config = _rerank_config(module, encoder, identity, budgets, dtype, merge, parity, instruction, fmt)
+    score_params = dict(module.objective.state_dict())
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        model.to(torch.bfloat16 if dtype == "bfloat16" else torch.float32)
-        if fmt == "seq-cls":
-            classifier = seq_cls_model(
-                model, config["label_token_ids"], config["score"], encoder.pad_token_id
-            )
-            classifier.save_pretrained(staging)
-            del classifier
-        else:
-            model.save_pretrained(staging)
-        _copy_base_files(base, staging, encoder)
-        write_pixel_budget(staging, encoder.min_pixels, encoder.max_pixels)
-        check_image_processor(staging, encoder, triples)
-        if score_params:
-            from safetensors.torch import save_file
-
-            save_file(
-                {k: v.detach().float().contiguous() for k, v in score_params.items()}, staging / SCORE_HEAD
-            )
-        left_out = write_serving_files(staging, config, encoder, instruction, seq_cls=fmt == "seq-cls")
+        left_out = _write_folder(staging, module, encoder, config, triples, fmt)
         config["sentence_transformers"] = {"written": left_out is None, "why_not": left_out}
         if left_out is not None:
             log.warning("sentence-transformers files left out: %s", left_out)
         write_json(staging / RERANK_CONFIG, config)
-        del module, model, objective  # the export is checked from disk, with its own files
-        if fmt == "seq-cls":
-            config["parity"].update(check_seq_cls(staging, triples, expected, tolerance, config))
-        else:
-            config["parity"]["max_abs_diff"] = _check_reranker(
-                staging, triples, expected, tolerance, trust_remote_code
-            )
-            if left_out is None:
-                config["parity"].update(check_crossencoder(staging, triples, expected, tolerance))
+        del module  # the export is checked from disk, with its own files
+        _check_folder(staging, config, triples, expected, trust_remote_code, fmt)
         write_json(staging / RERANK_CONFIG, config)
         write_card(staging, config, encoder, score_params)
         record_checksums(staging)

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from datamodules.encoding import PairEncoder
+from datamodules.extras import installed
 from datamodules.files import atomic_write
 from datamodules.formats import Doc
 
@@ -188,9 +189,13 @@ def st_files(
         seq_cls: the folder holds a one-label ``*ForSequenceClassification`` (no ``LogitScore``).
         max_length: the per-pair token cap.
     """
-    import sentence_transformers
     import transformers
 
+    versions = {"transformers": transformers.__version__, "pytorch": torch.__version__}
+    if installed("sentence_transformers"):  # the [data] extra; the files themselves are plain JSON
+        import sentence_transformers
+
+        versions = {"sentence_transformers": sentence_transformers.__version__, **versions}
     if seq_cls:
         task, output = "sequence-classification", "scores"
     else:
@@ -227,11 +232,7 @@ def st_files(
     files["modules.json"] = modules
     files["config_sentence_transformers.json"] = {
         "model_type": "CrossEncoder",
-        "__version__": {
-            "sentence_transformers": sentence_transformers.__version__,
-            "transformers": transformers.__version__,
-            "pytorch": torch.__version__,
-        },
+        "__version__": versions,
         "prompts": {"instruction": instruction},
         "default_prompt_name": "instruction",
         "activation_fn": "torch.nn.modules.activation.Sigmoid",
@@ -400,7 +401,8 @@ def check_crossencoder(folder: Path, triples, expected: torch.Tensor, tolerance:
     """Compare ``CrossEncoder(folder)`` with ``expected`` on ``triples``; the parity entries to record.
 
     A backbone whose processor sentence-transformers cannot build here (Qwen-VL's needs torchvision
-    for its video processor) is recorded as not checked, with the loader's own message.
+    for its video processor), or an install without sentence-transformers (the ``[data]`` extra), is
+    recorded as not checked, with the loader's own message.
 
     Raises:
         ExportParityError: a difference above ``tolerance``.

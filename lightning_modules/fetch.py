@@ -44,6 +44,8 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from datamodules.extras import require
+
 PARITY_TOLERANCE = 1e-4
 PARITY_PROMPT = "<|im_start|>user\nIs the sky blue?<|im_end|>\n<|im_start|>assistant\n"
 RECORD = "fetch.json"
@@ -254,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         "--cache", type=Path, help="download cache (default $RERANK_LAB_CACHE or ~/.cache/rerank-lab)"
     )
     args = parser.parse_args(argv)
+    require(parser.prog, "real", "gguf")  # transformers reads the GGUF through it
     try:
         fetch(args.model, args.out, args.cache)
     except FetchError as err:

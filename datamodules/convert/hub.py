@@ -26,9 +26,6 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from datamodules.convert.common import (
     ConversionError,
     Item,
@@ -41,7 +38,10 @@ from datamodules.convert.common import (
     parse_modality,
     read_qrels_tsv,
 )  # fmt: skip
+from datamodules.extras import require
 from datamodules.formats import FormatError, iter_jsonl
+
+TOOL = "python -m datamodules.convert"
 
 ROLES = {"corpus": ("corpus",), "queries": ("queries", "query"), "qrels": ("qrels", "default")}
 _SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".tsv")
@@ -62,6 +62,7 @@ def card_configs(src: Path) -> dict[str, dict[str, list[Path]]]:
     readme = src / "README.md"
     if not readme.is_file():
         return {}
+    require(TOOL, "data", "datasets")
     from datasets.data_files import DataFilesDict, sanitize_patterns
     from datasets.utils.metadata import MetadataConfigs
     from huggingface_hub import DatasetCard
@@ -123,6 +124,8 @@ class HubSource:
         self.configs = card_configs(src) or folder_configs(src)
         self.ignored: Counter[str] = Counter()
         self.files = {role: self._files(role) for role in ROLES}
+        if any(f.name.endswith(".parquet") for files in self.files.values() for f in files):
+            require(TOOL, "data", "datasets", "pyarrow")
 
     def _files(self, role: str) -> list[Path]:
         name = next((n for n in ROLES[role] if n in self.configs), None)
@@ -149,6 +152,9 @@ class HubSource:
     def _rows(self, path: Path, errors: list[str]) -> Iterator[tuple[str, dict, set[str]]]:
         """``(where, row, image columns)`` of a parquet or JSONL file."""
         if path.name.endswith(".parquet"):
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
             try:
                 handle = pq.ParquetFile(path)
             except Exception as err:
@@ -256,6 +262,7 @@ class HubSource:
 
 def _image_columns(schema) -> set[str]:
     """Columns holding images: the ``datasets`` Image feature, else a ``{bytes, path}`` struct named image."""
+    import pyarrow as pa
     from datasets import Features
     from datasets import Image as ImageFeature
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from datamodules.demo.images import SAMPLE_PICTURES, crop_items, digit_items, face_items
 from datamodules.demo.spec import OFF_TOPIC, Item, Split, TaskSpec
@@ -142,15 +143,154 @@ _DIGIT_DOC_CAPTIONS = (
 )
 
 
-def task_specs(seed: int) -> list[TaskSpec]:
-    """The seven demo tasks (one per family it covers), their items drawn with ``seed``."""
-    digits_test, digits_train = digit_items(seed)
-    faces_test, faces_train = face_items(seed)
-    crops_test, crops_train = crop_items(seed)
-    docs_test, docs_train = docstring_items(seed)
-    junk_test = [item for item in docs_test if item.label == OFF_TOPIC]
-    junk_train = [item for item in docs_train if item.label == OFF_TOPIC]
-    captions = {
+@dataclass(frozen=True)
+class _Task:
+    """A demo task as data: ``queries`` and ``docs`` name item pools (:func:`_pools`; ``docs`` are joined in
+    order), ``source``, ``relevance`` and ``first_stage`` are templates over :func:`_texts`."""
+
+    name: str
+    family: str
+    metric: str
+    instruction: str
+    retriever: str  # "bm25", "pixels" or "random"
+    queries: str
+    docs: tuple[str, ...]
+    source: str
+    relevance: str
+    first_stage: str
+
+
+_TASKS = (
+    _Task(
+        name="stdlib-docs",
+        family="T2T",
+        metric="ndcg@10",
+        instruction="Given a request for Python functionality, retrieve documentation of standard library "
+        "functions from the area of the library it asks about.",
+        retriever="bm25",
+        queries="doc_queries",
+        docs=("docs",),
+        source="docstrings of Python's standard library (qualified name + first 40 words, at most "
+        "{docs_per_module} per module): files and paths = {files_topics}; numbers and maths = {maths_topics}; "
+        "queries are 12 hand-written requests per area",
+        relevance="a docstring from the area the request is about (files and paths, or numbers and maths); "
+        "near misses: the other area; off-topic: {junk_source}",
+        first_stage="BM25 (k1 0.9, b 0.4) of the request against the docstrings",
+    ),
+    _Task(
+        name="digits-t2i",
+        family="T2I",
+        metric="recall@5",
+        instruction="Retrieve an image that matches the given caption.",
+        retriever="random",
+        queries="digit_queries",
+        docs=("digits", "crop_images"),
+        source="{digits_source}; queries are templated captions naming the digit",
+        relevance="an image of the digit the caption names; near misses: the other digit; off-topic: "
+        "{crops_source}",
+        first_stage="seeded random scores, a stand-in for a weak cross-modal retriever (no text-image "
+        "encoder ships offline)",
+    ),
+    _Task(
+        name="digits-i2t",
+        family="I2T",
+        metric="recall@5",
+        instruction="Retrieve a caption that describes the given image.",
+        retriever="random",
+        queries="digits",
+        docs=("captions", "junk"),
+        source="{digits_source}; the captions are {caption_templates} templates per digit, half test, half "
+        "train",
+        relevance="a caption naming the digit in the query image; near misses: captions of the other digit; "
+        "off-topic: {junk_source}",
+        first_stage="seeded random scores (weak cross-modal stand-in)",
+    ),
+    _Task(
+        name="faces-i2i",
+        family="I2I",
+        metric="recall@5",
+        instruction="Retrieve an image that shows the same kind of subject as the given image.",
+        retriever="pixels",
+        queries="faces_only",
+        docs=("faces",),
+        source="{lfw_source}; every query is a face",
+        relevance="another face; the rest of the pool are background patches (no off-topic documents)",
+        first_stage="{pixels}",
+    ),
+    _Task(
+        name="digits-it2i",
+        family="IT2I",
+        metric="recall@5",
+        instruction="Retrieve an image that satisfies the request about the given image.",
+        retriever="pixels",
+        queries="digits_with_request",
+        docs=("digits", "crop_images"),
+        source="{digits_source}; each query is a digit image with a request such as 'the same digit, "
+        "written by another person'",
+        relevance="another image of the query's digit (never the query image itself); near misses: the "
+        "other digit; off-topic: {crops_source}",
+        first_stage="{pixels} of the query image (the request is ignored)",
+    ),
+    _Task(
+        name="faces-it2t",
+        family="IT2T",
+        metric="recall@5",
+        instruction="Retrieve the answer to the question about the given image.",
+        retriever="bm25",
+        queries="faces_with_question",
+        docs=("answers", "junk"),
+        source="{lfw_source}; each query is a face or a background patch with a question whether it "
+        "shows a face; the answers are templated",
+        relevance="an answer that is right about the image (yes for a face, no otherwise); near misses: "
+        "the wrong answers; off-topic: {junk_source}",
+        first_stage="BM25 of the question against the documents (the image is ignored)",
+    ),
+    _Task(
+        name="digits-t2it",
+        family="T2IT",
+        metric="recall@5",
+        instruction="Retrieve an image with its caption that matches the given description.",
+        retriever="bm25",
+        queries="digit_queries",
+        docs=("captioned_digits", "crops"),
+        source="{digits_source}, each with a caption that does not name the digit ('Sample 0123 of the "
+        "UCI handwritten digits collection.'); queries as in digits-t2i",
+        relevance="an image of the digit the query names; near misses: the other digit; off-topic: "
+        "{crops_source}, captioned with what the picture shows",
+        first_stage="BM25 of the query against the captions, ties broken at random",
+    ),
+)
+
+
+def _texts() -> dict[str, str]:
+    """The shared descriptions the task templates refer to."""
+    return {
+        "digits_source": "scikit-learn load_digits(): real 8x8 handwritten digits 0 and 1, dark ink on white, "
+        "upscaled x7 (nearest) to 56x56",
+        "lfw_source": "scikit-image data.lfw_subset(): 100 real faces and 100 background patches from LFW, "
+        "25x25 grayscale upscaled (bilinear) to 56x56",
+        "crops_source": f"56x56 crops of scikit-image's {len(SAMPLE_PICTURES)} sample pictures (test and train "
+        "crops come from different pictures)",
+        "junk_source": "docstrings of " + ", ".join(DOC_TOPICS[OFF_TOPIC]),
+        "pixels": "cosine similarity of mean-centred 14x14 downsampled grayscale pixels",
+        "docs_per_module": str(DOCS_PER_MODULE),
+        "files_topics": ", ".join(DOC_TOPICS[1]),
+        "maths_topics": ", ".join(DOC_TOPICS[0]),
+        "caption_templates": str(len(_DIGIT_CAPTIONS) * len(_CAPTION_SOURCES)),
+    }
+
+
+def _texts_by_label(
+    templates: dict[int, Sequence[str]], details: dict[int, Sequence[str]]
+) -> dict[int, list[str]]:
+    """Every template of a label filled with every detail of that label."""
+    return {
+        label: [t.format(detail=d) for t in templates[label] for d in details[label]] for label in templates
+    }
+
+
+def _digit_captions() -> dict[int, list[str]]:
+    return {
         label: [
             template.format(word=word, digit=digit) + tail
             for template in _DIGIT_CAPTIONS
@@ -158,151 +298,73 @@ def task_specs(seed: int) -> list[TaskSpec]:
         ]
         for label, (word, digit) in _DIGIT_WORDS.items()
     }
-    captions_test, captions_train = labelled_texts(captions, "caption", seed, 5)
-    answers = {
-        label: [
-            template.format(detail=detail) for template in templates for detail in _FACE_ANSWER_DETAILS[label]
-        ]
-        for label, templates in _FACE_ANSWERS.items()
+
+
+def _captioned(digits: list[Item]) -> list[Item]:
+    """Digit images captioned without naming the digit (the digits-t2it documents)."""
+    return [
+        replace(item, text=_DIGIT_DOC_CAPTIONS[i % len(_DIGIT_DOC_CAPTIONS)].format(number=item.key[-4:]))
+        for i, item in enumerate(digits)
+    ]
+
+
+def _pools(seed: int) -> tuple[dict[str, list[Item]], dict[str, list[Item]]]:
+    """The item pools the task table names, drawn with ``seed``: (test, train)."""
+    digits = digit_items(seed)
+    faces = face_items(seed)
+    crops = crop_items(seed)
+    docs = docstring_items(seed)
+    captions = labelled_texts(_digit_captions(), "caption", seed, 5)
+    answers = labelled_texts(_texts_by_label(_FACE_ANSWERS, _FACE_ANSWER_DETAILS), "answer", seed, 6)
+    digit_words = {
+        label: [t.format(word=w, digit=d) for t in _DIGIT_QUERIES] for label, (w, d) in _DIGIT_WORDS.items()
     }
-    answers_test, answers_train = labelled_texts(answers, "answer", seed, 6)
-    digit_queries = phrases(
-        {
-            label: [t.format(word=w, digit=d) for t in _DIGIT_QUERIES]
-            for label, (w, d) in _DIGIT_WORDS.items()
-        },
-        "digit-query",
-    )
-    doc_queries = phrases(_DOC_QUERIES, "doc-query")
+    shared = {
+        "digit_queries": phrases(digit_words, "digit-query"),
+        "doc_queries": phrases(_DOC_QUERIES, "doc-query"),
+    }
+    sides = []
+    for side in (0, 1):  # 0: test, 1: train (also the offset of the texts given to query images)
+        sides.append(
+            {
+                **shared,
+                "digits": digits[side],
+                "faces": faces[side],
+                "crops": crops[side],
+                "crop_images": image_only(crops[side]),
+                "docs": docs[side],
+                "junk": [item for item in docs[side] if item.label == OFF_TOPIC],
+                "captions": captions[side],
+                "answers": answers[side],
+                "faces_only": [item for item in faces[side] if item.label == 1],
+                "digits_with_request": with_text(digits[side], _SAME_DIGIT_REQUESTS, side),
+                "faces_with_question": with_text(faces[side], _FACE_QUESTIONS, side),
+                "captioned_digits": _captioned(digits[side]),
+            }
+        )
+    return sides[0], sides[1]
 
-    def captioned(digits: list[Item]) -> list[Item]:
-        return [
-            replace(item, text=_DIGIT_DOC_CAPTIONS[i % len(_DIGIT_DOC_CAPTIONS)].format(number=item.key[-4:]))
-            for i, item in enumerate(digits)
-        ]
 
-    faces_only = (
-        [item for item in faces_test if item.label == 1],
-        [item for item in faces_train if item.label == 1],
-    )
-    digits_source = (
-        "scikit-learn load_digits(): real 8x8 handwritten digits 0 and 1, dark ink on white, upscaled x7 "
-        "(nearest) to 56x56"
-    )
-    lfw_source = (
-        "scikit-image data.lfw_subset(): 100 real faces and 100 background patches from LFW, 25x25 "
-        "grayscale upscaled (bilinear) to 56x56"
-    )
-    crops_source = (
-        f"56x56 crops of scikit-image's {len(SAMPLE_PICTURES)} sample pictures (test and train crops come "
-        "from different pictures)"
-    )
-    junk_source = "docstrings of " + ", ".join(DOC_TOPICS[OFF_TOPIC])
-    pixels = "cosine similarity of mean-centred 14x14 downsampled grayscale pixels"
+def _split(task: _Task, pool: dict[str, list[Item]]) -> Split:
+    return Split(pool[task.queries], [item for name in task.docs for item in pool[name]])
+
+
+def task_specs(seed: int) -> list[TaskSpec]:
+    """The seven demo tasks (one per family it covers), their items drawn with ``seed``."""
+    test, train = _pools(seed)
+    texts = _texts()
     return [
         TaskSpec(
-            name="stdlib-docs",
-            family="T2T",
-            metric="ndcg@10",
-            instruction="Given a request for Python functionality, retrieve documentation of standard library "
-            "functions from the area of the library it asks about.",
-            retriever="bm25",
-            test=Split(doc_queries, docs_test),
-            train=Split(doc_queries, docs_train),
-            source="docstrings of Python's standard library (qualified name + first 40 words, at most "
-            f"{DOCS_PER_MODULE} per module): files and paths = "
-            + ", ".join(DOC_TOPICS[1])
-            + "; numbers and maths = "
-            + ", ".join(DOC_TOPICS[0])
-            + "; queries are 12 hand-written requests "
-            "per area",
-            relevance="a docstring from the area the request is about (files and paths, or numbers and maths); "
-            "near misses: the other area; off-topic: " + junk_source,
-            first_stage="BM25 (k1 0.9, b 0.4) of the request against the docstrings",
-        ),
-        TaskSpec(
-            name="digits-t2i",
-            family="T2I",
-            metric="recall@5",
-            instruction="Retrieve an image that matches the given caption.",
-            retriever="random",
-            test=Split(digit_queries, digits_test + image_only(crops_test)),
-            train=Split(digit_queries, digits_train + image_only(crops_train)),
-            source=f"{digits_source}; queries are templated captions naming the digit",
-            relevance="an image of the digit the caption names; near misses: the other digit; off-topic: "
-            + crops_source,
-            first_stage="seeded random scores, a stand-in for a weak cross-modal retriever (no text-image "
-            "encoder ships offline)",
-        ),
-        TaskSpec(
-            name="digits-i2t",
-            family="I2T",
-            metric="recall@5",
-            instruction="Retrieve a caption that describes the given image.",
-            retriever="random",
-            test=Split(digits_test, captions_test + junk_test),
-            train=Split(digits_train, captions_train + junk_train),
-            source=f"{digits_source}; the captions are "
-            f"{len(_DIGIT_CAPTIONS) * len(_CAPTION_SOURCES)} templates per digit, half test, half train",
-            relevance="a caption naming the digit in the query image; near misses: captions of the other digit; "
-            "off-topic: " + junk_source,
-            first_stage="seeded random scores (weak cross-modal stand-in)",
-        ),
-        TaskSpec(
-            name="faces-i2i",
-            family="I2I",
-            metric="recall@5",
-            instruction="Retrieve an image that shows the same kind of subject as the given image.",
-            retriever="pixels",
-            test=Split(faces_only[0], faces_test),
-            train=Split(faces_only[1], faces_train),
-            source=f"{lfw_source}; every query is a face",
-            relevance="another face; the rest of the pool are background patches (no off-topic documents)",
-            first_stage=pixels,
-        ),
-        TaskSpec(
-            name="digits-it2i",
-            family="IT2I",
-            metric="recall@5",
-            instruction="Retrieve an image that satisfies the request about the given image.",
-            retriever="pixels",
-            test=Split(with_text(digits_test, _SAME_DIGIT_REQUESTS, 0), digits_test + image_only(crops_test)),
-            train=Split(
-                with_text(digits_train, _SAME_DIGIT_REQUESTS, 1), digits_train + image_only(crops_train)
-            ),
-            source=f"{digits_source}; each query is a digit image with a request such as 'the same digit, "
-            "written by another person'",
-            relevance="another image of the query's digit (never the query image itself); near misses: the "
-            "other digit; off-topic: " + crops_source,
-            first_stage=pixels + " of the query image (the request is ignored)",
-        ),
-        TaskSpec(
-            name="faces-it2t",
-            family="IT2T",
-            metric="recall@5",
-            instruction="Retrieve the answer to the question about the given image.",
-            retriever="bm25",
-            test=Split(with_text(faces_test, _FACE_QUESTIONS, 0), answers_test + junk_test),
-            train=Split(with_text(faces_train, _FACE_QUESTIONS, 1), answers_train + junk_train),
-            source=f"{lfw_source}; each query is a face or a background patch with a question whether it "
-            "shows a face; the answers are templated",
-            relevance="an answer that is right about the image (yes for a face, no otherwise); near misses: "
-            "the wrong answers; off-topic: " + junk_source,
-            first_stage="BM25 of the question against the documents (the image is ignored)",
-        ),
-        TaskSpec(
-            name="digits-t2it",
-            family="T2IT",
-            metric="recall@5",
-            instruction="Retrieve an image with its caption that matches the given description.",
-            retriever="bm25",
-            test=Split(digit_queries, captioned(digits_test) + crops_test),
-            train=Split(digit_queries, captioned(digits_train) + crops_train),
-            source=f"{digits_source}, each with a caption that does not name the digit ('Sample 0123 of the "
-            "UCI handwritten digits collection.'); queries as in digits-t2i",
-            relevance="an image of the digit the query names; near misses: the other digit; off-topic: "
-            + crops_source
-            + ", captioned with what the picture shows",
-            first_stage="BM25 of the query against the captions, ties broken at random",
-        ),
+            name=task.name,
+            family=task.family,
+            metric=task.metric,
+            instruction=task.instruction,
+            retriever=task.retriever,
+            test=_split(task, test),
+            train=_split(task, train),
+            source=task.source.format(**texts),
+            relevance=task.relevance.format(**texts),
+            first_stage=task.first_stage.format(**texts),
+        )
+        for task in _TASKS
     ]

@@ -168,6 +168,110 @@ def _device_name() -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
+def _plan(
+    quick: bool, cuda: bool, models: Sequence[str] | None, check: bool, families: Sequence[str] | None
+) -> list[tuple[str, Any]]:
+    """``(architecture, workload)`` pairs to run, the headline first (see :func:`run`'s arguments)."""
+    if quick:
+        plan = [("tiny", QUICK_WORKLOAD)]
+    elif cuda:
+        plan = [(name, GPU_WORKLOAD) for name in ("qwen2_vl_2b", "qwen2_5_vl_3b", "qwen2_5_vl_7b")]
+    else:  # the first model is the headline: the one with real proportions
+        plan = [("scaled2b", CPU_WORKLOAD), ("vocab152k", CPU_VOCAB_WORKLOAD)]
+    if models:
+        workloads = dict(plan) | {"scaled2b": CPU_WORKLOAD, "vocab152k": CPU_VOCAB_WORKLOAD}
+        unknown = [name for name in models if name not in ARCHS]
+        if unknown:
+            raise ValueError(f"unknown models {unknown}; choose from {sorted(ARCHS)}")
+        plan = [(name, workloads.get(name, GPU_WORKLOAD if cuda else CPU_WORKLOAD)) for name in models]
+    if check:
+        plan = [(name, GPU_CHECK_WORKLOAD) for name, _ in plan]
+    if families:
+        unknown = sorted(set(families) - set(FAMILIES))
+        if unknown:
+            raise ValueError(f"--families: unknown {unknown}; choose from {list(FAMILIES)}")
+        plan = [(name, dataclasses.replace(work, families=tuple(families))) for name, work in plan]
+    return plan
+
+
+def _memory_method(cuda: bool, mode: str) -> str:
+    """How the report's memory figures were measured."""
+    if cuda:
+        return "torch.cuda.max_memory_allocated minus allocated before the timed steps"
+    return (
+        "peak RSS (VmHWM after clear_refs reset) minus RSS before the measured steps, "
+        "glibc mmap threshold 64 KiB, "
+        + {
+            "in-process": "configurations run one after another in one process",
+            "fork": "a fresh forked process per configuration, separate from the timing process",
+            "subprocess": "a fresh subprocess per configuration, separate from the timing process",
+        }[mode]
+    )
+
+
+def _measure_models(
+    plan, tiny_dir: str | Path | None, mode: str, threads: int, repeats: int, check: bool, both: bool
+) -> dict[str, dict]:
+    """Training (and, for ``INFERENCE_ARCHS``, inference) measurements of every planned architecture."""
+    models: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="rerank-bench-") as scratch:
+        scratch = Path(scratch)
+        for arch, work in plan:
+            folder = prepare_arch(
+                arch, scratch / "models", Path(tiny_dir) if tiny_dir else None, work.image_side
+            )
+            data_dir = scratch / "data" / arch
+            base = {"arch": arch, "folder": str(folder), "data": str(data_dir), "work": work.__dict__}
+            methods = ARCHS[arch].get("methods", TRAIN_METHODS)
+            methods = [m for m in methods if m in ("rerank-lab", "naive")] if check else list(methods)
+            train = _measure_training(base, methods, mode, threads, repeats, both=both)
+            entry = {"train": train, "summary": train_summary(train)}
+            with contextlib.suppress(Exception):
+                entry["head_flops_per_decoder_flops"] = head_ratio(arch, folder)
+            if arch in INFERENCE_ARCHS:
+                entry["inference"] = _run_worker({**base, "kind": "infer"}, mode, threads)
+                print(f"bench: {arch} inference: {short(entry['inference'])}", flush=True)
+            models[arch] = entry
+    return models
+
+
+def _headline(models: dict[str, dict], name: str, started: float) -> dict:
+    """The report's top-level figures, read from the headline model ``name``."""
+    headline = models[name]
+    summary = headline["summary"]
+    inference = headline.get("inference", {})
+    return {
+        "headline_model": name,
+        "train_speedup": summary["train_speedup"],
+        "train_speedup_n4": summary["train_speedup_n4"],
+        "train_speedup_n16": summary["train_speedup_n16"],
+        "memory_growth_n4_to_n16": summary["memory_growth_n4_to_n16"],
+        "train_speedup_vs_naive_gc": summary["train_speedup_vs_naive_gc"],
+        "naive_memory_growth_n4_to_n16": summary["naive_memory_growth_n4_to_n16"],
+        "naive_gc_memory_growth_n4_to_n16": summary["naive_gc_memory_growth_n4_to_n16"],
+        "train_bound": geometric_mean(
+            [headline["train"].get(f"rerank-lab/n{n}", {}).get("bound") for n in TRAIN_NEGATIVES]
+        ),
+        "inference_speedup": inference.get("speedup"),
+        "inference_bound": inference.get("bound"),
+        "prefix_cache_speedup": inference.get("prefix_speedup"),
+        "train_speedup_spread": summary["train_speedup_spread"],
+        "load_average": _load_range(headline["train"]),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _targets(report: dict) -> dict[str, bool]:
+    """Whether the headline figures meet the benchmark's targets."""
+    return {
+        "train_speedup>=2": bool(report["train_speedup"] and report["train_speedup"] >= 2),
+        "memory_growth<1.3": bool(
+            report["memory_growth_n4_to_n16"] and report["memory_growth_n4_to_n16"] < 1.3
+        ),
+        "inference_speedup>=5": bool(report["inference_speedup"] and report["inference_speedup"] >= 5),
+    }
+
+
 def run(
     out: str | Path = "runs/bench",
     quick: bool = False,
@@ -209,25 +313,7 @@ def run(
     repeats = repeats or (1 if quick or check or cuda else 3)
     if mode not in ("in-process", "fork", "subprocess"):
         raise ValueError(f"mode must be in-process, fork or subprocess, got {mode!r}")
-    if quick:
-        plan = [("tiny", QUICK_WORKLOAD)]
-    elif cuda:
-        plan = [(name, GPU_WORKLOAD) for name in ("qwen2_vl_2b", "qwen2_5_vl_3b", "qwen2_5_vl_7b")]
-    else:  # the first model is the headline: the one with real proportions
-        plan = [("scaled2b", CPU_WORKLOAD), ("vocab152k", CPU_VOCAB_WORKLOAD)]
-    if models:
-        workloads = dict(plan) | {"scaled2b": CPU_WORKLOAD, "vocab152k": CPU_VOCAB_WORKLOAD}
-        unknown = [name for name in models if name not in ARCHS]
-        if unknown:
-            raise ValueError(f"unknown models {unknown}; choose from {sorted(ARCHS)}")
-        plan = [(name, workloads.get(name, GPU_WORKLOAD if cuda else CPU_WORKLOAD)) for name in models]
-    if check:
-        plan = [(name, GPU_CHECK_WORKLOAD) for name, _ in plan]
-    if families:
-        unknown = sorted(set(families) - set(FAMILIES))
-        if unknown:
-            raise ValueError(f"--families: unknown {unknown}; choose from {list(FAMILIES)}")
-        plan = [(name, dataclasses.replace(work, families=tuple(families))) for name, work in plan]
+    plan = _plan(quick, cuda, models, check, families)
     started = time.perf_counter()
     report: dict[str, Any] = {
         "device": _device_name(),
@@ -236,68 +322,12 @@ def run(
         "objective": "cl",
         "lora_r": LORA_R,
         "repeats": repeats,
-        "memory_method": (
-            "torch.cuda.max_memory_allocated minus allocated before the timed steps"
-            if cuda
-            else "peak RSS (VmHWM after clear_refs reset) minus RSS before the measured steps, "
-            "glibc mmap threshold 64 KiB, "
-            + {
-                "in-process": "configurations run one after another in one process",
-                "fork": "a fresh forked process per configuration, separate from the timing process",
-                "subprocess": "a fresh subprocess per configuration, separate from the timing process",
-            }[mode]
-        ),
+        "memory_method": _memory_method(cuda, mode),
         "models": {},
     }
-    with tempfile.TemporaryDirectory(prefix="rerank-bench-") as scratch:
-        scratch = Path(scratch)
-        for arch, work in plan:
-            folder = prepare_arch(
-                arch, scratch / "models", Path(tiny_dir) if tiny_dir else None, work.image_side
-            )
-            data_dir = scratch / "data" / arch
-            base = {"arch": arch, "folder": str(folder), "data": str(data_dir), "work": work.__dict__}
-            methods = ARCHS[arch].get("methods", TRAIN_METHODS)
-            methods = [m for m in methods if m in ("rerank-lab", "naive")] if check else list(methods)
-            train = _measure_training(base, methods, mode, threads, repeats, both=cuda or quick)
-            entry = {"train": train, "summary": train_summary(train)}
-            with contextlib.suppress(Exception):
-                entry["head_flops_per_decoder_flops"] = head_ratio(arch, folder)
-            if arch in INFERENCE_ARCHS:
-                entry["inference"] = _run_worker({**base, "kind": "infer"}, mode, threads)
-                print(f"bench: {arch} inference: {short(entry['inference'])}", flush=True)
-            report["models"][arch] = entry
-    headline = report["models"][plan[0][0]]
-    summary = headline["summary"]
-    inference = headline.get("inference", {})
-    report.update(
-        {
-            "headline_model": plan[0][0],
-            "train_speedup": summary["train_speedup"],
-            "train_speedup_n4": summary["train_speedup_n4"],
-            "train_speedup_n16": summary["train_speedup_n16"],
-            "memory_growth_n4_to_n16": summary["memory_growth_n4_to_n16"],
-            "train_speedup_vs_naive_gc": summary["train_speedup_vs_naive_gc"],
-            "naive_memory_growth_n4_to_n16": summary["naive_memory_growth_n4_to_n16"],
-            "naive_gc_memory_growth_n4_to_n16": summary["naive_gc_memory_growth_n4_to_n16"],
-            "train_bound": geometric_mean(
-                [headline["train"].get(f"rerank-lab/n{n}", {}).get("bound") for n in TRAIN_NEGATIVES]
-            ),
-            "inference_speedup": inference.get("speedup"),
-            "inference_bound": inference.get("bound"),
-            "prefix_cache_speedup": inference.get("prefix_speedup"),
-            "train_speedup_spread": summary["train_speedup_spread"],
-            "load_average": _load_range(headline["train"]),
-            "seconds": round(time.perf_counter() - started, 1),
-        }
-    )
-    report["targets"] = {
-        "train_speedup>=2": bool(report["train_speedup"] and report["train_speedup"] >= 2),
-        "memory_growth<1.3": bool(
-            report["memory_growth_n4_to_n16"] and report["memory_growth_n4_to_n16"] < 1.3
-        ),
-        "inference_speedup>=5": bool(report["inference_speedup"] and report["inference_speedup"] >= 5),
-    }
+    report["models"] = _measure_models(plan, tiny_dir, mode, threads, repeats, check, cuda or quick)
+    report.update(_headline(report["models"], plan[0][0], started))
+    report["targets"] = _targets(report)
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out / "bench.md").write_text(markdown(report), encoding="utf-8")
     return report

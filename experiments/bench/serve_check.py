@@ -43,6 +43,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from datamodules.extras import require
+
 VLLM_TOLERANCE = 1e-3
 CROSSENCODER_TOLERANCE = 1e-4
 MODULES = ("json", "os.path", "shutil", "textwrap", "string", "random", "statistics", "fnmatch")
@@ -332,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/serve-check"))
     parser.add_argument("--server-timeout", type=float, default=300, help="seconds allowed for vLLM to start")
     args = parser.parse_args(argv)
+    require(parser.prog, "data", "sentence_transformers")
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         result = run(args.out, args.vllm_python, args.server_timeout)

@@ -135,6 +135,78 @@ def _mix_summary(pairs: dict[str, int], tokens: dict[str, float], seconds: dict[
     }
 
 
+def _rerank_lab_loss(folder: Path, work: Workload, dtype: str, device, encoder):
+    """rerank-lab's side: ``RerankerModule.loss_step`` on the batch (model, trainable parameters, loss)."""
+    import torch
+
+    from datamodules.batches import TrainBatch
+    from lightning_modules.reranker import RerankerModule
+
+    module = RerankerModule(
+        str(folder), objective="cl", dtype=dtype, lora_r=LORA_R, pairs_per_forward=work.pairs_per_forward
+    ).to(device)
+    module.train()
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def loss_of(batch: dict) -> torch.Tensor:
+        size = batch["positives"].shape[1]
+        pairs = batch["pairs"]
+        groups = [pairs[i : i + size] for i in range(0, len(pairs), size)]  # what the DataModule yields
+        step = TrainBatch.of_groups(groups, batch["positives"].to(device), encoder.image_token_id)
+        return module.loss_step(step).loss  # no Trainer: the loss alone, nothing logged
+
+    return module.scorer.model, params, loss_of
+
+
+def _naive_loss(folder: Path, method: str, dtype: str, device, encoder):
+    """The naive side: a peft LoRA backbone, every pair padded to the batch's longest, full-vocabulary
+    logits, activation checkpointing with ``naive-gc`` (model, trainable parameters, loss)."""
+    import torch
+    from peft import LoraConfig, inject_adapter_in_model
+
+    import lightning_modules.reranker as reranker_module
+    import objectives
+    from lightning_modules.backbone import label_token_id
+    from lightning_modules.reranker import DEFAULT_LORA_TARGET
+
+    model = reranker_module.load_backbone(str(folder), dtype).to(device)
+    if method == "naive-gc":  # what peer trainers enable by default for LLM rerankers
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.requires_grad_(False)
+    inject_adapter_in_model(
+        LoraConfig(r=LORA_R, lora_alpha=32, lora_dropout=0.05, target_modules=DEFAULT_LORA_TARGET), model
+    )
+    model.train()
+    objective = objectives.build("cl")
+    yes, no = (label_token_id(encoder.tokenizer, word) for word in ("yes", "no"))
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_of(batch: dict) -> torch.Tensor:
+        inputs = {k: v.to(device) for k, v in collate_right(encoder, batch["pairs"]).items()}
+        logits = model(**inputs, use_cache=False).logits  # [pairs, length, vocab]
+        last = inputs["attention_mask"].sum(dim=1) - 1
+        label_logits = logits[torch.arange(logits.shape[0], device=device), last][:, [yes, no]].float()
+        positives = batch["positives"].to(device)
+        return objective(label_logits.view(*positives.shape, 2), positives).loss
+
+    return model, params, loss_of
+
+
+def _time_figures(model, encoder, batches: list[dict], mix: dict) -> dict:
+    """The pairs/s mix and the speed-up bounds of a timed configuration (``families`` with their bounds)."""
+    costs, vocab = model_costs(model), model.get_output_embeddings().weight.shape[0]
+    bounds = {
+        b["family"]: family_bound(
+            b["pairs"], encoder.image_token_id, encoder.merge_size, costs, vocab, full_vocab=True, train=True
+        )
+        for b in batches
+    }
+    figures = {**mix, "bound": mix_bound(bounds)}  # of the speed-up over naive (see experiments.bench.bounds)
+    for family, bound in bounds.items():
+        figures["families"][family]["bound"] = round(bound["bound"], 3)
+    return figures
+
+
 def train_worker(
     arch: str,
     folder: Path,
@@ -151,11 +223,7 @@ def train_worker(
     """
     import torch
 
-    import objectives
-    from datamodules.batches import TrainBatch
     from datamodules.encoding import PairEncoder
-    from lightning_modules.backbone import label_token_id
-    from lightning_modules.reranker import DEFAULT_LORA_TARGET, RerankerModule
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = "bfloat16" if device.type == "cuda" else "float32"
@@ -165,45 +233,9 @@ def train_worker(
     batches = _family_batches(encoder, make_groups(data_dir, work), negatives)
     torch.manual_seed(0)
     if method == "rerank-lab":
-        module = RerankerModule(
-            str(folder), objective="cl", dtype=dtype, lora_r=LORA_R, pairs_per_forward=work.pairs_per_forward
-        ).to(device)
-        module.train()
-        model = module.scorer.model
-        params = [p for p in module.parameters() if p.requires_grad]
-
-        def loss_of(batch: dict) -> torch.Tensor:
-            size = batch["positives"].shape[1]
-            pairs = batch["pairs"]
-            groups = [pairs[i : i + size] for i in range(0, len(pairs), size)]  # what the DataModule yields
-            step = TrainBatch.of_groups(groups, batch["positives"].to(device), encoder.image_token_id)
-            return module.loss_step(step).loss  # no Trainer: the loss alone, nothing logged
-
+        model, params, loss_of = _rerank_lab_loss(folder, work, dtype, device, encoder)
     elif method in ("naive", "naive-gc"):
-        from peft import LoraConfig, inject_adapter_in_model
-
-        import lightning_modules.reranker as reranker_module
-
-        model = reranker_module.load_backbone(str(folder), dtype).to(device)
-        if method == "naive-gc":  # what peer trainers enable by default for LLM rerankers
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        model.requires_grad_(False)
-        inject_adapter_in_model(
-            LoraConfig(r=LORA_R, lora_alpha=32, lora_dropout=0.05, target_modules=DEFAULT_LORA_TARGET), model
-        )
-        model.train()
-        objective = objectives.build("cl")
-        yes, no = (label_token_id(encoder.tokenizer, word) for word in ("yes", "no"))
-        params = [p for p in model.parameters() if p.requires_grad]
-
-        def loss_of(batch: dict) -> torch.Tensor:
-            inputs = {k: v.to(device) for k, v in collate_right(encoder, batch["pairs"]).items()}
-            logits = model(**inputs, use_cache=False).logits  # [pairs, length, vocab]
-            last = inputs["attention_mask"].sum(dim=1) - 1
-            label_logits = logits[torch.arange(logits.shape[0], device=device), last][:, [yes, no]].float()
-            positives = batch["positives"].to(device)
-            return objective(label_logits.view(*positives.shape, 2), positives).loss
-
+        model, params, loss_of = _naive_loss(folder, method, dtype, device, encoder)
     else:
         raise ValueError(f"unknown method {method!r}")
     optimizer = torch.optim.AdamW(params, lr=1e-4)
@@ -232,23 +264,7 @@ def train_worker(
         "oom": False,
     }
     if measure in ("time", "both"):
-        result.update(mix)
-        costs, vocab = model_costs(model), model.get_output_embeddings().weight.shape[0]
-        bounds = {
-            b["family"]: family_bound(
-                b["pairs"],
-                encoder.image_token_id,
-                encoder.merge_size,
-                costs,
-                vocab,
-                full_vocab=True,
-                train=True,
-            )
-            for b in batches
-        }
-        result["bound"] = mix_bound(bounds)  # of the speed-up over naive (see experiments.bench.bounds)
-        for family, bound in bounds.items():
-            result["families"][family]["bound"] = round(bound["bound"], 3)
+        result.update(_time_figures(model, encoder, batches, mix))
     if measure in ("memory", "both"):
         result["peak_mib"] = peak
         result.setdefault("tokens_per_pair", mix["tokens_per_pair"])

@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             files["weights.png"] = plots.weights(rows)
             files["intervals.png"] = plots.intervals(results)
         except ImportError:
-            notes.append("matplotlib is not installed: no plots (pip install matplotlib)")
+            notes.append("matplotlib is not installed: no plots (pip install -e '.[report]')")
     pngs = [name for name in files if name.endswith(".png")]
     all_notes = notes + [f"left out: {line}" for line in skipped]
     files["report.md"] = render.report_markdown(

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from datamodules.extras import require
 from experiments.bench.peers.report import markdown, summarize
 
 SIDES = ("rerank-lab", "sentence-transformers")
@@ -192,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    require(parser.prog, "data", "sentence_transformers", "datasets")
     if args.worker:
         worker_main(json.loads(args.worker), args.result)
         return 0
