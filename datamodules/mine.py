@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.convert.common import ImageStore
+from datamodules.exit_codes import fail
 from datamodules.files import remove_leftovers, temporary_path
 from datamodules.formats import Doc, FormatError, load_task
 from datamodules.ranking import ranked
@@ -227,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             args.task, args.out, args.num_negatives, args.window, args.seed, args.margin, args.overwrite
         )
     except (MiningError, FormatError, OSError) as err:
-        print(err, file=sys.stderr)
-        return 1
+        return fail(err, MiningError, FormatError)  # bad input: 2; e.g. a full disk: 1
     print(
         f"wrote {summary['out']}: {summary['groups']} groups from {summary['queries']} queries, "
         f"{summary['negatives']} hard negatives (window {summary['window']}, seed {summary['seed']}, "

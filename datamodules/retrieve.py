@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodules.exit_codes import fail
 from datamodules.extras import require
 from datamodules.files import temporary_path
 from datamodules.formats import Doc, FormatError, read_docs, read_task_meta
@@ -266,8 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             args.task, args.method, args.model, args.top_k, args.out, args.overwrite, args.batch_size
         )
     except (RetrievalError, FormatError, OSError) as err:
-        print(err, file=sys.stderr)
-        return 1
+        return fail(err, RetrievalError, FormatError)  # bad input: 2; e.g. a full disk: 1
     for warning in result["warnings"]:
         print(warning, file=sys.stderr)
     scores = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if "@" in k)

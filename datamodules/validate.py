@@ -18,7 +18,8 @@ qrels and candidates that name unknown ids, queries with relevant documents but 
 and malformed TREC lines. Queries without a relevant document are fine (the metrics skip them): a
 ``note:`` line gives their count and first ids. Hidden names (``.name``) are never data; temporaries
 that killed processes left are listed as notes. Exit status 1 when anything is wrong, else 0 with a
-one-line summary per root.
+one-line summary per root; 2 (one ``error:`` line) when ROOT does not exist or ``--stream`` is given
+an MRB root.
 
 ``--stream`` (training roots) also walks the real training stream (:mod:`datamodules.stream`) as W
 ranks × K DataLoader workers would, and checks that every rank gets the same number of batches and
@@ -34,6 +35,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from datamodules.exit_codes import BAD_INPUT
+from datamodules.exit_codes import report as report_error
 from datamodules.files import is_hidden, leftover_note, leftovers
 from datamodules.formats import (
     IMAGE_ROOTS_ENV,
@@ -288,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     root = Path(args.root)
+    if not root.exists():  # a wrong argument, not a finding: exit 2 (datamodules.exit_codes)
+        return report_error(f"{root}: no such file or folder", BAD_INPUT)
     try:
         roots = detect_roots(root)
     except FormatError as err:
@@ -297,8 +302,7 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"note: {leftover_note(path)}")
     training = [(path, shards) for kind, path, shards in roots if kind == "training"]
     if args.stream and not training:
-        print(f"{root}: --stream needs a training root, this is an MRB root")
-        return 1
+        return report_error(f"{root}: --stream needs a training root, this is an MRB root", BAD_INPUT)
     ok = True
     for kind, path, shards in roots:
         report = Report()

@@ -1,5 +1,8 @@
 """LightningCLI entry point: ``python -m experiments.cli {fit,validate,test,predict} --config ...``.
 
+``rerank-lab fit|validate|test|predict`` hands the same arguments to :func:`main` (the dispatcher,
+experiments/commands.py, holds every other subcommand, ``export`` among them).
+
 Every run gets its own folder ``<runs_dir>/<run_name>-<timestamp>``, created exclusively when the
 run starts (experiments/runs.py), holding the resolved config, the local metrics record
 (``metrics.jsonl``, ``eval_history.jsonl``), TREC runs, checkpoints (written atomically) and the
@@ -25,7 +28,6 @@ import sys
 from pathlib import Path
 
 import yaml
-from jsonargparse import ArgumentParser
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -55,7 +57,6 @@ from experiments.runs import (
 from lightning_modules.reranker import RerankerModule, build_objective
 
 RUN_DIR_ENV = "RERANK_LAB_RUN_DIR"
-EXPORT_HELP = "Merge a checkpoint into a plain Hugging Face folder (rerank-lab export --help)."
 
 
 def check_config(config) -> None:
@@ -260,13 +261,6 @@ class RerankCLI(LightningCLI):
             "checkpoints (best-*.ckpt) are selected on validation.",
         )
 
-    def _add_subcommands(self, parser, **kwargs) -> None:
-        super()._add_subcommands(parser, **kwargs)
-        # Listed in --help only: main() hands `export` to lightning_modules.export before LightningCLI.
-        parser._subcommands_action.add_subcommand(
-            "export", ArgumentParser(description=EXPORT_HELP), help=EXPORT_HELP
-        )
-
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads --ckpt_path here (for its hyperparameters) before any of our hooks: a
         # damaged file is reported with the last good checkpoint instead of a raw zip error.
@@ -284,10 +278,6 @@ class RerankCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if self.subcommand == "export":
-            self.parser.error(
-                "export: run it as `rerank-lab export ...` (python -m lightning_modules.export)"
-            )
         try:
             check_config(config)
             check_before_loading(config, self.subcommand, self.cli_args)
@@ -375,8 +365,8 @@ def build_cli(args: list[str] | None = None) -> RerankCLI:
             },
             parser_kwargs={
                 "parser_mode": "omegaconf+",
-                "description": "rerank-lab: train (fit), validate, test and predict with LLM rerankers, "
-                "and export a checkpoint as a plain Hugging Face folder.",
+                "description": "rerank-lab: train (fit), validate, test and predict with LLM rerankers "
+                "(`rerank-lab --help` lists the other subcommands: export, evaluate, ...).",
             },
             auto_configure_optimizers=False,  # the module's AdamW + schedule; no silent --optimizer
             args=args,
@@ -397,17 +387,12 @@ def build_cli(args: list[str] | None = None) -> RerankCLI:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console-script entry point (``rerank-lab``), same as ``python -m experiments.cli``.
+    """``python -m experiments.cli`` (and ``rerank-lab fit|validate|test|predict``).
 
-    ``rerank-lab export --ckpt ... --out ...`` merges a checkpoint into a plain Hugging Face folder.
-    A run that cannot start or continue (a bad record, a damaged checkpoint, a full disk) ends with
-    one ``error:`` line and exit code 1, not a traceback.
+    A setting that cannot work is refused before anything loads with one ``error:`` line and exit
+    code 2; a run that cannot start or continue (a bad record, a damaged checkpoint, a full disk)
+    ends with one ``error:`` line and exit code 1, not a traceback.
     """
-    argv = sys.argv[1:] if args is None else args
-    if argv[:1] == ["export"]:
-        from lightning_modules.export import main as export_main
-
-        sys.exit(export_main(argv[1:]))
     try:
         build_cli(args)
     except (RunError, FormatError) as error:

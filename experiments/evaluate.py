@@ -24,6 +24,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from datamodules.exit_codes import fail
+from datamodules.exit_codes import report as report_error
 from datamodules.formats import list_tasks, read_docs, read_judgements, read_task_meta
 from datamodules.metrics import Summary, TaskResult, evaluate_run, format_table, parse_metric, summarize
 from datamodules.trec import FormatError, Run, read_run
@@ -301,14 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 handle.write(summary.to_json() + "\n")
             print(f"wrote {args.json}")
     except (EvaluationError, FormatError) as err:
-        print(err, file=sys.stderr)
-        return 2
+        return report_error(err)
     except FileExistsError as err:
-        print(f"{err.filename}: already exists; pass --overwrite to replace it", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"{err.filename}: {err.strerror}", file=sys.stderr)
-        return 2
+        return report_error(f"{err.filename}: already exists; pass --overwrite to replace it")
+    except OSError as err:  # a missing or unreadable input: 2; e.g. a full disk: 1
+        return fail(err, PermissionError)
     return 0
 
 

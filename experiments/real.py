@@ -45,6 +45,7 @@ from pathlib import Path
 
 from lightning.pytorch import Callback
 
+from datamodules.exit_codes import report as report_error
 from datamodules.extras import require
 from datamodules.files import atomic_write
 
@@ -493,8 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         stage_fit(args.objective, out / MODEL_KEY, out / "data", args.result, args.steps, args.seed)
         return 0
     if args.fresh and out.exists() and any(out.iterdir()):
-        print(f"{out}: not empty; drop --fresh to resume it or choose another --out", file=sys.stderr)
-        return 1
+        return report_error(f"{out}: not empty; drop --fresh to resume it or choose another --out")
     require_extras(args)
     start = time.perf_counter()
     pipeline(args)

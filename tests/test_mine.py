@@ -100,7 +100,7 @@ def test_never_overwrites_and_rejects_bad_arguments(tmp_path, capsys):
     out = tmp_path / "g.jsonl"
     out.write_text("precious\n")
     args = ["--task", str(task), "--out", str(out), "--num-negatives", "2", "--window", "1:5", "--seed", "0"]
-    assert mine_module.main(args) == 1
+    assert mine_module.main(args) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err and out.read_text() == "precious\n"
     assert mine_module.main([*args, "--overwrite"]) == 0 and len(groups(out)) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -116,9 +116,11 @@ def test_never_overwrites_and_rejects_bad_arguments(tmp_path, capsys):
             mine_module.main(
                 [*args[:-2], "--seed", "0", "--out", str(tmp_path / "m.jsonl"), "--margin", margin]
             )
-            == 1
+            == 2
         )
-        assert capsys.readouterr().err == f"--margin must be a finite number >= 0, got {float(margin)}\n"
+        assert (
+            capsys.readouterr().err == f"error: --margin must be a finite number >= 0, got {float(margin)}\n"
+        )
     assert not (tmp_path / "m.jsonl").exists()
 
 
@@ -160,9 +162,9 @@ def test_a_named_pipe_image_is_refused_without_hanging(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "datamodules.mine", *args], capture_output=True, text=True, timeout=120
     )
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stderr.strip() == (
-        f"{task / 'queries.jsonl'}:1: image {task / 'images' / 'q1.png'} is not a regular file (a named pipe, "
+        f"error: {task / 'queries.jsonl'}:1: image {task / 'images' / 'q1.png'} is not a regular file (a named pipe, "
         "device or folder); point at an image file"
     )
     assert not out.exists() and [p.name for p in out.parent.iterdir()] == []

@@ -193,5 +193,5 @@ def test_unfinished_sweep_runs_and_hidden_attempts_are_left_out(probe_runs, tmp_
 
 def test_no_runs_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
-    assert report.main([str(tmp_path / "empty")]) == 1
+    assert report.main([str(tmp_path / "empty")]) == 2
     assert "no runs found under" in capsys.readouterr().err

@@ -375,13 +375,13 @@ def test_outputs_never_overwrite_files_the_report_did_not_write(tmp_path, capsys
     assert (out / "weights.png").read_bytes() == b"weights"
     assert (out / "notes.txt").read_text() == "mine"
     (out / "report.md").write_text("edited by hand", encoding="utf-8")
-    assert report.main([str(sweep_dir), "--out", str(out), "--resamples", "200", "--no-plots"]) == 1
+    assert report.main([str(sweep_dir), "--out", str(out), "--resamples", "200", "--no-plots"]) == 2
     assert "report.md: exists and is not an unchanged output of an earlier report" in capsys.readouterr().err
     assert (out / "report.md").read_text() == "edited by hand"
     other = tmp_path / "other"
     other.mkdir()
     (other / "report.json").write_text("{}", encoding="utf-8")
-    assert report.main([str(sweep_dir), "--out", str(other), "--no-plots"]) == 1
+    assert report.main([str(sweep_dir), "--out", str(other), "--no-plots"]) == 2
     assert "was not written by python -m experiments.report" in capsys.readouterr().err
     assert sorted(p.name for p in other.iterdir()) == ["report.json"]
 

@@ -75,7 +75,7 @@ def test_bm25_scores_ranks_and_validates(tmp_path, capsys):
 def test_never_overwrites_unless_asked(tmp_path, capsys):
     task = write_task(tmp_path / "t", queries={q: {"text": t} for q, t in QUERIES.items()})
     (task / "candidates.trec").write_text("q1 Q0 d3 1 1.0 mine\nq2 Q0 d3 1 1.0 mine\n")
-    assert retrieve_module.main(["--task", str(task)]) == 1
+    assert retrieve_module.main(["--task", str(task)]) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert (task / "candidates.trec").read_text().startswith("q1 Q0 d3 1 1.0 mine")
     assert retrieve_module.main(["--task", str(task), "--overwrite", "--top-k", "2"]) == 0
@@ -143,9 +143,9 @@ def image_task(root: Path, tiny_png: bytes, texts: dict[str, str | None]) -> Pat
 
 def test_bm25_refuses_an_image_only_corpus(tmp_path, capsys, tiny_png):
     task = image_task(tmp_path / "mrb" / "pics", tiny_png, dict.fromkeys(DOCS))
-    assert retrieve_module.main(["--task", str(task)]) == 1
+    assert retrieve_module.main(["--task", str(task)]) == 2
     assert capsys.readouterr().err == (
-        "task pics: no document has text, so BM25 would score every candidate 0; use --method dense --model "
+        "error: task pics: no document has text, so BM25 would score every candidate 0; use --method dense --model "
         "with an image-capable sentence-transformers model (CLIP-style)\n"
     )
     assert not (task / "candidates.trec").exists()

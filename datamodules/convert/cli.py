@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from datamodules.convert import KINDS, ConversionError, convert, convert_train
+from datamodules.exit_codes import fail
 from datamodules.formats import FAMILIES, FormatError
 
 
@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 instruction=args.instruction, top_k=args.top_k, full_corpus=args.full_corpus, **source_args,
             )  # fmt: skip
     except (ConversionError, FormatError, OSError) as err:
-        print(err, file=sys.stderr)
-        return 1
+        return fail(err, ConversionError, FormatError)  # bad input: 2; e.g. a full disk: 1
     ignored = counts.get("ignored_by_modality") or {}
     note = (
         f"; ignored by the records' modality: {', '.join(f'{n} {p}' for p, n in sorted(ignored.items()))}"

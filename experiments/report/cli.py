@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodules.exit_codes import BAD_INPUT, fail
+from datamodules.exit_codes import report as report_error
 from datamodules.files import atomic_write
 
 from . import analysis, plots, render, stats
@@ -246,29 +248,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     root = Path(args.runs_dir)
     if not root.is_dir():
-        print(f"error: {root} is not a folder", file=sys.stderr)
-        return 1
+        return report_error(f"{root} is not a folder")
     if not find_run_folders(root):
-        print(
+        return report_error(
             f"no runs found under {root}: a run folder holds config.yaml and eval_history.jsonl or "
-            "metrics.jsonl (python -m experiments.cli fit ... or python -m experiments.sweep ...)",
-            file=sys.stderr,
+            "metrics.jsonl (python -m experiments.cli fit ... or python -m experiments.sweep ...)"
         )
-        return 1
     runs, skipped = load_runs(root, args.include_unfinished)
     if not runs:
-        print(f"no finished run with a validation result under {root}:", file=sys.stderr)
+        report_error(f"no finished run with a validation result under {root}:")
         for line in skipped:
             print(f"  {line}", file=sys.stderr)
-        return 1
+        return BAD_INPUT
     from .runs import group_rows
 
     rows = group_rows(runs)
     eval_root = Path(args.eval_root) if args.eval_root else None
     zero_shot = Path(args.zero_shot) if args.zero_shot else None
     if zero_shot is not None and not zero_shot.is_dir():
-        print(f"error: --zero-shot {zero_shot}: not a folder of <task>.trec runs", file=sys.stderr)
-        return 1
+        return report_error(f"--zero-shot {zero_shot}: not a folder of <task>.trec runs")
     results, extra, notes = compute(rows, eval_root, args.resamples, args.bootstrap_seed, zero_shot)
     verdict = render.verdict_paragraph(results, extra)
     skipped_notes = ["", f"Left out ({len(skipped)}):", *(f"- {line}" for line in skipped)] if skipped else []
@@ -311,9 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         written = write_outputs(Path(args.out) if args.out else root, files, record)
-    except (OutputError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except (OutputError, OSError) as error:  # --out holds files it did not write: 2; a full disk: 1
+        return fail(error, OutputError)
     print(table)
     print(f"Verdict: {verdict}\n")
     print(f"{len(runs)} runs in {len(rows)} rows; wrote " + ", ".join(str(p) for p in written))

@@ -21,6 +21,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from datamodules.exit_codes import fail
+
 from .folders import DONE, read_done
 
 KEEP = ("config.yaml", "metrics.jsonl", "eval_history.jsonl", "step_times.json")
@@ -84,9 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         copied = sync(source, target)
-    except OSError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except OSError as error:  # a missing folder: 2; e.g. a full disk: 1
+        return fail(error)
     print(
         f"{len(copied)} finished run(s) copied from {source} to {target}"
         + (f": {', '.join(copied)}" if copied else "")
