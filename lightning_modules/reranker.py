@@ -462,7 +462,7 @@ class RerankerModule(L.LightningModule):
         on every rank, log the metrics and leave the result in :attr:`eval_result` for the writer
         callback. ``predict`` logs nothing and leaves the runs only."""
         tables = self.gather_over_ranks(self.eval_state.tables)
-        self._report_skipped(stage, tables.skipped)
+        skipped = self._report_skipped(stage, tables.skipped)
         runs = tables.runs if self.hparams.write_runs or stage == "predict" else None
         if stage == "predict":
             self.eval_result = EvalResult(stage, self.global_step, runs=runs)
@@ -478,17 +478,20 @@ class RerankerModule(L.LightningModule):
             self.log(f"{stage}/family/{family}", value)
         self.log(f"{stage}/mrb_avg", summary.average, prog_bar=True)
         self.log(f"{stage}/retriever_avg", base_summary.average)
-        self.eval_result = EvalResult(stage, self.global_step, summary, base_summary, runs)
+        self.eval_result = EvalResult(stage, self.global_step, summary, base_summary, runs, skipped)
 
-    def _report_skipped(self, stage: str, skipped: dict[str, dict[str, int]]) -> None:
+    def _report_skipped(self, stage: str, skipped: dict[str, dict[str, int]]) -> dict[str, int]:
         """Bad evaluation records left out with ``data.on_bad_record=skip``, per task: candidates
         whose image could not be used (they count as not retrieved) and lines left out when the
-        task was loaded. Logged as ``<stage>/<task>/skipped_candidates`` and printed; never silent."""
+        task was loaded. Logged as ``<stage>/<task>/skipped_candidates`` and printed; never silent.
+        Returns the logged counts (``{task: candidates}``) for the evaluation's record."""
         loaded = getattr(self.trainer.datamodule, "eval_load_problems", {}) or {}
+        counts: dict[str, int] = {}
         for name in self.eval_state.metas:
             candidates, lines = sum(skipped.get(name, {}).values()), len(loaded.get(name, ()))
             if not candidates and not lines:
                 continue
+            counts[name] = candidates
             if stage != "predict":  # Lightning does not log in predict
                 self.log(f"{stage}/{name}/skipped_candidates", float(candidates))
             if self.trainer.is_global_zero and not self.trainer.sanity_checking:
@@ -498,6 +501,7 @@ class RerankerModule(L.LightningModule):
                     "(data.on_bad_record=skip; the warnings above name them)",
                     flush=True,
                 )
+        return counts
 
     def on_validation_epoch_end(self) -> None:
         self._finish_eval("val")

@@ -250,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not find_run_folders(root):
         print(
-            f"no runs found under {root}: a run folder holds config.yaml and eval_history.jsonl or "
-            "metrics.jsonl (python -m experiments.cli fit ... or python -m experiments.sweep ...)",
+            f"no runs found under {root}: a run folder holds config.yaml and, once validated, "
+            "eval_history.jsonl (python -m experiments.cli fit ... or python -m experiments.sweep ...)",
             file=sys.stderr,
         )
         return 1
