@@ -365,7 +365,8 @@ class RerankerModule(L.LightningModule):
 
                 logger.experiment.log(
                     {
-                        f"train/weight_{side}_hist": wandb.Histogram(values.numpy())
+                        # wandb annotates Sequence; it takes any array_like (np.histogram).
+                        f"train/weight_{side}_hist": wandb.Histogram(values.numpy())  # type: ignore[arg-type]
                         for side, values in seen.items()
                     }
                     | {"trainer/global_step": self.global_step}
