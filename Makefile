@@ -85,11 +85,12 @@ $(SERVE_STAMP):
 serve-check: install $(SERVE_STAMP) ## vLLM (CPU, own venv) serving a SmolLM2 seq-cls export: scores vs Reranker, pairs/s table (runs/serve-check/)
 	OMP_NUM_THREADS=1 $(PY) -m experiments.bench.serve_check --vllm-python $(SERVE_VENV)/bin/python --out runs/serve-check
 
-lint: install ## ruff lint + format check
+lint: install ## ruff lint + format check, then mypy on objectives/ and lightning_modules/
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
-typecheck: install ## mypy on objectives/ and lightning_modules/ (config in pyproject.toml; joins lint once clean)
+typecheck: install ## mypy alone, the type-check part of lint (config in pyproject.toml)
 	$(VENV)/bin/mypy
 
 format: install ## Apply ruff formatting and safe fixes

@@ -2,13 +2,15 @@
 
 * :class:`RunConfigSaver`: the resolved config into the run folder and, once, into W&B as dotted keys.
 * :class:`ParameterCount`: trainable / total parameters into the logger.
-* :class:`LocalMetrics`: ``metrics.jsonl`` (every logged value, appended whole) and the progress lines
-  (elapsed time, rate, ETA; a validation heartbeat every 30 s).
+* :class:`LocalMetrics`: ``metrics.jsonl`` (the training scalars, appended whole) and the progress
+  lines (elapsed time, rate, ETA; a validation heartbeat every 30 s).
 * :class:`EvalBookkeeping`: validation steps aligned with the tables, the best ``val/mrb_avg`` and its
   step in the W&B summary.
 * :class:`TrainingRecords`: running totals such as ``train/skipped_records``.
 
-Evaluation files are written by ``experiments.eval_writer.EvalWriter``, added beside these.
+Evaluation files are written by ``experiments.eval_writer.EvalWriter``, added beside these: its
+``eval_history.jsonl`` is the run folder's one record of validations and tests (``metrics.jsonl``
+holds no ``val/`` key; the loggers, W&B included, get both).
 """
 
 from __future__ import annotations
@@ -85,13 +87,17 @@ def duration(seconds: float) -> str:
 
 
 class LocalMetrics(Callback):
-    """Appends every logged scalar to ``<run>/metrics.jsonl`` so reports work without W&B, and prints
-    progress when the progress bar is off (the demo, logs of batch jobs).
+    """Appends the training scalars to ``<run>/metrics.jsonl`` so reports work without W&B, and
+    prints progress when the progress bar is off (the demo, logs of batch jobs).
 
-    One line per logging step during training (``{"step": 10, "train/loss": ...}``) and one per
-    validation (``val/...`` keys), written whole or not at all by global rank 0 only. The training
-    heartbeat says elapsed time, steps per second and the time left (validation excluded); during
-    an evaluation a line at most every ``progress_every_s`` seconds says how many queries are done.
+    One line per logging step during training (``{"step": 10, "epoch": 0, "train/loss": ...}``: the
+    ``train/`` keys, i.e. loss, objective weights and statistics, running totals), written whole or
+    not at all by global rank 0 only. Evaluation results are not written here: a validation's or
+    test's values are the ``eval_history.jsonl`` line of ``experiments.eval_writer.EvalWriter`` (one
+    record per evaluation, one reader path), while the loggers still get every ``val/`` key. The
+    training heartbeat says elapsed time, steps per second and the time left (validation excluded);
+    during an evaluation a line at most every ``progress_every_s`` seconds says how many queries are
+    done.
     """
 
     progress_every_s = 30.0
@@ -105,12 +111,12 @@ class LocalMetrics(Callback):
         self._eval_started = 0.0
         self._eval_told = 0.0
 
-    def _write(self, trainer: Trainer, prefix: str) -> None:
+    def _write(self, trainer: Trainer) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
         row = {"step": trainer.global_step, "epoch": trainer.current_epoch}
         for key, value in trainer.callback_metrics.items():
-            if key.startswith(prefix):
+            if key.startswith("train/"):
                 row[key] = float(value)
         path = Path(trainer.default_root_dir) / "metrics.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +155,7 @@ class LocalMetrics(Callback):
             self._steps_timed += 1
             self._batch_started = None
         if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
-            self._write(trainer, "train/")
+            self._write(trainer)
             if trainer.progress_bar_callback is None and trainer.is_global_zero:
                 print(self.heartbeat(trainer), flush=True)
 
@@ -193,9 +199,6 @@ class LocalMetrics(Callback):
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         self._eval_progress(trainer, "predict", batch_idx)
-
-    def on_validation_end(self, trainer: Trainer, pl_module) -> None:
-        self._write(trainer, "val/")
 
 
 def is_better(value: float, step: int, best: float | None, best_step: int | None) -> bool:

@@ -4,8 +4,8 @@
 experiments/commands.py, holds every other subcommand, ``export`` among them).
 
 Every run gets its own folder ``<runs_dir>/<run_name>-<timestamp>``, created exclusively when the
-run starts (experiments/runs.py), holding the resolved config, the local metrics record
-(``metrics.jsonl``, ``eval_history.jsonl``), TREC runs, checkpoints (written atomically) and the
+run starts (experiments/runs.py), holding the resolved config, the local records
+(``metrics.jsonl``: training scalars; ``eval_history.jsonl``: one line per validation or test), TREC runs, checkpoints (written atomically) and the
 W&B files, so repeated runs in one directory (a sweep agent) never collide. W&B goes offline by
 itself when no login exists or its server cannot be reached (``wandb sync
 <run>/wandb/offline-run-*`` uploads later); ``WANDB_MODE=disabled`` turns it off.

@@ -9,7 +9,10 @@ is not Lightning's sanity check:
 * ``<run>/runs/<stage>-step<N>/<task>.trec``: each task's reranked run (``model.write_runs``),
   written atomically (a temporary file in the same folder, fsynced, renamed);
 * ``<run>/eval_history.jsonl``: one line per evaluation (``stage``, ``step``, the summary of
-  docs/formats.md §4, ``retriever``), appended after the TREC files, whole or not at all;
+  docs/formats.md §4, ``retriever``, and ``skipped_candidates`` when bad records were left out),
+  appended after the TREC files, whole or not at all. It is the run folder's one record of
+  evaluation results: ``metrics.jsonl`` (experiments/callbacks.py) holds the training scalars only,
+  and readers (``experiments.report``, the sweep's run metric, the demo) read validations from here;
 * a ``<stage>/tasks`` table for loggers that take tables (W&B).
 
 After ``predict`` it writes ``<run>/predictions/<task>.trec``. The CLI (experiments/cli.py) adds
@@ -67,6 +70,8 @@ class EvalWriter(Callback):
         for task, run in runs.items():
             _write_trec(run_dir / "runs" / f"{stage}-step{step}" / f"{task}.trec", run)
         record = {"stage": stage, "step": step, **summary.to_dict(), "retriever": retriever.to_dict()}
+        if result.skipped_candidates:
+            record["skipped_candidates"] = dict(result.skipped_candidates)
         history = run_dir / "eval_history.jsonl"
         try:
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -15,10 +15,13 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +293,11 @@ class LabelScorer(nn.Module):
     @property
     def decoder(self) -> nn.Module:
         return cast(nn.Module, self.model.model)
+
+    @property
+    def config(self) -> PreTrainedConfig:
+        """The backbone's ``config`` (a ``transformers`` model's)."""
+        return cast("PreTrainedConfig", self.model.config)
 
     @property
     def lm_head(self) -> nn.Linear:

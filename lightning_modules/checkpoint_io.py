@@ -36,7 +36,7 @@ def base_state(model: nn.Module) -> dict[str, torch.Tensor]:
     LoRA parameters are left out and peft's ``.base_layer`` is removed from names, so a
     LoRA-injected model and the plain base give the same names and tensors.
     """
-    state = {}
+    state: dict[str, torch.Tensor] = {}
     for name, param in model.named_parameters():
         if "lora_" in name:
             continue

@@ -27,7 +27,9 @@ class EvalResult:
 
     ``summary`` and ``retriever`` are the reranked and first-stage task summaries (``None`` in
     predict); ``runs`` is the reranked ``{task: {qid: {docid: score}}}`` of every rank, already
-    merged (``None`` with ``model.write_runs: false``). Identical on every rank.
+    merged (``None`` with ``model.write_runs: false``); ``skipped_candidates`` is, per task that had
+    bad records (``data.on_bad_record=skip``), the candidates left out, as logged in
+    ``<stage>/<task>/skipped_candidates``. Identical on every rank.
     """
 
     stage: str
@@ -35,6 +37,7 @@ class EvalResult:
     summary: Summary | None = None
     retriever: Summary | None = None
     runs: Runs | None = None
+    skipped_candidates: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

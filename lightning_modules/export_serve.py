@@ -39,6 +39,7 @@ import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -304,7 +305,7 @@ def seq_cls_model(
     with torch.device("meta"):
         classifier = AutoModelForSequenceClassification.from_config(config)
     setattr(classifier, classifier.base_model_prefix, model.base_model)
-    row = score_row(model, label_token_ids, score).to(model.base_model.dtype)
+    row = score_row(model, label_token_ids, score).to(cast(torch.dtype, model.base_model.dtype))
     classifier.score = nn.Linear(row.shape[1], 1, bias=False, dtype=row.dtype)
     with torch.no_grad():
         classifier.score.weight.copy_(row)

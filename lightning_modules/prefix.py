@@ -39,6 +39,7 @@ import inspect
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -216,7 +217,7 @@ class ImageFeatures:
 
     def pick(self, indices: Sequence[int]):
         """``mm_encoder_outputs["image"]`` for the images at ``indices``, in that order."""
-        fields = {"pooler_output": tuple(self.pooled[i] for i in indices)}
+        fields: dict[str, Any] = {"pooler_output": tuple(self.pooled[i] for i in indices)}
         if self.deepstack is not None:
             layers = len(self.deepstack[0]) if self.deepstack else 0
             fields["deepstack_features"] = [
@@ -241,7 +242,7 @@ def image_features(scorer: LabelScorer, images: Sequence[Image]) -> ImageFeature
 
 
 def _decoder_inputs(batch: dict[str, torch.Tensor], features) -> dict:
-    inputs = {key: value for key, value in batch.items() if key != "image_counts"}
+    inputs: dict[str, Any] = {key: value for key, value in batch.items() if key != "image_counts"}
     if features is not None:
         inputs.pop("pixel_values", None)
         inputs["mm_encoder_outputs"] = {"image": features}
@@ -251,7 +252,8 @@ def _decoder_inputs(batch: dict[str, torch.Tensor], features) -> dict:
 def cache_keyword(decoder: torch.nn.Module) -> str:
     """The decoder's keyword for a KV cache: ``cache`` (transformers that renamed it; 5.40 removes the
     old name) or ``past_key_values`` (earlier 5.x)."""
-    return _cache_keyword(type(decoder))
+    cls: type = type(decoder)  # a class is hashable (mypy reads nn.Module's __hash__ as not)
+    return _cache_keyword(cls)
 
 
 @functools.cache
@@ -264,14 +266,20 @@ def run_prefix(scorer: LabelScorer, batch: dict[str, torch.Tensor], features=Non
     from transformers import DynamicCache
 
     position_ids = positions(scorer, batch)
-    cache = DynamicCache(config=scorer.model.config)
+    cache = DynamicCache(config=scorer.config)
     inputs = {**_decoder_inputs(batch, features), cache_keyword(scorer.decoder): cache}
     scorer.decoder(**inputs, position_ids=position_ids, use_cache=True)
+    keys, values = [], []
+    for number, layer in enumerate(cache.layers):
+        if layer.keys is None or layer.values is None:
+            raise RuntimeError(f"the prefix's forward left layer {number} of its KV cache empty")
+        keys.append(layer.keys)
+        values.append(layer.values)
     return PrefixKV(
         length=batch["input_ids"].shape[1],
         next_position=int(position_ids.max()) + 1,
-        keys=[layer.keys for layer in cache.layers],
-        values=[layer.values for layer in cache.layers],
+        keys=keys,
+        values=values,
     )
 
 
@@ -293,7 +301,7 @@ def score(
                 (k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
                 for k, v in zip(prefix.keys, prefix.values, strict=True)
             ],
-            config=scorer.model.config,
+            config=scorer.config,
         )
         mask = batch["attention_mask"]
         ones = torch.ones(rows, prefix.length, dtype=mask.dtype, device=mask.device)
@@ -354,7 +362,7 @@ class ImageFeatureCache:
         computed = dict(zip(missing, range(len(missing)), strict=True))
         pooled, deepstack = [], []
         for index, (key, _, _) in enumerate(images):
-            if index in computed:
+            if index in computed or key is None:  # a keyless image is never kept: it was computed
                 slot = computed[index]
                 item = (fresh.pooled[slot], fresh.deepstack[slot] if fresh.deepstack else None)
                 if key is not None:
@@ -368,6 +376,10 @@ class ImageFeatureCache:
                 )
             pooled.append(item[0])
             deepstack.append(item[1])
-        has_deep = deepstack and deepstack[0] is not None
-        picked = ImageFeatures(self._output_type, pooled, deepstack if has_deep else None)
+        deep = [feats for feats in deepstack if feats is not None]
+        if deep and len(deep) != len(deepstack):
+            raise RuntimeError("image features with and without deep-stack layers in one batch")
+        if self._output_type is None:  # set by the first encoding, which every kept image went through
+            raise RuntimeError("no image was encoded yet, so no kept features exist")
+        picked = ImageFeatures(self._output_type, pooled, deep or None)
         return picked.pick(range(len(images)))

@@ -21,7 +21,7 @@ from torch import nn
 
 import objectives
 from datamodules.batches import QueryBatch, TrainBatch
-from datamodules.encoding import EncodedPair, collate_pairs, pad_token_id
+from datamodules.encoding import EncodedPair, PairEncoder, collate_pairs
 from datamodules.metrics import summarize
 from datamodules.ranking import fuse
 from lightning_modules.backbone import (
@@ -170,8 +170,6 @@ class RerankerModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        from transformers import AutoTokenizer
-
         if optimizer not in ("adamw", "adamw8bit"):
             raise ValueError(f"model.optimizer {optimizer!r} is not one of ['adamw', 'adamw8bit']")
         # The objective is built (and its arguments checked) before any weight is read; its own
@@ -192,14 +190,19 @@ class RerankerModule(L.LightningModule):
         trainable = TrainableSpec(lora_r, lora_alpha, lora_dropout, lora_target, lora_vision, train_merger)
         set_trainable(model, trainable, model_name_or_path)
         reset_objective_parameters(self.objective, model.get_output_embeddings().weight.shape[1])
-        tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+        # The module's one tokenizer load is the checkpoint's PairEncoder (built as the datamodule
+        # builds its own): the label words' ids come from its tokenizer, and what collating and
+        # splitting pairs needs (pad id, image token id, merge size) are the encoder's conventions,
+        # the ones the pairs were encoded with, not re-derived here (inference.Reranker does the same).
+        encoder = PairEncoder.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
         positive_words, negative_words = self.objective.label_tokens
         self.token_words = label_words(self.objective)
-        self.scorer = LabelScorer(model, [label_token_id(tokenizer, w) for w in self.token_words], lm_head)
-        # What re-collating a group's prefix and suffixes needs (the PairEncoder's conventions).
-        self._pad_token_id = pad_token_id(tokenizer)
-        self._image_token_id = getattr(model.config, "image_token_id", None)
-        self._merge_size = getattr(getattr(model.config, "vision_config", None), "spatial_merge_size", 1)
+        self.scorer = LabelScorer(
+            model, [label_token_id(encoder.tokenizer, w) for w in self.token_words], lm_head
+        )
+        self._pad_token_id = encoder.pad_token_id
+        self._image_token_id = encoder.image_token_id
+        self._merge_size = encoder.merge_size
         self._token_columns = [self.token_words.index(w) for w in (*positive_words, *negative_words)]
         # This rank's scores, per-query metric values and skipped candidates of the running
         # evaluation (lightning_modules/evaluation.py), created at each evaluation's start.
@@ -362,7 +365,8 @@ class RerankerModule(L.LightningModule):
 
                 logger.experiment.log(
                     {
-                        f"train/weight_{side}_hist": wandb.Histogram(values.numpy())
+                        # wandb annotates Sequence; it takes any array_like (np.histogram).
+                        f"train/weight_{side}_hist": wandb.Histogram(values.numpy())  # type: ignore[arg-type]
                         for side, values in seen.items()
                     }
                     | {"trainer/global_step": self.global_step}
@@ -462,7 +466,7 @@ class RerankerModule(L.LightningModule):
         on every rank, log the metrics and leave the result in :attr:`eval_result` for the writer
         callback. ``predict`` logs nothing and leaves the runs only."""
         tables = self.gather_over_ranks(self.eval_state.tables)
-        self._report_skipped(stage, tables.skipped)
+        skipped = self._report_skipped(stage, tables.skipped)
         runs = tables.runs if self.hparams.write_runs or stage == "predict" else None
         if stage == "predict":
             self.eval_result = EvalResult(stage, self.global_step, runs=runs)
@@ -478,17 +482,20 @@ class RerankerModule(L.LightningModule):
             self.log(f"{stage}/family/{family}", value)
         self.log(f"{stage}/mrb_avg", summary.average, prog_bar=True)
         self.log(f"{stage}/retriever_avg", base_summary.average)
-        self.eval_result = EvalResult(stage, self.global_step, summary, base_summary, runs)
+        self.eval_result = EvalResult(stage, self.global_step, summary, base_summary, runs, skipped)
 
-    def _report_skipped(self, stage: str, skipped: dict[str, dict[str, int]]) -> None:
+    def _report_skipped(self, stage: str, skipped: dict[str, dict[str, int]]) -> dict[str, int]:
         """Bad evaluation records left out with ``data.on_bad_record=skip``, per task: candidates
         whose image could not be used (they count as not retrieved) and lines left out when the
-        task was loaded. Logged as ``<stage>/<task>/skipped_candidates`` and printed; never silent."""
+        task was loaded. Logged as ``<stage>/<task>/skipped_candidates`` and printed; never silent.
+        Returns the logged counts (``{task: candidates}``) for the evaluation's record."""
         loaded = getattr(self.trainer.datamodule, "eval_load_problems", {}) or {}
+        counts: dict[str, int] = {}
         for name in self.eval_state.metas:
             candidates, lines = sum(skipped.get(name, {}).values()), len(loaded.get(name, ()))
             if not candidates and not lines:
                 continue
+            counts[name] = candidates
             if stage != "predict":  # Lightning does not log in predict
                 self.log(f"{stage}/{name}/skipped_candidates", float(candidates))
             if self.trainer.is_global_zero and not self.trainer.sanity_checking:
@@ -498,6 +505,7 @@ class RerankerModule(L.LightningModule):
                     "(data.on_bad_record=skip; the warnings above name them)",
                     flush=True,
                 )
+        return counts
 
     def on_validation_epoch_end(self) -> None:
         self._finish_eval("val")

@@ -59,6 +59,10 @@ class ShardedRerankerModule(RerankerModule):
     def configure_model(self) -> None:
         from torch.distributed.fsdp import fully_shard
 
+        if self.device_mesh is None:
+            raise RuntimeError(
+                "ShardedRerankerModule needs trainer.strategy ModelParallelStrategy, which gives it a device mesh"
+            )
         mesh = self.device_mesh["data_parallel"]
         for layer in decoder_layers(self):
             fully_shard(layer, mesh=mesh, reshard_after_forward=False)

@@ -75,9 +75,18 @@ class MixObjective(Objective):
         self.score_term = score_term
         self._positive_tokens, self._negative_tokens, self._token_columns = self._merge_label_tokens()
 
+    def _objectives(self) -> dict[str, Objective]:
+        """The terms as objectives (``nn.ModuleDict`` types its values as plain modules)."""
+        terms: dict[str, Objective] = {}
+        for key, term in self.terms.items():
+            if not isinstance(term, Objective):
+                raise TypeError(f"objective 'mix': term {key!r} is a {type(term).__name__}, not an objective")
+            terms[key] = term
+        return terms
+
     @property
     def needs(self) -> frozenset[str]:
-        return frozenset().union(*(term.needs for term in self.terms.values()))
+        return frozenset().union(*(term.needs for term in self._objectives().values()))
 
     @property
     def label_tokens(self) -> tuple[list[str], list[str]]:
@@ -88,7 +97,7 @@ class MixObjective(Objective):
         weights = torch.zeros_like(batch.logits[..., 0])
         scores = None
         term_losses = {}
-        for key, term in self.terms.items():
+        for key, term in self._objectives().items():
             parts = term.compute(self._term_batch(key, batch))
             loss = loss + self.coefficients[key] * parts.loss
             weights = weights + self.coefficients[key] * parts.weights
@@ -111,12 +120,13 @@ class MixObjective(Objective):
         """Union of the terms' label words (first seen first) and each term's columns in it."""
         positive: list[str] = []
         negative: list[str] = []
-        for term in self.terms.values():
+        terms = self._objectives()
+        for term in terms.values():
             term_positive, term_negative = term.label_tokens
             positive += [word for word in term_positive if word not in positive]
             negative += [word for word in term_negative if word not in negative]
         columns = {}
-        for key, term in self.terms.items():
+        for key, term in terms.items():
             term_positive, term_negative = term.label_tokens
             columns[key] = [positive.index(word) for word in term_positive] + [
                 len(positive) + negative.index(word) for word in term_negative

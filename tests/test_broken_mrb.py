@@ -281,13 +281,15 @@ def test_validation_with_skip_reports_skipped_candidates_per_task(tmp_path, caps
     lines = (root / "t" / "corpus.jsonl").read_text().splitlines()
     lines[1] = json.dumps({"id": "d1", "text": "document 1", "image": "images/bad.png"})
     (root / "t" / "corpus.jsonl").write_text("\n".join(lines) + "\n")
-    trainer = cpu_trainer(tmp_path / "run", writer=False)
+    trainer = cpu_trainer(tmp_path / "run")
     module = RerankerModule(str(tiny_model_dir), lora_r=0)
     with no_hang(60):
         (metrics,) = trainer.validate(
             module, datamodule=_datamodule(tiny_model_dir, root, "skip"), verbose=False
         )
     assert metrics["val/t/skipped_candidates"] == 2.0  # d1 is a candidate of both queries
+    record = json.loads((tmp_path / "run" / "eval_history.jsonl").read_text())
+    assert record["skipped_candidates"] == {"t": 2}  # the run folder's record of it
     out = capsys.readouterr().out
     assert "val: task t: 2 candidate(s) left out as bad records in 2 query(ies)" in out
     assert 0.0 <= metrics["val/t/ndcg@5"] <= 1.0

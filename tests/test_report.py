@@ -50,12 +50,10 @@ def write_run(
         "run_name": None,
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    rows = [{"step": 0, "epoch": 0, "val/mrb_avg": 0.1}]
-    rows += [
+    rows = [  # the training scalars only: validations are eval_history.jsonl's
         {"step": s, "epoch": 0, "train/loss": 1.0, "train/weight_pos_mean": wp, "train/weight_neg_sum": wn}
         for s, wp, wn in weights
     ]
-    rows.append({"step": 20, "epoch": 0, "val/mrb_avg": final})
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     history = [
         {

@@ -74,6 +74,37 @@ def test_validation_reports_every_task_and_the_retriever_exactly(tiny_model_dir,
     assert written == sorted(m.name for m in tasks)
 
 
+def test_a_validation_is_recorded_in_eval_history_and_not_in_metrics_jsonl(
+    tiny_model_dir, demo_dir, tmp_path
+):
+    """One local record per fact: a validation's values (per task, families, average, retriever,
+    step) are its eval_history.jsonl line; metrics.jsonl holds the training scalars only."""
+    from experiments.callbacks import EvalBookkeeping, LocalMetrics
+
+    data = make_data(tiny_model_dir, demo_dir, eval_tasks=["faces-i2i", "stdlib-docs"], eval_top_k=5)
+    module = RerankerModule(str(tiny_model_dir), lora_r=0, lr=1e-3)
+    callbacks = [LocalMetrics(), EvalBookkeeping()]
+    trainer = cpu_trainer(
+        tmp_path, callbacks=callbacks, max_steps=2, val_check_interval=2, log_every_n_steps=1
+    )
+    trainer.fit(module, datamodule=data)
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    assert "val/mrb_avg" in logged and "val/retriever_avg" in logged
+
+    (record,) = [json.loads(line) for line in (tmp_path / "eval_history.jsonl").read_text().splitlines()]
+    assert (record["stage"], record["step"]) == ("val", 2)
+    recorded = {"val/mrb_avg": record["average"], "val/retriever_avg": record["retriever"]["average"]}
+    recorded |= {f"val/family/{family}": value for family, value in record["families"].items()}
+    recorded |= {f"val/{task}/{r['metric']}": r["value"] for task, r in record["tasks"].items()}
+    assert recorded.keys() == logged.keys()
+    for key, value in logged.items():  # the loggers get float32 copies of the recorded values
+        assert recorded[key] == pytest.approx(value, abs=1e-6)
+
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2] and all("train/loss" in row for row in rows)
+    assert not [key for row in rows for key in row if key.startswith("val/")]
+
+
 def test_the_module_alone_computes_and_logs_but_writes_no_file(tiny_model_dir, demo_dir, tmp_path, capsys):
     """Without the evaluation writer (experiments/eval_writer.py) validate, test and predict leave
     the run folder empty and print no table; the result is handed over in ``eval_result``."""

@@ -167,23 +167,49 @@ def test_sweep_folders_and_cli_run_names_are_one_naming_scheme():
     assert run_name(config) == runs[0].key  # the CLI names the same run the same way
 
 
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _validation(step, average, **extra):
+    """An eval_history.jsonl line as experiments.eval_writer writes it."""
+    tasks = {"t": {"family": "T2T", "metric": "ndcg@10", "value": average, "n_queries": 2}}
+    record = {"stage": "val", "step": step, "tasks": tasks, "families": {"T2T": average}}
+    return {**record, "average": average, "retriever": {"average": 0.2}, **extra}
+
+
 def test_the_run_metric_is_the_best_validation_as_in_the_wandb_summary(tmp_path):
-    rows = [
-        {"step": 0, "val/mrb_avg": 0.3},
-        {"step": 5, "train/loss": 0.9},
-        {"step": 10, "val/mrb_avg": 0.5},
-        {"step": 15, "train/loss": 0.7},
-        {"step": 20, "val/mrb_avg": 0.4},
-    ]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _write_jsonl(
+        tmp_path / "metrics.jsonl", [{"step": 5, "train/loss": 0.9}, {"step": 15, "train/loss": 0.7}]
+    )
+    history = [_validation(0, 0.3), _validation(10, 0.5), _validation(20, 0.4)]
+    _write_jsonl(tmp_path / "eval_history.jsonl", history)
     assert sweep.final_metric(tmp_path, "val/mrb_avg") == 0.5
     assert sweep.final_metric(tmp_path, "train/loss") == 0.7  # other keys: the last value
-    # The untrained step-0 validation is a baseline, never the run's best (no checkpoint holds it).
-    rows[0]["val/mrb_avg"] = 0.9
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # Any key the module logs for a validation is read from its record, as the last value.
+    assert sweep.final_metric(tmp_path, "val/t/ndcg@10") == 0.4
+    assert sweep.final_metric(tmp_path, "val/family/T2T") == 0.4
+    assert sweep.final_metric(tmp_path, "val/retriever_avg") == 0.2
+    assert sweep.final_metric(tmp_path, "val/t/recall@5") is None
+    # A test's record is not a validation.
+    _write_jsonl(tmp_path / "eval_history.jsonl", [*history, {**_validation(20, 0.99), "stage": "test"}])
     assert sweep.final_metric(tmp_path, "val/mrb_avg") == 0.5
-    (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    assert sweep.final_metric(tmp_path, "test/mrb_avg") == 0.99
+    # The untrained step-0 validation is a baseline, never the run's best (no checkpoint holds it).
+    history[0] = _validation(0, 0.9)
+    _write_jsonl(tmp_path / "eval_history.jsonl", history)
+    assert sweep.final_metric(tmp_path, "val/mrb_avg") == 0.5
+    _write_jsonl(tmp_path / "eval_history.jsonl", history[:1])
     assert sweep.final_metric(tmp_path, "val/mrb_avg") == 0.9  # nothing else: the baseline it is
+
+
+def test_validation_keys_are_never_read_from_metrics_jsonl(tmp_path):
+    """metrics.jsonl holds training scalars; a val/ key there (as runs wrote before) is not a result."""
+    _write_jsonl(tmp_path / "metrics.jsonl", [{"step": 10, "val/mrb_avg": 0.8, "train/loss": 0.5}])
+    assert sweep.final_metric(tmp_path, "val/mrb_avg") is None
+    _write_jsonl(tmp_path / "eval_history.jsonl", [_validation(10, 0.6, skipped_candidates={"t": 3})])
+    assert sweep.final_metric(tmp_path, "val/mrb_avg") == 0.6
+    assert sweep.final_metric(tmp_path, "val/t/skipped_candidates") == 3.0
 
 
 def test_random_plan_is_seeded_capped_and_in_range():
@@ -267,8 +293,9 @@ FAKE_CLI = textwrap.dedent(
     run = pathlib.Path(args["runs_dir"]) / (args["run_name"] + "-20260101-000000")
     run.mkdir(parents=True)
     (run / "config.yaml").write_text("seed_everything: 0\\n")
-    rows = [{"step": 2, "train/loss": 1.0}, {"step": 2, "val/mrb_avg": int(args["x"]) / 10}]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in rows))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 2, "train/loss": 1.0}) + "\\n")
+    record = {"stage": "val", "step": 2, "tasks": {}, "families": {}, "average": int(args["x"]) / 10}
+    (run / "eval_history.jsonl").write_text(json.dumps(record) + "\\n")
     """
 )
 

@@ -1,8 +1,8 @@
 """Compare runs: ``python -m experiments.report RUNS_DIR [--out DIR] [--zero-shot DIR]`` (docs/science.md §4, §7).
 
-Finds every run folder under RUNS_DIR (``config.yaml`` plus ``eval_history.jsonl`` or ``metrics.jsonl``,
-as ``experiments.cli`` writes them; hidden folders are skipped) and writes into ``--out`` (default:
-RUNS_DIR):
+Finds every run folder under RUNS_DIR (a folder holding ``config.yaml``, as ``experiments.cli`` writes
+them; hidden folders are skipped), reads its validations from ``eval_history.jsonl`` and its training
+scalars (the weight curves) from ``metrics.jsonl``, and writes into ``--out`` (default: RUNS_DIR):
 
 * ``report.md``: the computed verdict on the paper's probe claims (first whether the design can reach
   significance at all and whether the validity gates passed); the per-cell table (final

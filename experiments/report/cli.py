@@ -251,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         return report_error(f"{root} is not a folder")
     if not find_run_folders(root):
         return report_error(
-            f"no runs found under {root}: a run folder holds config.yaml and eval_history.jsonl or "
-            "metrics.jsonl (python -m experiments.cli fit ... or python -m experiments.sweep ...)"
+            f"no runs found under {root}: a run folder holds config.yaml and, once validated, "
+            "eval_history.jsonl (python -m experiments.cli fit ... or python -m experiments.sweep ...)"
         )
     runs, skipped = load_runs(root, args.include_unfinished)
     if not runs:

@@ -1,7 +1,8 @@
 """Run folders: finding them, reading what the report needs, and grouping them into rows (cells).
 
-A run folder is what ``experiments.cli`` writes: ``config.yaml`` plus ``eval_history.jsonl`` or
-``metrics.jsonl``. A run of ``experiments.sweep`` sits in ``<sweep>/<run_key>/<run_folder>/`` next to
+A run folder is what ``experiments.cli`` writes: ``config.yaml`` (what marks one), ``eval_history.jsonl``
+(the validations: the final result and its tasks are read from here only) and ``metrics.jsonl`` (the
+training scalars: the weight curves are read from here only). A run of ``experiments.sweep`` sits in ``<sweep>/<run_key>/<run_folder>/`` next to
 the runner's ``done.json``, which records the run's parameters, its exact command line, the folder it
 ran in and the environment variables that can change its numbers.
 """
@@ -21,7 +22,7 @@ import yaml
 
 from experiments.keys import flatten
 from experiments.sweep.command import portable
-from experiments.sweep.folders import DONE, LOG, read_done
+from experiments.sweep.folders import DONE, LOG, RUN_MARKER, read_done
 
 FAMILIES = ("T2T", "I2I", "T2I", "I2T", "T2VD", "T2IT", "IT2T", "IT2I", "IT2IT")
 ORDER = {
@@ -112,7 +113,7 @@ def find_run_folders(root: Path) -> list[Path]:
     """Run folders under ``root`` (itself included), not descending into one or into hidden folders."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
-        if "config.yaml" in filenames and ({"eval_history.jsonl", "metrics.jsonl"} & set(filenames)):
+        if RUN_MARKER in filenames:
             found.append(Path(dirpath))
             dirnames[:] = []
             continue
@@ -228,7 +229,6 @@ def load_run(path: Path) -> RunRecord:
         status=status,
         done=done,
     )
-    metrics = read_records(path / "metrics.jsonl")
     evals = [r for r in read_records(path / "eval_history.jsonl") if r.get("stage", "val") == "val"]
     if evals:
         last = evals[-1]
@@ -237,17 +237,7 @@ def load_run(path: Path) -> RunRecord:
         record.families = dict(last.get("families") or {})
         record.tasks = dict(last.get("tasks") or {})
         record.retriever = (last.get("retriever") or {}).get("average")
-    else:
-        vals = [r for r in metrics if "val/mrb_avg" in r]
-        if vals:
-            last = vals[-1]
-            if not _number(last["val/mrb_avg"]):
-                raise RunFolderError(
-                    f"{path / 'metrics.jsonl'}: the last val/mrb_avg is {last['val/mrb_avg']!r}"
-                )
-            record.final, record.step = last["val/mrb_avg"], last.get("step")
-            record.families = {k.split("/")[-1]: v for k, v in last.items() if k.startswith("val/family/")}
-            record.retriever = last.get("val/retriever_avg")
+    metrics = read_records(path / "metrics.jsonl")
     record.train = [r for r in metrics if any(k in r for k in WEIGHT_KEYS)]
     return record
 

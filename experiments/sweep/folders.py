@@ -4,6 +4,11 @@ Layout of ``<sweep_dir>/<run_key>/``: ``run.log`` (the run's stdout + stderr), t
 ``<run_key>-<timestamp>/``, ``done.json`` after exit code 0, ``running.lock`` while a runner holds it,
 and ``.attempts/<n>/`` for earlier attempts. ``experiments.report`` reads the same files through
 :func:`read_done` and :func:`read_jsonl`.
+
+Inside the CLI's run folder each fact has one file: ``config.yaml`` (written first, in every run
+folder: what marks one), ``eval_history.jsonl`` (every validation and test: metric values per task,
+family means, the average, the retriever's, the step) and ``metrics.jsonl`` (the training scalars
+only: ``train/...`` per logging step).
 """
 
 from __future__ import annotations
@@ -68,32 +73,61 @@ def is_finished(run_dir: Path, params: dict, template: list) -> bool:
     )
 
 
+RUN_MARKER = "config.yaml"  # what experiments.cli writes first into every run folder
+EVAL_STAGES = ("val", "test")
+
+
 def latest_run_folder(run_dir: Path) -> Path | None:
-    """The CLI's newest ``<run_name>-<timestamp>/`` folder inside a run's folder."""
+    """The CLI's newest ``<run_name>-<timestamp>/`` folder inside a run's folder (one holding
+    ``config.yaml``)."""
     folders = [
         p
         for p in run_dir.iterdir()
-        if p.is_dir()
-        and not p.name.startswith(".")
-        and any((p / f).is_file() for f in ("metrics.jsonl", "eval_history.jsonl"))
+        if p.is_dir() and not p.name.startswith(".") and (p / RUN_MARKER).is_file()
     ]
     return max(folders, key=lambda p: (p.stat().st_mtime, p.name)) if folders else None
+
+
+def eval_scalars(record: dict) -> dict[str, float]:
+    """An ``eval_history.jsonl`` line under the keys the module logs it as (docs/formats.md §4):
+    ``<stage>/<task>/<metric>``, ``<stage>/family/<F>``, ``<stage>/mrb_avg``,
+    ``<stage>/retriever_avg`` and ``<stage>/<task>/skipped_candidates``."""
+    stage = record.get("stage", "val")
+    out: dict[str, float] = {}
+    for task, result in (record.get("tasks") or {}).items():
+        if isinstance(result, dict) and "metric" in result and "value" in result:
+            out[f"{stage}/{task}/{result['metric']}"] = result["value"]
+    for family, value in (record.get("families") or {}).items():
+        out[f"{stage}/family/{family}"] = value
+    if "average" in record:
+        out[f"{stage}/mrb_avg"] = record["average"]
+    retriever = record.get("retriever")
+    if isinstance(retriever, dict) and "average" in retriever:
+        out[f"{stage}/retriever_avg"] = retriever["average"]
+    for task, count in (record.get("skipped_candidates") or {}).items():
+        out[f"{stage}/{task}/skipped_candidates"] = float(count)
+    return out
 
 
 def final_metric(folder: Path | None, name: str) -> float | None:
     """The value of ``name`` a CLI run folder reports, as its W&B run summary does: the best (highest)
     ``val/mrb_avg`` over its validations during training (step > 0; the step-0 baseline only when
-    there is nothing else), the last logged value of any other key (metrics.jsonl, else
-    eval_history.jsonl)."""
+    there is nothing else), the last value of any other key. Evaluation keys (``val/...``,
+    ``test/...``) are read from ``eval_history.jsonl`` (:func:`eval_scalars`), every other key from
+    ``metrics.jsonl``."""
     if folder is None:
         return None
-    rows = [(row.get("step"), row[name]) for row in read_jsonl(folder / "metrics.jsonl") if name in row]
-    if not rows and name == "val/mrb_avg":
+    stage = name.split("/", 1)[0]
+    if stage in EVAL_STAGES:
         rows = [
-            (record.get("step"), record["average"])
+            (record.get("step"), scalars[name])
             for record in read_jsonl(folder / "eval_history.jsonl")
-            if record.get("stage", "val") == "val" and "average" in record
+            if record.get("stage", "val") == stage
+            for scalars in (eval_scalars(record),)
+            if name in scalars
         ]
+    else:
+        rows = [(row.get("step"), row[name]) for row in read_jsonl(folder / "metrics.jsonl") if name in row]
     if not rows:
         return None
     if name != "val/mrb_avg":

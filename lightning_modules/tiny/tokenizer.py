@@ -202,9 +202,15 @@ def _train_bpe() -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], ..
     tokenizer.train_from_iterator(build_corpus(), trainer=trainer)
     model = json.loads(tokenizer.to_str())["model"]
     vocab = tuple(sorted(model["vocab"].items(), key=lambda item: item[1]))
-    merges = tuple(tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"])
+    merges = tuple(_merge_pair(m) for m in model["merges"])
     vocab, merges = _ensure_single_tokens(vocab, merges, LABEL_WORDS)
     return vocab, merges
+
+
+def _merge_pair(merge: str | list[str]) -> tuple[str, str]:
+    """A merge of ``tokenizer.json`` (``"a b"`` in older files, ``["a", "b"]`` in newer) as a pair."""
+    left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+    return left, right
 
 
 def _byte_level(text: str) -> str:
@@ -264,8 +270,8 @@ def build_tokenizer() -> Any:
     # remaining specials then follow in Qwen's order and eos is switched to <|im_end|> below.
     tokenizer = Qwen2Tokenizer(
         vocab=dict(vocab),
-        merges=list(merges),
-        unk_token=None,
+        merges=list(merges),  # type: ignore[arg-type]  # annotated list[str]; the BPE model takes pairs
+        unk_token=None,  # type: ignore[arg-type]  # annotated str; Qwen2 has no unknown token (bytes cover all)
         eos_token=SPECIAL_TOKENS[0],
         pad_token=SPECIAL_TOKENS[0],
         extra_special_tokens=list(SPECIAL_TOKENS[1:]),
