@@ -184,6 +184,19 @@ class RerankDataModule(L.LightningDataModule):
             )
         return self._encoder
 
+    def reuse_processors(self, loaded: PairEncoder) -> None:
+        """Build this DataModule's encoder from an already loaded encoder's tokenizer and image
+        processor (the CLI hands it the module's, so that a run loads them once); the token and pixel
+        budgets stay this DataModule's."""
+        hp = self.hparams
+        self._encoder = PairEncoder(
+            loaded.tokenizer,
+            loaded.image_processor,
+            max_length=hp.max_length,
+            min_pixels=hp.min_pixels,
+            max_pixels=hp.max_pixels,
+        )
+
     @property
     def task_metas(self) -> list[TaskMeta]:
         """Metadata of the evaluation tasks (read once, cheap)."""

@@ -33,6 +33,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from datamodules.datamodule import RerankDataModule
+from datamodules.encoding import PairEncoder
 from datamodules.formats import list_tasks, read_task_meta
 from datamodules.trec import FormatError, error_message
 from experiments.callbacks import (
@@ -326,6 +327,10 @@ class RerankCLI(LightningCLI):
         self.model._log_hyperparams = False
         if self.datamodule is not None:
             self.datamodule._log_hyperparams = False
+            # data.model_name_or_path and data.trust_remote_code are linked to the model's: the
+            # checkpoint's tokenizer and image processor are loaded once, by the module.
+            if isinstance(getattr(self.model, "pair_encoder", None), PairEncoder):
+                self.datamodule.reuse_processors(self.model.pair_encoder)
         strategy = self.trainer.strategy
         if type(strategy.checkpoint_io) is TorchCheckpointIO:  # not a custom or a sharded one
             strategy.checkpoint_io = AtomicCheckpointIO()

@@ -195,6 +195,7 @@ class RerankerModule(L.LightningModule):
         # splitting pairs needs (pad id, image token id, merge size) are the encoder's conventions,
         # the ones the pairs were encoded with, not re-derived here (inference.Reranker does the same).
         encoder = PairEncoder.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+        self.pair_encoder = encoder  # the CLI builds the DataModule's encoder from its tokenizer too
         positive_words, negative_words = self.objective.label_tokens
         self.token_words = label_words(self.objective)
         self.scorer = LabelScorer(

@@ -110,6 +110,25 @@ def test_the_data_order_follows_the_run_seed_unless_data_seed_is_given(tiny_mode
     assert build_cli([*args, "--seed_everything=5", "--data.seed=2"]).datamodule.hparams.seed == 2
 
 
+def test_a_run_loads_the_checkpoints_tokenizer_once(tiny_model_dir, demo_dir, tmp_path, monkeypatch):
+    """The DataModule's encoder is built from the module's tokenizer and image processor, with the
+    DataModule's own budgets."""
+    from transformers import AutoTokenizer
+
+    loads = []
+    real = AutoTokenizer.from_pretrained
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: loads.append(a) or real(*a, **k))
+    args = fit_args(
+        tiny_model_dir, demo_dir, tmp_path, "--trainer.max_steps=1", "--validate_before_fit=false"
+    )
+    cli = build_cli([*args, "--data.max_length=300"])
+    encoder = cli.datamodule.encoder
+    assert encoder.tokenizer is cli.model.pair_encoder.tokenizer
+    assert encoder.image_processor is cli.model.pair_encoder.image_processor
+    assert encoder.max_length == 300 and cli.model.pair_encoder.max_length != 300
+    assert len(loads) == 1
+
+
 def test_run_names_and_flattened_keys():
     config = {
         "model": {"objective": "url", "objective_args": {"weight": "sft", "direction": "cl"}},
