@@ -120,7 +120,8 @@ def show_rankings(export_dir: Path, mrb_root: Path, top: int = 5) -> list[list[s
     return rankings
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The demo's own options, and the ``--key=value`` settings it hands to ``experiments.cli fit``."""
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog="Other --key=value flags are passed to `experiments.cli fit` (e.g. --data.eval_top_k=10).",
@@ -142,29 +143,37 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [arg for arg in cli_extra if not (arg.startswith("--") and "=" in arg)]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} (CLI settings go as --key=value)")
+    return args, cli_extra
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+def use_threads() -> None:
+    """One torch thread unless OMP_NUM_THREADS says otherwise: the tiny model's matrices are too
+    small for more to pay. On this project's 2-core machine, kept busy by other jobs, a training step
+    took 0.18-0.26 s with one thread and 0.74-9 s with two (two threads wait on each other whenever
+    a core is taken)."""
     import torch
 
-    # One thread unless OMP_NUM_THREADS says otherwise: the tiny model's matrices are too small for
-    # more to pay. On this project's 2-core machine, kept busy by other jobs, a training step took
-    # 0.18-0.26 s with one thread and 0.74-9 s with two (two threads wait on each other whenever a
-    # core is taken).
     threads = os.environ.get("OMP_NUM_THREADS", "")
     torch.set_num_threads(int(threads) if threads.isdigit() and int(threads) > 0 else 1)
+
+
+def build_inputs(out: Path) -> tuple[Path, Path]:
+    """The tiny Qwen2-VL (kept when it exists) and the demo benchmark under ``out``."""
     from datamodules.demo import build_demo
-    from experiments.cli import build_cli
-    from lightning_modules.export import export
     from lightning_modules.tiny import build_tiny
 
-    started = time.monotonic()
-    out = Path(args.out)
     model_dir, data_dir = out / "model", out / "data"
     if not (model_dir / "config.json").is_file():
         print(f"building tiny Qwen2-VL into {model_dir}")
         build_tiny(model_dir, family="qwen2_vl", seed=0)
     print(f"building the demo benchmark into {data_dir}")
     build_demo(data_dir, seed=0)
+    return model_dir, data_dir
+
+
+def train(out: Path, model_dir: Path, data_dir: Path, max_steps: int | None, extra: list[str]):
+    """``experiments.cli fit`` with the demo config (plus ``extra`` settings); the finished CLI."""
+    from experiments.cli import build_cli
 
     cli_args = [
         "fit",
@@ -175,24 +184,25 @@ def main(argv: list[str] | None = None) -> int:
         f"--data.eval_root={data_dir / 'mrb'}",
         f"--runs_dir={out / 'runs'}",
     ]
-    if args.max_steps is not None:
-        cli_args += [
-            f"--trainer.max_steps={args.max_steps}",
-            f"--trainer.val_check_interval={args.max_steps}",
-        ]
+    if max_steps is not None:
+        cli_args += [f"--trainer.max_steps={max_steps}", f"--trainer.val_check_interval={max_steps}"]
     sys.argv = sys.argv[:1]  # the CLI reads only cli_args; keep LightningCLI from seeing --out
     phase = time.monotonic()
-    cli = build_cli(cli_args)
+    cli = build_cli([*cli_args, *extra])
     print(f"[demo] training and validation took {_since(phase)}")
-    before, after, retriever = print_tables(cli.run_dir)
-    print(f"\nrun folder: {cli.run_dir}")
-    offline = sorted((cli.run_dir / "wandb").glob("offline-run-*"))
+    return cli
+
+
+def export_and_show(run_dir: Path, data_dir: Path) -> None:
+    """Export the last checkpoint (parity-checked) and rerank the showcase queries with the export."""
+    from lightning_modules.export import export
+
+    offline = sorted((run_dir / "wandb").glob("offline-run-*"))
     if offline:
         print(f"W&B offline run: {offline[-1]}  (upload with: wandb sync {offline[-1]})")
-
-    ckpt = cli.run_dir / "checkpoints" / "last.ckpt"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
     phase = time.monotonic()
-    exported = export(ckpt, cli.run_dir / "export")
+    exported = export(ckpt, run_dir / "export")
     parity = json.loads((exported / "rerank_config.json").read_text(encoding="utf-8"))["parity"]
     print(
         f"\n[demo] exported {ckpt} -> {exported} in {_since(phase)} "
@@ -200,19 +210,38 @@ def main(argv: list[str] | None = None) -> int:
         f"  rerank-lab export --ckpt {ckpt} --out my-reranker"
     )
     show_rankings(exported, data_dir / "mrb")
-    print(
-        f"\n[demo] finished in {_since(started)}; the exported folder's README.md shows how to score with it"
-    )
+
+
+def verdict(figures: tuple[float, float, float], readme: Path | None) -> int:
+    """1 when training did not improve the average or the README states other figures, else 0."""
+    before, after, _ = figures
     if after <= before:
         print("demo FAILED: training did not improve the average", file=sys.stderr)
         return 1
-    if args.check_readme is not None:
-        problem = readme_mismatch(args.check_readme, (before, after, retriever))
+    if readme is not None:
+        problem = readme_mismatch(readme, figures)
         if problem:
             print(f"demo-check FAILED: {problem}", file=sys.stderr)
             return 1
-        print(f"[demo] the figures in {args.check_readme} match this run")
+        print(f"[demo] the figures in {readme} match this run")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, cli_extra = parse(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    use_threads()
+    started = time.monotonic()
+    out = Path(args.out)
+    model_dir, data_dir = build_inputs(out)
+    cli = train(out, model_dir, data_dir, args.max_steps, cli_extra)
+    figures = print_tables(cli.run_dir)
+    print(f"\nrun folder: {cli.run_dir}")
+    export_and_show(cli.run_dir, data_dir)
+    print(
+        f"\n[demo] finished in {_since(started)}; the exported folder's README.md shows how to score with it"
+    )
+    return verdict(figures, args.check_readme)
 
 
 if __name__ == "__main__":

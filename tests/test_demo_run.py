@@ -64,3 +64,23 @@ def test_demo_ends_with_a_checkpoint_an_export_and_a_ranking(tiny_model_dir, dem
     # 40 steps may or may not lift the average; the exit status must say which.
     history = [json.loads(line) for line in (run / "eval_history.jsonl").read_text().splitlines()]
     assert rc == (0 if history[-1]["average"] > history[0]["average"] else 1)
+
+
+def test_other_key_value_flags_reach_the_training_cli(tmp_path, monkeypatch):
+    """`make demo`'s --help promises that other --key=value flags go to `experiments.cli fit`."""
+    import experiments.cli
+
+    seen = []
+
+    def stop(args):
+        seen.extend(args)
+        raise SystemExit(3)
+
+    monkeypatch.setattr(demo, "build_inputs", lambda out: (out / "model", out / "data"))
+    monkeypatch.setattr(experiments.cli, "build_cli", stop)
+    with pytest.raises(SystemExit):
+        demo.main(["--out", str(tmp_path), "--max-steps=2", "--data.eval_top_k=10"])
+    assert seen[-1] == "--data.eval_top_k=10" and "--trainer.max_steps=2" in seen
+    with pytest.raises(SystemExit) as caught:
+        demo.main(["--out", str(tmp_path), "stray"])
+    assert caught.value.code == 2
