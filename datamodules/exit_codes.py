@@ -26,6 +26,10 @@ PATH_ERRORS: tuple[type[OSError], ...] = (
 )
 
 
+class InputError(ValueError):
+    """Bad input the user named (a path, a value): reported as one ``error:`` line, exit code 2."""
+
+
 def describe(error: BaseException) -> str:
     """One line for ``error``: ``<file>: <reason>`` for an OSError, else its message."""
     if isinstance(error, OSError) and error.filename is not None and error.strerror:

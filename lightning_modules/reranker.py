@@ -177,34 +177,12 @@ class RerankerModule(L.LightningModule):
         # so that the random streams are those of building it after the backbone.
         with torch.random.fork_rng(devices=[]):
             self.objective = build_objective(model_name_or_path, objective, objective_args, trust_remote_code)
-        model = load_backbone(model_name_or_path, dtype, trust_remote_code, attn_implementation, quantization)
-        # Identity of the base weights, stored in checkpoints: export refuses to merge the adapters
-        # into a different base (a silent accuracy loss otherwise).
-        self._base_ids = {
-            "base_fingerprint": base_fingerprint(model),
-            "base_config_sha256": config_sha256(model.config),
-        }
-        model.train()  # from_pretrained returns eval mode; LoRA/backbone dropout belongs to training
-        if gradient_checkpointing:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        trainable = TrainableSpec(lora_r, lora_alpha, lora_dropout, lora_target, lora_vision, train_merger)
-        set_trainable(model, trainable, model_name_or_path)
-        reset_objective_parameters(self.objective, model.get_output_embeddings().weight.shape[1])
-        # The module's one tokenizer load is the checkpoint's PairEncoder (built as the datamodule
-        # builds its own): the label words' ids come from its tokenizer, and what collating and
-        # splitting pairs needs (pad id, image token id, merge size) are the encoder's conventions,
-        # the ones the pairs were encoded with, not re-derived here (inference.Reranker does the same).
-        encoder = PairEncoder.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
-        self.pair_encoder = encoder  # the CLI builds the DataModule's encoder from its tokenizer too
-        positive_words, negative_words = self.objective.label_tokens
-        self.token_words = label_words(self.objective)
-        self.scorer = LabelScorer(
-            model, [label_token_id(encoder.tokenizer, w) for w in self.token_words], lm_head
+        model = self._load_model(
+            TrainableSpec(lora_r, lora_alpha, lora_dropout, lora_target, lora_vision, train_merger)
         )
-        self._pad_token_id = encoder.pad_token_id
-        self._image_token_id = encoder.image_token_id
-        self._merge_size = encoder.merge_size
-        self._token_columns = [self.token_words.index(w) for w in (*positive_words, *negative_words)]
+        self._read_conventions(
+            model, PairEncoder.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+        )
         # This rank's scores, per-query metric values and skipped candidates of the running
         # evaluation (lightning_modules/evaluation.py), created at each evaluation's start.
         self._eval: EvalState | None = None
@@ -217,6 +195,42 @@ class RerankerModule(L.LightningModule):
         self._prefix_in_training = prefix_usable(self.scorer)
         self._vision_frozen = vision_frozen(self.scorer)
         self._image_cache = ImageFeatureCache(eval_image_cache_mb * 2**20)
+
+    def _load_model(self, trainable: TrainableSpec) -> nn.Module:
+        """The backbone in train mode with its trainable parameters set (adapters initialised, then
+        the objective's own parameters redrawn), and the identity of its base weights."""
+        hp = self.hparams
+        model = load_backbone(
+            hp.model_name_or_path, hp.dtype, hp.trust_remote_code, hp.attn_implementation, hp.quantization
+        )
+        # Identity of the base weights, stored in checkpoints: export refuses to merge the adapters
+        # into a different base (a silent accuracy loss otherwise).
+        self._base_ids = {
+            "base_fingerprint": base_fingerprint(model),
+            "base_config_sha256": config_sha256(model.config),
+        }
+        model.train()  # from_pretrained returns eval mode; LoRA/backbone dropout belongs to training
+        if hp.gradient_checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        set_trainable(model, trainable, hp.model_name_or_path)
+        reset_objective_parameters(self.objective, model.get_output_embeddings().weight.shape[1])
+        return model
+
+    def _read_conventions(self, model: nn.Module, encoder: PairEncoder) -> None:
+        """The scorer (label words' ids from the checkpoint's tokenizer) and what collating and
+        splitting pairs needs (pad id, image token id, merge size): the encoder's conventions, the
+        ones the pairs were encoded with, not re-derived here (inference.Reranker does the same).
+        This is the module's one tokenizer load; the CLI builds the DataModule's encoder from it."""
+        self.pair_encoder = encoder
+        positive_words, negative_words = self.objective.label_tokens
+        self.token_words = label_words(self.objective)
+        self.scorer = LabelScorer(
+            model, [label_token_id(encoder.tokenizer, w) for w in self.token_words], self.hparams.lm_head
+        )
+        self._pad_token_id = encoder.pad_token_id
+        self._image_token_id = encoder.image_token_id
+        self._merge_size = encoder.merge_size
+        self._token_columns = [self.token_words.index(w) for w in (*positive_words, *negative_words)]
 
     # ---- scoring (lightning_modules/scoring.py is the one path) ----------------------------
     def _collate(self, pairs: list[EncodedPair]) -> dict[str, torch.Tensor]:

@@ -49,7 +49,7 @@ def test_the_crafted_file_really_runs_code_when_fully_unpickled(crafted, tmp_pat
 
 def test_export_refuses_a_crafted_checkpoint_and_runs_nothing(crafted, tmp_path, capsys):
     path, marker = crafted
-    assert export_main(["--ckpt", str(path), "--out", str(tmp_path / "out")]) == 1
+    assert export_main(["--ckpt", str(path), "--out", str(tmp_path / "out")]) == 2  # bad input (the convention of experiments/commands.py)
     err = capsys.readouterr().err
     assert f"{path}: refused to load" in err and "builtins.open" in err.replace("io.open", "builtins.open")
     assert "Traceback" not in err
@@ -102,7 +102,7 @@ def test_broken_checkpoints_get_a_clear_error(content, reason, tmp_path, capsys)
         torch.save({"state_dict": {}}, path)
     elif content is not None:
         path.write_bytes(content)
-    assert export_main(["--ckpt", str(path), "--out", str(tmp_path / "out")]) == 1
+    assert export_main(["--ckpt", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert f"{path}: {reason}" in err and "Traceback" not in err
 
@@ -111,7 +111,7 @@ def test_hyper_parameters_that_build_no_module_get_a_clear_error(tmp_path, tiny_
     path = tmp_path / "odd.ckpt"
     hparams = {"model_name_or_path": str(tiny_model_dir), "lm_head": "sideways"}
     torch.save({"state_dict": {}, "hyper_parameters": hparams}, path)
-    assert export_main(["--ckpt", str(path), "--out", str(tmp_path / "out")]) == 1
+    assert export_main(["--ckpt", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert f"{path}: its hyper_parameters do not build a reranker" in err and "sideways" in err
     assert "Traceback" not in err

@@ -6,12 +6,11 @@ import argparse
 import hashlib
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from datamodules.exit_codes import BAD_INPUT, fail
+from datamodules.exit_codes import InputError, fail
 from datamodules.exit_codes import report as report_error
 from datamodules.files import atomic_write
 
@@ -244,50 +243,43 @@ def load_runs(root: Path, include_unfinished: bool) -> tuple[list, list[str]]:
     return runs, skipped
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
+def load(args: argparse.Namespace) -> tuple[Path, list, list[str]]:
+    """The runs folder, its finished runs and the lines of those left out; :class:`InputError` when
+    there is nothing to report on."""
     root = Path(args.runs_dir)
     if not root.is_dir():
-        return report_error(f"{root} is not a folder")
+        raise InputError(f"{root} is not a folder")
     if not find_run_folders(root):
-        return report_error(
+        raise InputError(
             f"no runs found under {root}: a run folder holds config.yaml and, once validated, "
             "eval_history.jsonl (python -m experiments.cli fit ... or python -m experiments.sweep ...)"
         )
     runs, skipped = load_runs(root, args.include_unfinished)
     if not runs:
-        report_error(f"no finished run with a validation result under {root}:")
-        for line in skipped:
-            print(f"  {line}", file=sys.stderr)
-        return BAD_INPUT
-    from .runs import group_rows
+        raise InputError("\n  ".join([f"no finished run with a validation result under {root}:", *skipped]))
+    if args.zero_shot and not Path(args.zero_shot).is_dir():
+        raise InputError(f"--zero-shot {args.zero_shot}: not a folder of <task>.trec runs")
+    return root, runs, skipped
 
-    rows = group_rows(runs)
-    eval_root = Path(args.eval_root) if args.eval_root else None
-    zero_shot = Path(args.zero_shot) if args.zero_shot else None
-    if zero_shot is not None and not zero_shot.is_dir():
-        return report_error(f"--zero-shot {zero_shot}: not a folder of <task>.trec runs")
-    results, extra, notes = compute(rows, eval_root, args.resamples, args.bootstrap_seed, zero_shot)
-    verdict = render.verdict_paragraph(results, extra)
-    skipped_notes = ["", f"Left out ({len(skipped)}):", *(f"- {line}" for line in skipped)] if skipped else []
-    table = render.probe_table(rows, root, effects(rows), skipped_notes, extra["baseline_means"])
-    ordered = [run for row in rows for run in row.runs]
-    files = {"probe_table.md": table.encode("utf-8")}
-    if not args.no_plots:
-        try:
-            files["probe_bar.png"] = plots.bars(rows)
-            files["weights.png"] = plots.weights(rows)
-            files["intervals.png"] = plots.intervals(results)
-        except ImportError:
-            notes.append("matplotlib is not installed: no plots (pip install -e '.[report]')")
-    pngs = [name for name in files if name.endswith(".png")]
-    all_notes = notes + [f"left out: {line}" for line in skipped]
-    files["report.md"] = render.report_markdown(
-        rows, root, results, verdict, extra, ordered, pngs, all_notes
-    ).encode("utf-8")
+
+def plots_of(rows, results, notes: list[str]) -> dict[str, bytes]:
+    """The three figures, or none (with a note) when matplotlib is missing."""
+    try:
+        return {
+            "probe_bar.png": plots.bars(rows),
+            "weights.png": plots.weights(rows),
+            "intervals.png": plots.intervals(results),
+        }
+    except ImportError:
+        notes.append("matplotlib is not installed: no plots (pip install -e '.[report]')")
+        return {}
+
+
+def record_of(root: Path, rows, ordered, results, extra, verdict: str, notes, skipped) -> dict:
+    """``report.json``: rows, runs (with per-query values), comparisons, baselines, gates, mechanism."""
     row_of = {id(run): row for row in rows for run in row.runs}
     tables: Tables = extra["tables"]
-    record = {
+    return {
         "generator": render.GENERATOR,
         "runs_dir": render.shown_path(root),
         "metric": "val/mrb_avg at the final validation (fractions in [0, 1])",
@@ -307,6 +299,33 @@ def main(argv: list[str] | None = None) -> int:
         "notes": notes,
         "skipped": skipped,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    try:
+        root, runs, skipped = load(args)
+    except InputError as error:
+        return report_error(str(error))
+    from .runs import group_rows
+
+    rows = group_rows(runs)
+    eval_root = Path(args.eval_root) if args.eval_root else None
+    zero_shot = Path(args.zero_shot) if args.zero_shot else None
+    results, extra, notes = compute(rows, eval_root, args.resamples, args.bootstrap_seed, zero_shot)
+    verdict = render.verdict_paragraph(results, extra)
+    skipped_notes = ["", f"Left out ({len(skipped)}):", *(f"- {line}" for line in skipped)] if skipped else []
+    table = render.probe_table(rows, root, effects(rows), skipped_notes, extra["baseline_means"])
+    ordered = [run for row in rows for run in row.runs]
+    files = {"probe_table.md": table.encode("utf-8")}
+    if not args.no_plots:
+        files.update(plots_of(rows, results, notes))
+    pngs = [name for name in files if name.endswith(".png")]
+    all_notes = notes + [f"left out: {line}" for line in skipped]
+    files["report.md"] = render.report_markdown(
+        rows, root, results, verdict, extra, ordered, pngs, all_notes
+    ).encode("utf-8")
+    record = record_of(root, rows, ordered, results, extra, verdict, notes, skipped)
     try:
         written = write_outputs(Path(args.out) if args.out else root, files, record)
     except (OutputError, OSError) as error:  # --out holds files it did not write: 2; a full disk: 1

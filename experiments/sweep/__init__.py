@@ -64,8 +64,7 @@ __all__ = [
 ]  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command line; the exit code: 0 done, 1 a run failed, 2 a bad sweep YAML, 130 interrupted."""
+def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.sweep",
         description="Run a W&B sweep YAML: with W&B when logged in and reachable, else a local runner.",
@@ -94,36 +93,49 @@ def main(argv: list[str] | None = None) -> int:
         "--agents", type=int, default=None, help="N agents on this machine's CPUs, sharing the plan"
     )
     parser.add_argument("--dry-run", action="store_true", help="print the command of each run and exit")
-    args = parser.parse_args(argv)
-    argv = list(sys.argv[1:] if argv is None else argv)
+    return parser.parse_args(argv)
 
+
+def agent_environments(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
+    """One ``(tag, environment)`` per agent to start (``--gpus`` or ``--agents`` > 1), else none."""
+    if args.gpus and args.agents:
+        raise SweepError("--gpus and --agents: choose one (one agent per GPU, or N CPU agents)")
+    if args.agents is not None and args.agents < 1:
+        raise SweepError(f"--agents {args.agents}: give at least 1")
+    if args.gpus:
+        gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+        return [(f"gpu{gpu}", {"CUDA_VISIBLE_DEVICES": gpu}) for gpu in gpus]
+    return [(f"cpu{i}", {}) for i in range(args.agents)] if (args.agents or 0) > 1 else []
+
+
+def start_agents(config: dict, args: argparse.Namespace, argv: list[str], agents, online: bool) -> int:
+    """Start the agents on one shared sweep: a new W&B sweep they all join, or the local plan."""
+    extra = []
+    if online and not args.sweep_id:
+        import wandb
+
+        project, entity = config.get("project", "rerank-lab"), config.get("entity")
+        extra = ["--sweep-id", wandb.sweep(config, project=project, entity=entity)]
+    if not online:
+        extra = ["--local"]
+        plan_runs(config, args.count, args.seed)  # fail here, once, on a bad plan
+    prepare_demo(config)
+    return spawn_agents(strip_agents(argv), agents, extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; the exit code: 0 done, 1 a run failed, 2 a bad sweep YAML, 130 interrupted."""
+    args = parse(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         config = load_sweep(args.sweep, parse_overrides(args.set))
         sweep_dir = Path(args.runs_dir or Path("runs") / "sweeps" / str(config["name"]))
         online, reason = (False, "--local") if args.local or args.dry_run else use_wandb()
         if args.sweep_id and not online:
             raise SweepError(f"--sweep-id needs W&B, but {reason}")
-        if args.gpus and args.agents:
-            raise SweepError("--gpus and --agents: choose one (one agent per GPU, or N CPU agents)")
-        if args.agents is not None and args.agents < 1:
-            raise SweepError(f"--agents {args.agents}: give at least 1")
-        if args.gpus or (args.agents or 0) > 1:
-            if args.gpus:
-                gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
-                agents = [(f"gpu{gpu}", {"CUDA_VISIBLE_DEVICES": gpu}) for gpu in gpus]
-            else:
-                agents = [(f"cpu{i}", {}) for i in range(args.agents)]
-            extra = []
-            if online and not args.sweep_id:
-                import wandb
-
-                project, entity = config.get("project", "rerank-lab"), config.get("entity")
-                extra = ["--sweep-id", wandb.sweep(config, project=project, entity=entity)]
-            if not online:
-                extra = ["--local"]
-                plan_runs(config, args.count, args.seed)  # fail here, once, on a bad plan
-            prepare_demo(config)
-            return spawn_agents(strip_agents(argv), agents, extra)
+        agents = agent_environments(args)
+        if agents:
+            return start_agents(config, args, argv, agents, online)
         if not args.dry_run:
             prepare_demo(config)
         if online:
