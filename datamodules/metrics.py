@@ -197,6 +197,79 @@ def query_metric(
     return float(_metric_values(spec, spec.k, [positive], np.zeros(n_hits, dtype=np.int64), rank, grades)[0])
 
 
+@dataclass
+class _Hits:
+    """The judged queries of a run and its relevant documents that the run scored ("hits").
+
+    ``qids``/``positive_grades``: each qrels query with a relevant document, and its positive grades.
+    ``query``/``doc``/``score``/``grade``: per hit, the index of its query in ``qids``, the document,
+    its run score and its grade. ``start``/``length``: per hit, where its query's run scores lie in
+    ``score_blocks`` laid end to end (``count`` scores in all; only queries with a hit are kept).
+    """
+
+    qids: list[str]
+    positive_grades: list[list[int]]
+    query: list[int]
+    doc: list[str]
+    score: list[float]
+    grade: list[int]
+    start: list[int]
+    length: list[int]
+    score_blocks: list[Iterable[float]]
+    count: int = 0
+
+
+def _collect_hits(
+    run: Mapping[str, Mapping[str, float]] | Run, qrels: Mapping[str, Mapping[str, int]] | Qrels
+) -> _Hits:
+    """One pass over ``qrels`` in its order: the judged queries and the run's scores of their relevant
+    documents (see :class:`_Hits`)."""
+    hits = _Hits([], [], [], [], [], [], [], [], [])
+    for qid, judgements in qrels.items():
+        positive = [g for g in judgements.values() if g > 0]
+        if not positive:
+            continue
+        query_index = len(hits.qids)
+        hits.qids.append(qid)
+        hits.positive_grades.append(positive)
+        docs = run.get(qid)
+        if not docs:
+            continue
+        n_hits = len(hits.doc)
+        for doc, grade in judgements.items():
+            if grade > 0 and (score := docs.get(doc)) is not None:
+                hits.query.append(query_index)
+                hits.doc.append(doc)
+                hits.score.append(score)
+                hits.grade.append(grade)
+        if len(hits.doc) > n_hits:  # only queries with a hit need their scores
+            hits.start.extend([hits.count] * (len(hits.doc) - n_hits))
+            hits.length.extend([len(docs)] * (len(hits.doc) - n_hits))
+            hits.score_blocks.append(docs.values())
+            hits.count += len(docs)
+    return hits
+
+
+def _hit_ranks(run: Mapping[str, Mapping[str, float]] | Run, hits: _Hits) -> np.ndarray:
+    """Each hit's 1-based rank in its query's run; equal scores: the larger document id ranks first.
+
+    Raises:
+        ValueError: a run score (of a query with a hit) that is not finite.
+    """
+    scores = np.fromiter(chain.from_iterable(hits.score_blocks), dtype=np.float64, count=hits.count)
+    if not np.isfinite(scores).all():
+        raise ValueError("run scores must be finite (found nan or inf)")
+    hit_scores = np.array(hits.score, dtype=np.float64)
+    greater, equal = _count_higher(
+        scores, np.array(hits.start, dtype=np.int64), np.array(hits.length, dtype=np.int64), hit_scores
+    )
+    rank = greater + 1
+    for j in np.flatnonzero(equal > 1):  # equal scores: the larger id ranks first
+        doc, score = hits.doc[j], hit_scores[j]
+        rank[j] += sum(other > doc for other, s in run[hits.qids[hits.query[j]]].items() if s == score)
+    return rank
+
+
 def evaluate_run(
     run: Mapping[str, Mapping[str, float]] | Run,
     qrels: Mapping[str, Mapping[str, int]] | Qrels,
@@ -222,62 +295,18 @@ def evaluate_run(
     if depth is not None and (not isinstance(depth, int) or depth < 1):
         raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
     cutoff = spec.k if depth is None else min(spec.k, depth)
-
-    qids: list[str] = []
-    positive_grades: list[list[int]] = []
-    hit_query: list[int] = []
-    hit_doc: list[str] = []
-    hit_score: list[float] = []
-    hit_grade: list[int] = []
-    hit_start: list[int] = []
-    hit_length: list[int] = []
-    score_blocks: list[Iterable[float]] = []
-    offset = 0
-    for qid, judgements in qrels.items():
-        positive = [g for g in judgements.values() if g > 0]
-        if not positive:
-            continue
-        query_index = len(qids)
-        qids.append(qid)
-        positive_grades.append(positive)
-        docs = run.get(qid)
-        if not docs:
-            continue
-        n_hits = len(hit_doc)
-        for doc, grade in judgements.items():
-            if grade > 0 and (score := docs.get(doc)) is not None:
-                hit_query.append(query_index)
-                hit_doc.append(doc)
-                hit_score.append(score)
-                hit_grade.append(grade)
-        if len(hit_doc) > n_hits:  # only queries with a hit need their scores
-            hit_start.extend([offset] * (len(hit_doc) - n_hits))
-            hit_length.extend([len(docs)] * (len(hit_doc) - n_hits))
-            score_blocks.append(docs.values())
-            offset += len(docs)
-    if not qids:
+    hits = _collect_hits(run, qrels)
+    if not hits.qids:
         return {}
-
-    scores = np.fromiter(chain.from_iterable(score_blocks), dtype=np.float64, count=offset)
-    if not np.isfinite(scores).all():
-        raise ValueError("run scores must be finite (found nan or inf)")
-    hit_scores = np.array(hit_score, dtype=np.float64)
-    greater, equal = _count_higher(
-        scores, np.array(hit_start, dtype=np.int64), np.array(hit_length, dtype=np.int64), hit_scores
-    )
-    rank = greater + 1
-    for j in np.flatnonzero(equal > 1):  # equal scores: the larger id ranks first
-        doc, score = hit_doc[j], hit_scores[j]
-        rank[j] += sum(other > doc for other, s in run[qids[hit_query[j]]].items() if s == score)
     values = _metric_values(
         spec,
         cutoff,
-        positive_grades,
-        np.array(hit_query, dtype=np.int64),
-        rank,
-        np.array(hit_grade, dtype=np.float64),
+        hits.positive_grades,
+        np.array(hits.query, dtype=np.int64),
+        _hit_ranks(run, hits),
+        np.array(hits.grade, dtype=np.float64),
     )
-    return dict(zip(qids, values.tolist(), strict=True))
+    return dict(zip(hits.qids, values.tolist(), strict=True))
 
 
 @dataclass(frozen=True)

@@ -107,17 +107,10 @@ def mine_query(
     return positives, [d for d in eligible if d in chosen]
 
 
-def mine(
-    task_dir: str | Path,
-    out: str | Path,
-    num_negatives: int,
-    window: str | tuple[int, int],
-    seed: int,
-    margin: float | None = None,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Write the training JSONL ``out``; returns the summary (also written as ``<out>.summary.json``)."""
-    out = Path(out)
+def _checked_args(
+    out: Path, num_negatives: int, window: str | tuple[int, int], margin: float | None, overwrite: bool
+) -> tuple[tuple[int, int], Path]:
+    """The parsed window and the summary's path, once the arguments and the outputs allow mining."""
     if not out.name.endswith(".jsonl"):
         raise MiningError(f"{out}: the output must be a .jsonl file")
     if num_negatives < 1:
@@ -129,6 +122,69 @@ def mine(
     for path in (out, summary_path):
         if path.exists() and not overwrite:
             raise MiningError(f"{path}: already exists; pass --overwrite to replace it")
+    return window, summary_path
+
+
+def _group_record(task, qid: str, positives, negatives, store: ImageStore, errors: list[str]) -> dict:
+    """One training group of the JSONL: the task's instruction, the query, its positives and negatives."""
+
+    def doc(d: Doc, where: str) -> dict[str, str]:
+        return _record(d, where, store, errors)
+
+    return {
+        "task": task.name,
+        "instruction": task.meta.instruction,
+        "query": doc(task.queries[qid], task.where("queries", qid)),
+        "positives": [doc(task.corpus[d], task.where("corpus", d)) for d in positives],
+        "hard_negatives": [doc(task.corpus[d], task.where("corpus", d)) for d in negatives],
+    }
+
+
+def _write_groups(
+    path: Path, task, mine_args: tuple, why: Counter[str], store: ImageStore, errors: list[str]
+):
+    """Mine each query in id order and write its group to ``path``; the groups and negatives written.
+
+    ``mine_args``: ``(num_negatives, window, seed, margin)`` as :func:`mine_query` takes them.
+    """
+    groups = negatives_written = 0
+    with open(path, "w", encoding="utf-8") as handle:
+        for qid in sorted(task.queries):
+            mined = mine_query(qid, task, *mine_args, why)
+            if mined is None:
+                continue
+            positives, negatives = mined
+            record = _group_record(task, qid, positives, negatives, store, errors)
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            groups += 1
+            negatives_written += len(negatives)
+    return groups, negatives_written
+
+
+def _check_mined(partial: Path, task_dir, groups: int, why: Counter[str], errors: list[str]) -> None:
+    """Refuse the mined file: on image errors, with no group, or when it does not validate as training data."""
+    if errors:
+        raise MiningError("\n".join(errors))
+    if groups == 0:
+        raise MiningError(f"{task_dir}: no query yields a group ({dict(why)})")
+    report = Report()
+    validate_training(partial, report, [partial])
+    if report.problems:
+        raise MiningError("the mined groups do not validate:\n" + "\n".join(report.problems))
+
+
+def mine(
+    task_dir: str | Path,
+    out: str | Path,
+    num_negatives: int,
+    window: str | tuple[int, int],
+    seed: int,
+    margin: float | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write the training JSONL ``out``; returns the summary (also written as ``<out>.summary.json``)."""
+    out = Path(out)
+    window, summary_path = _checked_args(out, num_negatives, window, margin, overwrite)
     task = load_task(task_dir)
     why: Counter[str] = Counter()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -136,36 +192,10 @@ def mine(
     errors: list[str] = []
     remove_leftovers(out)  # what a killed mine of the same output left
     partial = temporary_path(out, "mining")
-    groups = negatives_written = 0
     try:
-        with open(partial, "w", encoding="utf-8") as handle:
-            for qid in sorted(task.queries):
-                mined = mine_query(qid, task, num_negatives, window, seed, margin, why)
-                if mined is None:
-                    continue
-                positives, negatives = mined
-
-                def doc(d: Doc, where: str) -> dict[str, str]:
-                    return _record(d, where, store, errors)
-
-                record = {
-                    "task": task.name,
-                    "instruction": task.meta.instruction,
-                    "query": doc(task.queries[qid], task.where("queries", qid)),
-                    "positives": [doc(task.corpus[d], task.where("corpus", d)) for d in positives],
-                    "hard_negatives": [doc(task.corpus[d], task.where("corpus", d)) for d in negatives],
-                }
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-                groups += 1
-                negatives_written += len(negatives)
-        if errors:
-            raise MiningError("\n".join(errors))
-        if groups == 0:
-            raise MiningError(f"{task_dir}: no query yields a group ({dict(why)})")
-        report = Report()
-        validate_training(partial, report, [partial])
-        if report.problems:
-            raise MiningError("the mined groups do not validate:\n" + "\n".join(report.problems))
+        mine_args = (num_negatives, window, seed, margin)
+        groups, negatives_written = _write_groups(partial, task, mine_args, why, store, errors)
+        _check_mined(partial, task_dir, groups, why, errors)
         summary = {
             "task": str(task_dir),
             "out": str(out),

@@ -112,6 +112,15 @@ def _parse_remote_group(fs, record: dict, base: str, where: str) -> TrainGroup:
 
 
 # ---- the stream ----------------------------------------------------------------------------------
+def _check_stream_args(on_bad_record: str, batch_size: int, rank: int, world_size: int) -> None:
+    if on_bad_record not in BAD_RECORD_POLICIES:
+        raise ValueError(f"on_bad_record must be one of {BAD_RECORD_POLICIES}, got {on_bad_record!r}")
+    if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(
+            f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}"
+        )
+
+
 class TrainStream(IterableDataset):
     """Training groups streamed from JSONL shards; see the module docstring for the layout.
 
@@ -157,12 +166,7 @@ class TrainStream(IterableDataset):
         index: StreamIndex | None = None,
         storage_options: dict | None = None,
     ) -> None:
-        if on_bad_record not in BAD_RECORD_POLICIES:
-            raise ValueError(f"on_bad_record must be one of {BAD_RECORD_POLICIES}, got {on_bad_record!r}")
-        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(
-                f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}"
-            )
+        _check_stream_args(on_bad_record, batch_size, rank, world_size)
         self.index = index or StreamIndex.build(str(root), block_size, storage_options, on_bad_record)
         for problem in self.index.problems:
             log.warning("skipping unreadable training shard: %s", problem)
@@ -178,7 +182,21 @@ class TrainStream(IterableDataset):
             task_instructions=task_instructions,
             default_instruction=default_instruction,
         )
-        n = self.index.num_records
+        self._size_epoch()
+        self._local = isinstance(self.index.fs, LocalFileSystem)
+        # Position in the main process: what the training loop has consumed.
+        self.epoch = 0
+        self.consumed = 0
+        self.counters = {
+            k: 0 for k in ("groups", "skipped", "filled_hard", "other_task", "remainder_dropped")
+        }
+        self.counters["epochs_completed"] = 0
+        self.counters["skipped_shards"] = len(self.index.problems)
+
+    def _size_epoch(self) -> None:
+        """``batches_per_epoch`` (per rank) and the ``remainder`` of records an epoch drops; at least
+        one batch per rank is needed."""
+        n, batch_size, world_size = self.index.num_records, self.batch_size, self.world_size
         self.batches_per_epoch = n // (world_size * batch_size)
         if self.batches_per_epoch == 0:
             left_out = (
@@ -191,15 +209,6 @@ class TrainStream(IterableDataset):
                 f"each of {world_size} rank(s); add data or lower batch_size"
             )
         self.remainder = n - self.batches_per_epoch * world_size * batch_size
-        self._local = isinstance(self.index.fs, LocalFileSystem)
-        # Position in the main process: what the training loop has consumed.
-        self.epoch = 0
-        self.consumed = 0
-        self.counters = {
-            k: 0 for k in ("groups", "skipped", "filled_hard", "other_task", "remainder_dropped")
-        }
-        self.counters["epochs_completed"] = 0
-        self.counters["skipped_shards"] = len(self.index.problems)
 
     def __len__(self) -> int:
         """Batches per epoch on every rank (a resumed epoch yields only the unconsumed ones)."""
@@ -381,16 +390,7 @@ class TrainStream(IterableDataset):
         # The reservoir of batch j's worker holds the warm-up records plus the groups of the earlier
         # batches of the same residue class j mod K; a resumed worker replays those to rebuild it.
         residue = (start + worker) % K
-        pool = DocPool(self.pool_capacity, seed=f"{self.seed}:{epoch}:{self.rank}:{residue}:{K}")
-        primed: dict[int, TrainGroup] = {}
-        warmup = min(self.pool_warmup, M * B)
-        for position, (file_id, _, line, raw) in enumerate(self._window(epoch, self.rank * M * B, warmup)):
-            try:
-                primed[position] = self._parse(file_id, line, raw)
-            except FormatError:
-                continue  # reported (or raised) by the worker that owns the record
-            pool.add_group(primed[position])
-
+        pool, primed = self._warm_pool(epoch, residue, K)
         records = enumerate(self._window(epoch, self.rank * M * B, M * B))
         shuffled = self._buffer_shuffle(records, random.Random(f"shuffle:{self.seed}:{epoch}:{self.rank}"))
         current: StreamBatch | None = None
@@ -412,31 +412,71 @@ class TrainStream(IterableDataset):
                     on_bad_record=self.on_bad_record,
                     group_size=1 + self.sampler.num_negatives,
                 )
-            problem: FormatError | None = None
-            try:
-                group = primed.get(position) or self._parse(file_id, line, raw)
-            except FormatError as err:
-                group, problem = None, err
-            if own and group is not None:
-                try:
-                    rng = random.Random(f"neg:{self.seed}:{epoch}:{file_id}:{record}")
-                    current.groups.append(self.sampler.sample(group, rng, pool))
-                    current.ids.append((file_id, record))
-                except FormatError as err:  # e.g. no instruction for the record's task
-                    problem = err
-            if group is not None and position not in primed:
-                pool.add_group(group)  # whatever the sampling outcome, so that a replay agrees
-            if own and problem is not None:
-                if self.on_bad_record == "error":
-                    raise problem
-                current.skipped.append(str(problem))
-                current.skipped_ids.append((file_id, record))
-                if warned < _MAX_SKIP_WARNINGS:
-                    warned += 1
-                    log.warning("skipping bad training record: %s", problem)
+            batch = current if own else None
+            problem = self._add_record(batch, pool, primed, epoch, position, (file_id, record, line, raw))
+            if problem is not None:
+                warned = self._skip_record(current, problem, (file_id, record), warned)
             if own and out % B == B - 1:
                 yield current
                 current = None
+
+    def _warm_pool(self, epoch: int, residue: int, num_workers: int) -> tuple[DocPool, dict[int, TrainGroup]]:
+        """The worker's document pool, filled with the rank's first ``pool_warmup`` records, and those
+        records' parsed groups by position (a record that does not parse is left to its owner)."""
+        B, M = self.batch_size, self.batches_per_epoch
+        pool = DocPool(self.pool_capacity, seed=f"{self.seed}:{epoch}:{self.rank}:{residue}:{num_workers}")
+        primed: dict[int, TrainGroup] = {}
+        warmup = min(self.pool_warmup, M * B)
+        for position, (file_id, _, line, raw) in enumerate(self._window(epoch, self.rank * M * B, warmup)):
+            try:
+                primed[position] = self._parse(file_id, line, raw)
+            except FormatError:
+                continue  # reported (or raised) by the worker that owns the record
+            pool.add_group(primed[position])
+        return pool, primed
+
+    def _add_record(
+        self,
+        batch: StreamBatch | None,
+        pool: DocPool,
+        primed: dict[int, TrainGroup],
+        epoch: int,
+        position: int,
+        item,
+    ) -> FormatError | None:
+        """Parse one record (``item``: shard, record, line, raw) and, into ``batch`` (given for the
+        worker's own records), sample its group; every parsed group joins ``pool`` once. The problem
+        with an own record, if any."""
+        file_id, record, line, raw = item
+        problem: FormatError | None = None
+        try:
+            group = primed.get(position) or self._parse(file_id, line, raw)
+        except FormatError as err:
+            group, problem = None, err
+        if batch is not None and group is not None:
+            try:
+                rng = random.Random(f"neg:{self.seed}:{epoch}:{file_id}:{record}")
+                batch.groups.append(self.sampler.sample(group, rng, pool))
+                batch.ids.append((file_id, record))
+            except FormatError as err:  # e.g. no instruction for the record's task
+                problem = err
+        if group is not None and position not in primed:
+            pool.add_group(group)  # whatever the sampling outcome, so that a replay agrees
+        return problem if batch is not None else None
+
+    def _skip_record(
+        self, batch: StreamBatch, problem: FormatError, record_id: tuple[int, int], warned: int
+    ) -> int:
+        """Raise ``problem`` (``on_bad_record="error"``) or record it as skipped in ``batch``, warning for
+        the first few; the warnings given so far."""
+        if self.on_bad_record == "error":
+            raise problem
+        batch.skipped.append(str(problem))
+        batch.skipped_ids.append(record_id)
+        if warned < _MAX_SKIP_WARNINGS:
+            warned += 1
+            log.warning("skipping bad training record: %s", problem)
+        return warned
 
     def _buffer_shuffle(self, items: Iterator, rng: random.Random) -> Iterator:
         """Shuffle through a buffer of ``shuffle_buffer`` items (the order depends only on ``rng``)."""

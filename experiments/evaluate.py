@@ -101,6 +101,88 @@ def _query_ids(task_dir: Path) -> set[str]:
     return set(read_docs(task_dir / "queries.jsonl", task_dir)[1])
 
 
+# (task) -> (run, file it came from, query id as written in that file)
+_Sources = dict[str, tuple[Run, Path, dict[str, str]]]
+
+
+def _first_stage_sources(task_dirs: list[Path]) -> _Sources:
+    """Each task's own ``candidates.trec`` (``--run first-stage``)."""
+    sources: _Sources = {}
+    for task_dir in task_dirs:
+        path = task_dir / "candidates.trec"
+        if not path.is_file():
+            raise EvaluationError(f"{path}: missing candidates.trec of task {task_dir.name!r}")
+        run = read_run(path)
+        sources[task_dir.name] = (run, path, {q: q for q in run})
+    return sources
+
+
+def _folder_sources(run_path: Path, names: list[str], all_tasks: set[str], strict: bool) -> _Sources:
+    """A folder of ``<task>.trec`` files: one per task scored, none of an unknown task when ``strict``."""
+    if strict:
+        for path in sorted(run_path.glob("*.trec")):
+            if path.stem not in all_tasks:
+                raise EvaluationError(
+                    f"{path}:1: unknown task {path.stem!r} (known: {', '.join(sorted(all_tasks))}); "
+                    "rename the file or pass --tasks"
+                )
+    sources: _Sources = {}
+    for name in names:
+        path = run_path / f"{name}.trec"
+        if not path.is_file():
+            raise EvaluationError(
+                f"{path}: missing run file for task {name!r}; the folder needs one <task>.trec per task "
+                "(or pass --tasks to score a subset)"
+            )
+        run = read_run(path)
+        sources[name] = (run, path, {q: q for q in run})
+    return sources
+
+
+def _combined_sources(run_path: Path, names: list[str], all_tasks: set[str], strict: bool) -> _Sources:
+    """One TREC file whose query ids are ``<task>/<qid>``, split by task; each task scored needs a query."""
+    combined = read_run(run_path)
+    split: _Sources = {n: ({}, run_path, {}) for n in names}
+    for qid, docs in combined.items():
+        task, slash, local = qid.partition("/")
+        if not slash or not task or not local:
+            raise EvaluationError(
+                f"{run_path}:{_line_of(run_path, qid)}: query id {qid!r} is not '<task>/<qid>'; "
+                "a single run file must prefix each query id with its task"
+            )
+        if task in split:
+            split[task][0][local] = docs
+            split[task][2][local] = qid
+        elif strict:  # with --tasks, lines of other tasks are not ours to check
+            raise EvaluationError(
+                f"{run_path}:{_line_of(run_path, qid)}: unknown task {task!r} in query id {qid!r} "
+                f"(known: {', '.join(sorted(all_tasks))})"
+            )
+    for name, (run, _, _) in split.items():
+        if not run:
+            raise EvaluationError(
+                f"{run_path}: no query of task {name!r} (expected ids '{name}/<qid>'); "
+                "pass --tasks to score a subset"
+            )
+    return split
+
+
+def _checked_runs(task_dirs: list[Path], sources: _Sources) -> dict[str, Run]:
+    """Each task's run, once every query id in it is one of the task's queries.jsonl."""
+    runs: dict[str, Run] = {}
+    for task_dir in task_dirs:
+        run, path, written = sources[task_dir.name]
+        known = _query_ids(task_dir)
+        for qid in run:
+            if qid not in known:
+                raise EvaluationError(
+                    f"{path}:{_line_of(path, written[qid])}: query id {written[qid]!r} is not in "
+                    f"{task_dir / 'queries.jsonl'}"
+                )
+        runs[task_dir.name] = run
+    return runs
+
+
 def load_runs(run_arg: str, task_dirs: list[Path], all_tasks: set[str], strict: bool) -> dict[str, Run]:
     """Read the run of every task in ``task_dirs`` and check its query ids against queries.jsonl.
 
@@ -115,75 +197,18 @@ def load_runs(run_arg: str, task_dirs: list[Path], all_tasks: set[str], strict: 
         EvaluationError, FormatError: with ``file:line: reason``.
     """
     names = [d.name for d in task_dirs]
-    # (task) -> (run, file it came from, query id as written in that file)
-    sources: dict[str, tuple[Run, Path, dict[str, str]]] = {}
     run_path = Path(run_arg)
     if run_arg == FIRST_STAGE:
-        for task_dir in task_dirs:
-            path = task_dir / "candidates.trec"
-            if not path.is_file():
-                raise EvaluationError(f"{path}: missing candidates.trec of task {task_dir.name!r}")
-            run = read_run(path)
-            sources[task_dir.name] = (run, path, {q: q for q in run})
+        sources = _first_stage_sources(task_dirs)
     elif run_path.is_dir():
-        if strict:
-            for path in sorted(run_path.glob("*.trec")):
-                if path.stem not in all_tasks:
-                    raise EvaluationError(
-                        f"{path}:1: unknown task {path.stem!r} (known: {', '.join(sorted(all_tasks))}); "
-                        "rename the file or pass --tasks"
-                    )
-        for name in names:
-            path = run_path / f"{name}.trec"
-            if not path.is_file():
-                raise EvaluationError(
-                    f"{path}: missing run file for task {name!r}; the folder needs one <task>.trec per task "
-                    "(or pass --tasks to score a subset)"
-                )
-            run = read_run(path)
-            sources[name] = (run, path, {q: q for q in run})
+        sources = _folder_sources(run_path, names, all_tasks, strict)
     elif run_path.is_file():
-        combined = read_run(run_path)
-        split: dict[str, tuple[Run, Path, dict[str, str]]] = {n: ({}, run_path, {}) for n in names}
-        for qid, docs in combined.items():
-            task, slash, local = qid.partition("/")
-            if not slash or not task or not local:
-                raise EvaluationError(
-                    f"{run_path}:{_line_of(run_path, qid)}: query id {qid!r} is not '<task>/<qid>'; "
-                    "a single run file must prefix each query id with its task"
-                )
-            if task in split:
-                split[task][0][local] = docs
-                split[task][2][local] = qid
-            elif strict:  # with --tasks, lines of other tasks are not ours to check
-                raise EvaluationError(
-                    f"{run_path}:{_line_of(run_path, qid)}: unknown task {task!r} in query id {qid!r} "
-                    f"(known: {', '.join(sorted(all_tasks))})"
-                )
-        for name, (run, _, _) in split.items():
-            if not run:
-                raise EvaluationError(
-                    f"{run_path}: no query of task {name!r} (expected ids '{name}/<qid>'); "
-                    "pass --tasks to score a subset"
-                )
-        sources = split
+        sources = _combined_sources(run_path, names, all_tasks, strict)
     else:
         raise EvaluationError(
             f"{run_path}: run not found; give a folder of <task>.trec files, one TREC file, or '{FIRST_STAGE}'"
         )
-
-    runs: dict[str, Run] = {}
-    for task_dir in task_dirs:
-        run, path, written = sources[task_dir.name]
-        known = _query_ids(task_dir)
-        for qid in run:
-            if qid not in known:
-                raise EvaluationError(
-                    f"{path}:{_line_of(path, written[qid])}: query id {written[qid]!r} is not in "
-                    f"{task_dir / 'queries.jsonl'}"
-                )
-        runs[task_dir.name] = run
-    return runs
+    return _checked_runs(task_dirs, sources)
 
 
 def _run_source(run_arg: str, task_dir: Path) -> Path:

@@ -168,11 +168,9 @@ def stage_fit(objective: str, model_dir: Path, data: Path, out: Path, steps: int
 
 
 # ---- the pipeline ---------------------------------------------------------------------------------
-def pipeline(args: argparse.Namespace) -> dict:
-    out = args.out.resolve()
-    model_dir, data, results = out / MODEL_KEY, out / "data", out / "results"
-    me = ["experiments.real", f"--out={out}", f"--seed={args.seed}"]
-
+def _prepare(args: argparse.Namespace, model_dir: Path, data: Path) -> Path:
+    """Fetch the model and build what is missing of the data: the splits, the first-stage candidates
+    and the mined training groups (their path)."""
     run_module(["lightning_modules.fetch", MODEL_KEY, "--out", str(model_dir)])
     if not (data / "manifest.json").is_file():
         run_module(
@@ -203,6 +201,30 @@ def pipeline(args: argparse.Namespace) -> dict:
                 f"--seed={args.seed}",
             ]
         )
+    return groups
+
+
+def _fit_export_score(args: argparse.Namespace, me: list[str], out: Path, scoring: list[str]) -> None:
+    """Per objective, what is missing of: fit, export, score the export on the test split."""
+    results = out / "results"
+    for objective in args.objectives.split(","):
+        fit = results / f"fit-{objective}.json"
+        if not fit.is_file():
+            run_module(
+                [*me, "--stage=fit", f"--objective={objective}", f"--steps={args.steps}", f"--result={fit}"]
+            )
+        export = out / "export" / objective
+        if not (export / "rerank_config.json").is_file():
+            checkpoint = json.loads(fit.read_text(encoding="utf-8"))["checkpoint"]
+            run_module(["lightning_modules.export", "--ckpt", checkpoint, "--out", str(export)])
+        score_once(me, export, results / f"{objective}.json", "mrb", scoring)
+
+
+def pipeline(args: argparse.Namespace) -> dict:
+    out = args.out.resolve()
+    model_dir, data, results = out / MODEL_KEY, out / "data", out / "results"
+    me = ["experiments.real", f"--out={out}", f"--seed={args.seed}"]
+    groups = _prepare(args, model_dir, data)
     scoring = [f"--top-k={args.top_k}", f"--fusion-alpha={args.fusion_alpha}"]
     if args.prepare_only:
         for split in ("dev", "mrb") if args.dev_queries else ():  # the probe report's zero-shot baseline
@@ -217,17 +239,7 @@ def pipeline(args: argparse.Namespace) -> dict:
     if args.dense_reference:
         dense_task(data)
     score_once(me, model_dir, results / "zero-shot.json", "mrb", scoring)
-    for objective in args.objectives.split(","):
-        fit = results / f"fit-{objective}.json"
-        if not fit.is_file():
-            run_module(
-                [*me, "--stage=fit", f"--objective={objective}", f"--steps={args.steps}", f"--result={fit}"]
-            )
-        export = out / "export" / objective
-        if not (export / "rerank_config.json").is_file():
-            checkpoint = json.loads(fit.read_text(encoding="utf-8"))["checkpoint"]
-            run_module(["lightning_modules.export", "--ckpt", checkpoint, "--out", str(export)])
-        score_once(me, export, results / f"{objective}.json", "mrb", scoring)
+    _fit_export_score(args, me, out, scoring)
     if args.dense_reference:  # the same rerankers on the dense retriever's top-k
         models = {"zero-shot": model_dir, **{o: out / "export" / o for o in args.objectives.split(",")}}
         for name, model in models.items():
@@ -293,15 +305,16 @@ def against_first_stage(results: Path, tasks, first: dict, alpha: float, suffix:
     return out
 
 
-def write_table(out: Path, args: argparse.Namespace) -> dict:
-    """``table.md`` and ``results.json`` from the stage results; returns the results."""
-    from experiments.score_model import first_stage_runs, load_tasks, summarize_runs
+# The reranker rows of the table: (results file stem, row label); a missing file (an objective
+# left out with --objectives) gives no row.
+_SYSTEMS = (("zero-shot", "zero-shot SmolLM2 judge"), ("sft", "SFT"), ("cl", "CL"))
+
+
+def _table_rows(out: Path, tasks, first: float) -> list[dict]:
+    """The table's rows: the BM25 first stage, the dense reference (if its run exists), each reranker."""
+    from experiments.score_model import summarize_runs
 
     results = out / "results"
-    tasks = load_tasks(out / "data" / "mrb")
-    first = summarize_runs(tasks, {t.name: t.candidates for t in tasks}).average
-    first_runs = first_stage_runs(tasks, args.top_k)
-    first_k = summarize_runs(tasks, first_runs).average
     load = lambda name: json.loads((results / f"{name}.json").read_text(encoding="utf-8"))  # noqa: E731
     rows = [{"system": "first stage (BM25)", "ndcg@10": first, "fused": None}]
     dense = out / "data" / "minilm.trec"
@@ -310,7 +323,7 @@ def write_table(out: Path, args: argparse.Namespace) -> dict:
 
         minilm = summarize_runs(tasks, {t.name: read_run(dense) for t in tasks}).average
         rows.append({"system": "MiniLM-L6 dense retriever (reference)", "ndcg@10": minilm, "fused": None})
-    for name, label in (("zero-shot", "zero-shot SmolLM2 judge"), ("sft", "SFT"), ("cl", "CL")):
+    for name, label in _SYSTEMS:
         if not (results / f"{name}.json").is_file():
             continue  # an objective left out with --objectives
         scored = load(name)
@@ -326,7 +339,11 @@ def write_table(out: Path, args: argparse.Namespace) -> dict:
                 "s_per_pair": scored["seconds_per_pair"],
             }
         )
-    manifest = json.loads((out / "data" / "manifest.json").read_text(encoding="utf-8"))
+    return rows
+
+
+def _table_lines(manifest: dict, args: argparse.Namespace, first_k: float, rows: list[dict]) -> list[str]:
+    """The setting (held-out queries, budgets, fusion) and one table line per row."""
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     lines = [
         f"Held-out queries: {manifest['test_queries']} ({manifest['test_modules']} stdlib modules never "
@@ -343,19 +360,41 @@ def write_table(out: Path, args: argparse.Namespace) -> dict:
             f"| {row['system']} | {row['ndcg@10']:.4f} | {fmt(row['fused'], '.4f')} | {fmt(row.get('s_per_step'), '.2f')} "
             f"| {fmt(row.get('train_peak_mib'), '.0f')} | {fmt(row.get('s_per_pair'), '.3f')} | {fmt(row.get('peak_mib'), '.0f')} |"
         )
+    return lines
+
+
+def _comparison_lines(compared: dict[str, dict]) -> list[str]:
+    """Each reranker against the first stage: the paired bootstrap interval and the query counts."""
+    if not compared:
+        return []
+    lines = [
+        "",
+        "Against the first stage (nDCG@10 difference; 95% paired bootstrap over queries, 10,000 "
+        "resamples, seed 0; queries better / worse):",
+        "",
+    ]
+    for name, c in compared.items():
+        lines.append(
+            f"- {name}: {c['estimate']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}], "
+            f"{c['better']} better / {c['worse']} worse"
+        )
+    return lines
+
+
+def write_table(out: Path, args: argparse.Namespace) -> dict:
+    """``table.md`` and ``results.json`` from the stage results; returns the results."""
+    from experiments.score_model import first_stage_runs, load_tasks, summarize_runs
+
+    results = out / "results"
+    tasks = load_tasks(out / "data" / "mrb")
+    first = summarize_runs(tasks, {t.name: t.candidates for t in tasks}).average
+    first_runs = first_stage_runs(tasks, args.top_k)
+    first_k = summarize_runs(tasks, first_runs).average
+    rows = _table_rows(out, tasks, first)
+    manifest = json.loads((out / "data" / "manifest.json").read_text(encoding="utf-8"))
+    lines = _table_lines(manifest, args, first_k, rows)
     compared = against_first_stage(results, tasks, first_runs, args.fusion_alpha)
-    if compared:
-        lines += [
-            "",
-            "Against the first stage (nDCG@10 difference; 95% paired bootstrap over queries, 10,000 "
-            "resamples, seed 0; queries better / worse):",
-            "",
-        ]
-        for name, c in compared.items():
-            lines.append(
-                f"- {name}: {c['estimate']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}], "
-                f"{c['better']} better / {c['worse']} worse"
-            )
+    lines += _comparison_lines(compared)
     dense_lines, dense_rows, dense_compared = dense_block(out, args)
     lines += dense_lines
     table = "\n".join(lines) + "\n"

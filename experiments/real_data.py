@@ -164,6 +164,56 @@ def _write_task(folder: Path, corpus: list[dict], queries: list[Function], metri
         atomic_write(folder / name, lambda handle, text=text: handle.write(text.encode("utf-8")))
 
 
+def _unique_functions(stdlib: Path | None) -> list[Function]:
+    """The standard library's functions, one per qualified name (a property's getter and setter
+    share a name: the first is kept)."""
+    functions, names = [], set()
+    for f in stdlib_functions(stdlib):
+        if f.qualname not in names:
+            names.add(f.qualname)
+            functions.append(f)
+    return functions
+
+
+def _code_corpus(functions: list[Function], max_chars: int) -> list[dict]:
+    """One document per distinct code text (its first ``max_chars`` characters), named by the function."""
+    corpus, seen_code = [], set()
+    for f in functions:
+        code = f.code[:max_chars]
+        if code in seen_code:
+            continue  # identical code (aliases, overloads): one document
+        seen_code.add(code)
+        corpus.append({"id": f.qualname, "text": code})
+    return corpus
+
+
+def _usable_queries(functions: list[Function], corpus: list[dict]) -> list[Function]:
+    """Functions whose summary no other function shares and whose code is a corpus document."""
+    counts: dict[str, int] = {}
+    for f in functions:
+        counts[f.summary.lower()] = counts.get(f.summary.lower(), 0) + 1
+    in_corpus = {doc["id"] for doc in corpus}
+    return [f for f in functions if counts[f.summary.lower()] == 1 and f.qualname in in_corpus]
+
+
+def _split_queries(
+    usable: list[Function], seed: int, sizes: dict[str, int], test_percent: int, dev_percent: int
+) -> tuple[list[Function], list[Function], list[Function]]:
+    """``(train, dev, test)``: whole modules held out for test (and, with dev queries, some of those
+    for dev), each a seeded sample of at most ``sizes[split]`` queries, sorted by name."""
+    rng = random.Random(seed)
+    test = [f for f in usable if _held_out(f.module, test_percent)]
+    train = [f for f in usable if not _held_out(f.module, test_percent)]
+    dev: list[Function] = []
+    if sizes["dev"] > 0:
+        dev = [f for f in test if _dev_module(f.module, dev_percent)]
+        test = [f for f in test if not _dev_module(f.module, dev_percent)]
+        dev = sorted(rng.sample(dev, min(sizes["dev"], len(dev))), key=lambda f: f.qualname)
+    test = sorted(rng.sample(test, min(sizes["test"], len(test))), key=lambda f: f.qualname)
+    train = sorted(rng.sample(train, min(sizes["train"], len(train))), key=lambda f: f.qualname)
+    return train, dev, test
+
+
 def build_real_data(
     out: Path,
     test_queries: int = 60,
@@ -176,33 +226,11 @@ def build_real_data(
     dev_percent: int = 40,
 ) -> dict:
     """Write the training pool and the held-out test task under ``out``; returns the manifest."""
-    functions, names = [], set()
-    for f in stdlib_functions(stdlib):
-        if f.qualname not in names:  # a property's getter and setter share a name: keep the first
-            names.add(f.qualname)
-            functions.append(f)
-    counts: dict[str, int] = {}
-    for f in functions:
-        counts[f.summary.lower()] = counts.get(f.summary.lower(), 0) + 1
-    corpus, seen_code = [], set()
-    for f in functions:
-        code = f.code[:max_chars]
-        if code in seen_code:
-            continue  # identical code (aliases, overloads): one document
-        seen_code.add(code)
-        corpus.append({"id": f.qualname, "text": code})
-    in_corpus = {doc["id"] for doc in corpus}
-    usable = [f for f in functions if counts[f.summary.lower()] == 1 and f.qualname in in_corpus]
-    rng = random.Random(seed)
-    test = [f for f in usable if _held_out(f.module, test_percent)]
-    train = [f for f in usable if not _held_out(f.module, test_percent)]
-    dev: list[Function] = []
-    if dev_queries > 0:
-        dev = [f for f in test if _dev_module(f.module, dev_percent)]
-        test = [f for f in test if not _dev_module(f.module, dev_percent)]
-        dev = sorted(rng.sample(dev, min(dev_queries, len(dev))), key=lambda f: f.qualname)
-    test = sorted(rng.sample(test, min(test_queries, len(test))), key=lambda f: f.qualname)
-    train = sorted(rng.sample(train, min(train_queries, len(train))), key=lambda f: f.qualname)
+    functions = _unique_functions(stdlib)
+    corpus = _code_corpus(functions, max_chars)
+    usable = _usable_queries(functions, corpus)
+    sizes = {"test": test_queries, "train": train_queries, "dev": dev_queries}
+    train, dev, test = _split_queries(usable, seed, sizes, test_percent, dev_percent)
     _write_task(out / "mrb" / TASK_NAME, corpus, test, "ndcg@10")
     if dev:
         _write_task(out / "dev" / TASK_NAME, corpus, dev, "ndcg@10")

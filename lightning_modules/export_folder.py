@@ -79,19 +79,8 @@ def _score_lines(config: dict, head_keys: tuple[str, str] | None) -> list[str]:
     return [*lines, f'    return (z[{ids[0]}] - z[{ids[1]}]).item()  # "{words[0]}" minus "{words[1]}"']
 
 
-def reference_snippet(
-    config: dict, vision: bool, image_token: str, head_keys=None, string_content: bool = False
-) -> str:
-    """Plain-transformers code that scores one (instruction, query, document) like the export.
-
-    Args:
-        config: the export's ``rerank_config.json`` contents.
-        vision: whether the backbone reads images (an image-text-to-text model).
-        image_token: the tokenizer's image placeholder token (``<|image_pad|>`` for Qwen-VL).
-        head_keys: names of the projection head's weight and bias in ``score_head.safetensors``.
-        string_content: the chat template takes the user turn as one string (stock ChatML of
-            text-only models) rather than a list of parts.
-    """
+def _snippet_setup_lines(config: dict, vision: bool, image_token: str) -> list[str]:
+    """The snippet's imports and globals (tokenizer, image processor, model) up to ``def score``'s docstring."""
     model_class = "AutoModelForImageTextToText" if vision else "AutoModelForCausalLM"
     imports = (
         ["AutoImageProcessor", model_class, "AutoTokenizer"] if vision else [model_class, "AutoTokenizer"]
@@ -114,55 +103,83 @@ def reference_snippet(
             'processor = AutoImageProcessor.from_pretrained(MODEL, backend="pil")',
             f'IMAGE = tokenizer.convert_tokens_to_ids("{image_token}")',
         ]
-    lines += [
+    return [
+        *lines,
         f"model = {model_class}.from_pretrained(MODEL, dtype=torch.float32).eval()",
         "",
         "",
         "def score(instruction, query, document):",
         '    """query, document: dicts with "text" and/or "image" (a file path). Higher = more relevant."""',
     ]
+
+
+def _snippet_content_lines(vision: bool, string_content: bool) -> list[str]:
+    """The user turn's content: one ChatML string (text-only stock templates) or a list of parts."""
     if string_content and not vision:
-        lines += [
+        return [
             '    q, d = query.get("text") or "", document.get("text") or ""',
             '    content = f"<Instruct>: {instruction}<Query>:{q}\\n<Document>:{d}"  # one string: ChatML',
         ]
-    else:
-        lines += [
-            '    content = [{"type": "text", "text": f"<Instruct>: {instruction}"}, {"type": "text", "text": "<Query>:"}]',
-            "    for side in (query, document):",
-            "        if side is document:",
-            '            content.append({"type": "text", "text": "\\n<Document>:"})',
-        ]
-        if vision:
-            lines.append('        content += [{"type": "image"}] if side.get("image") else []')
-        lines.append(
-            '        content += [{"type": "text", "text": side["text"]}] if side.get("text") else []'
-        )
-    lines += [
+    lines = [
+        '    content = [{"type": "text", "text": f"<Instruct>: {instruction}"}, {"type": "text", "text": "<Query>:"}]',
+        "    for side in (query, document):",
+        "        if side is document:",
+        '            content.append({"type": "text", "text": "\\n<Document>:"})',
+    ]
+    if vision:
+        lines.append('        content += [{"type": "image"}] if side.get("image") else []')
+    lines.append('        content += [{"type": "text", "text": side["text"]}] if side.get("text") else []')
+    return lines
+
+
+def _snippet_input_lines(vision: bool) -> list[str]:
+    """From the messages to the model inputs: the chat template, the ids, and the image-token expansion."""
+    lines = [
         '    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": content}]',
         "    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)",
         "    # rerank-lab tokenises user text as plain text; this one-piece call matches it unless a text",
         "    # holds a special-token string such as <|im_end|> (then it would become a control token).",
         "    ids = tokenizer(text, add_special_tokens=False).input_ids",
     ]
-    if vision:
-        lines += [
-            '    images = [Image.open(s["image"]).convert("RGB") for s in (query, document) if s.get("image")]',
-            '    inputs = dict(processor(images=images, return_tensors="pt")) if images else {}',
-            "    # Each image placeholder becomes t*h*w / merge_size**2 tokens (its image_grid_thw).",
-            '    sizes = iter((inputs["image_grid_thw"].prod(-1) // processor.merge_size**2).tolist() if images else [])',
-            "    ids = [t for token in ids for t in [token] * (next(sizes) if token == IMAGE else 1)]",
-            "    input_ids = torch.tensor([ids])",
-            "    inputs.update(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))",
-            "    if images:",
-            '        inputs["mm_token_type_ids"] = (input_ids == IMAGE).long()  # 1 marks image tokens',
-        ]
-    else:
-        lines += [
+    if not vision:
+        return [
+            *lines,
             "    input_ids = torch.tensor([ids])",
             "    inputs = {'input_ids': input_ids, 'attention_mask': torch.ones_like(input_ids)}",
         ]
-    lines += _score_lines(config, head_keys)
+    return [
+        *lines,
+        '    images = [Image.open(s["image"]).convert("RGB") for s in (query, document) if s.get("image")]',
+        '    inputs = dict(processor(images=images, return_tensors="pt")) if images else {}',
+        "    # Each image placeholder becomes t*h*w / merge_size**2 tokens (its image_grid_thw).",
+        '    sizes = iter((inputs["image_grid_thw"].prod(-1) // processor.merge_size**2).tolist() if images else [])',
+        "    ids = [t for token in ids for t in [token] * (next(sizes) if token == IMAGE else 1)]",
+        "    input_ids = torch.tensor([ids])",
+        "    inputs.update(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))",
+        "    if images:",
+        '        inputs["mm_token_type_ids"] = (input_ids == IMAGE).long()  # 1 marks image tokens',
+    ]
+
+
+def reference_snippet(
+    config: dict, vision: bool, image_token: str, head_keys=None, string_content: bool = False
+) -> str:
+    """Plain-transformers code that scores one (instruction, query, document) like the export.
+
+    Args:
+        config: the export's ``rerank_config.json`` contents.
+        vision: whether the backbone reads images (an image-text-to-text model).
+        image_token: the tokenizer's image placeholder token (``<|image_pad|>`` for Qwen-VL).
+        head_keys: names of the projection head's weight and bias in ``score_head.safetensors``.
+        string_content: the chat template takes the user turn as one string (stock ChatML of
+            text-only models) rather than a list of parts.
+    """
+    lines = [
+        *_snippet_setup_lines(config, vision, image_token),
+        *_snippet_content_lines(vision, string_content),
+        *_snippet_input_lines(vision),
+        *_score_lines(config, head_keys),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -192,23 +209,18 @@ def _training_text(config: dict) -> str:
     return text + "."
 
 
-def model_card(
-    config: dict, example_prompt: str, example_tokens: str | None, snippet: str, vision: bool = False
-) -> str:
-    """The ``README.md`` of an export.
-
-    Args:
-        config: the export's ``rerank_config.json`` contents (parity filled in).
-        example_prompt: one pair rendered by the folder's chat template, before image expansion.
-        example_tokens: a sentence on how many tokens an example image becomes (vision backbones).
-        snippet: :func:`reference_snippet`'s code.
-    """
-    base = config["base_model"]
-    hub = hub_id(base)
+def _card_metadata(hub: str | None) -> list[str]:
+    """The card's YAML front matter (``base_model`` only for a Hub base)."""
     meta = ["---", "library_name: transformers", "pipeline_tag: text-ranking"]
     if hub is not None:
         meta += [f"base_model: {hub}", "base_model_relation: finetune"]
-    meta += ["tags:", "- reranker", "- rerank-lab", "---"]
+    return [*meta, "tags:", "- reranker", "- rerank-lab", "---"]
+
+
+def _card_summary_lines(config: dict, vision: bool, hub: str | None) -> list[str]:
+    """The title, what the judge reads, and the bullet list: base, objective, score, labels, training,
+    budgets and parity."""
+    base = config["base_model"]
     base_text = (
         f"[`{hub}`](https://huggingface.co/{hub})"
         if hub
@@ -219,8 +231,7 @@ def model_card(
         f"`{w}` ({i})" for w, i in zip(config["label_tokens"], config["label_token_ids"], strict=True)
     )
     parity = config["parity"]
-    lines = [
-        *meta,
+    return [
         "",
         "# Reranker exported by rerank-lab",
         "",
@@ -246,6 +257,12 @@ def model_card(
         f"- **Parity:** the folder scores like the training module to {parity['max_abs_diff']:.1e} "
         f"(max |difference| on {parity['pairs']} pairs; tolerance {parity['tolerance']:.0e}).",
         "",
+    ]
+
+
+def _card_prompt_lines(example_prompt: str, example_tokens: str | None, vision: bool) -> list[str]:
+    """The "Prompt" section: one rendered pair, and how many tokens an image becomes."""
+    lines = [
         "## Prompt",
         "",
         f"One pair ({'a text query, an image + text document' if vision else 'a text query and a text document'}) "
@@ -259,7 +276,12 @@ def model_card(
     ]
     if example_tokens:
         lines += [example_tokens, ""]
-    lines += [
+    return lines
+
+
+def _card_snippet_lines(config: dict, snippet: str) -> list[str]:
+    """The plain-transformers section: what the snippet leaves out, the snippet, and a call."""
+    return [
         f"Pairs longer than {config['max_length']} tokens are cut by rerank-lab (document text first, then "
         "query text; never image tokens or the prompt), and rerank-lab tokenises the texts as plain text "
         "(a document holding a chat control string such as `<|im_end|>` cannot forge a turn). The snippet "
@@ -275,22 +297,48 @@ def model_card(
         'For example `score("Find the document that matches the query.", {"text": "a red car"}, '
         '{"image": "car.png"})`. Batching needs left padding (the score is read at the last position).',
         "",
+    ]
+
+
+# The card's last section: scoring with rerank-lab's own Reranker.
+_RERANK_LAB_LINES = [
+    "## Score it with rerank-lab",
+    "",
+    "rerank-lab is not published on PyPI: install it from a checkout of its source "
+    "(`pip install -e path/to/rerank-lab`, or `make install` there), then",
+    "",
+    "```python",
+    "from lightning_modules.inference import Reranker",
+    "",
+    f'reranker = Reranker.from_pretrained("{MODEL_PLACEHOLDER}")',
+    'reranker.rank("a red car", ["A red car parks.", {"image": "photo.png"}], instruction="Find the match.")',
+    "```",
+    "",
+    "`Reranker` batches pairs, reuses the query prefix across candidates and applies the budgets above; "
+    "its scores equal the snippet's.",
+    "",
+]
+
+
+def model_card(
+    config: dict, example_prompt: str, example_tokens: str | None, snippet: str, vision: bool = False
+) -> str:
+    """The ``README.md`` of an export.
+
+    Args:
+        config: the export's ``rerank_config.json`` contents (parity filled in).
+        example_prompt: one pair rendered by the folder's chat template, before image expansion.
+        example_tokens: a sentence on how many tokens an example image becomes (vision backbones).
+        snippet: :func:`reference_snippet`'s code.
+    """
+    hub = hub_id(config["base_model"])
+    lines = [
+        *_card_metadata(hub),
+        *_card_summary_lines(config, vision, hub),
+        *_card_prompt_lines(example_prompt, example_tokens, vision),
+        *_card_snippet_lines(config, snippet),
         *serve_lines(config, vision, MODEL_PLACEHOLDER),
-        "## Score it with rerank-lab",
-        "",
-        "rerank-lab is not published on PyPI: install it from a checkout of its source "
-        "(`pip install -e path/to/rerank-lab`, or `make install` there), then",
-        "",
-        "```python",
-        "from lightning_modules.inference import Reranker",
-        "",
-        f'reranker = Reranker.from_pretrained("{MODEL_PLACEHOLDER}")',
-        'reranker.rank("a red car", ["A red car parks.", {"image": "photo.png"}], instruction="Find the match.")',
-        "```",
-        "",
-        "`Reranker` batches pairs, reuses the query prefix across candidates and applies the budgets above; "
-        "its scores equal the snippet's.",
-        "",
+        *_RERANK_LAB_LINES,
     ]
     return "\n".join(lines)
 

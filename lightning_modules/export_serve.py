@@ -177,6 +177,44 @@ def write_chat_template(folder: Path, template: str) -> None:
 # ---- sentence-transformers files --------------------------------------------------------------
 
 
+def _st_versions() -> dict[str, str]:
+    """The library versions recorded in ``config_sentence_transformers.json``."""
+    import transformers
+
+    versions = {"transformers": transformers.__version__, "pytorch": torch.__version__}
+    if installed("sentence_transformers"):  # the [data] extra; the files themselves are plain JSON
+        import sentence_transformers
+
+        versions = {"sentence_transformers": sentence_transformers.__version__, **versions}
+    return versions
+
+
+def _st_transformer_config(task: str, output: str, vision: bool, max_length: int) -> dict:
+    """``sentence_bert_config.json``: the Transformer module's task, modalities, output and length cap."""
+    method = {"method": "forward", "method_output_name": "logits"}
+    return {
+        "transformer_task": task,
+        # Text pairs are turned into query/document messages because "message" is listed.
+        "modality_config": {
+            "text": method,
+            "message": {**method, "format": "structured" if vision else "flat"},
+        },
+        "module_output_name": output,
+        "processing_kwargs": {"chat_template": {"add_generation_prompt": True}},
+        "max_seq_length": max_length,
+    }
+
+
+def _logit_score_config(score: str, label_token_ids: Sequence[int]) -> dict:
+    """The ``LogitScore`` module's config: the yes token, minus the no token for a difference score."""
+    subtract = LOGIT_SCORES[score]
+    return {
+        "true_token_id": int(label_token_ids[0]),
+        "false_token_id": int(label_token_ids[1]) if subtract else None,
+        "module_input_name": "causal_logits",
+    }
+
+
 def st_files(
     score: str, label_token_ids: Sequence[int], instruction: str, vision: bool, seq_cls: bool, max_length: int
 ) -> dict[str, dict | list]:
@@ -190,31 +228,14 @@ def st_files(
         seq_cls: the folder holds a one-label ``*ForSequenceClassification`` (no ``LogitScore``).
         max_length: the per-pair token cap.
     """
-    import transformers
-
-    versions = {"transformers": transformers.__version__, "pytorch": torch.__version__}
-    if installed("sentence_transformers"):  # the [data] extra; the files themselves are plain JSON
-        import sentence_transformers
-
-        versions = {"sentence_transformers": sentence_transformers.__version__, **versions}
     if seq_cls:
         task, output = "sequence-classification", "scores"
     else:
         task, output = ("any-to-any" if vision else "text-generation"), "causal_logits"
-    method = {"method": "forward", "method_output_name": "logits"}
-    transformer = {
-        "transformer_task": task,
-        # Text pairs are turned into query/document messages because "message" is listed.
-        "modality_config": {
-            "text": method,
-            "message": {**method, "format": "structured" if vision else "flat"},
-        },
-        "module_output_name": output,
-        "processing_kwargs": {"chat_template": {"add_generation_prompt": True}},
-        "max_seq_length": max_length,
-    }
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.Transformer"}]
-    files: dict[str, dict | list] = {"sentence_bert_config.json": transformer}
+    files: dict[str, dict | list] = {
+        "sentence_bert_config.json": _st_transformer_config(task, output, vision, max_length)
+    }
     if not seq_cls:
         modules.append(
             {
@@ -224,16 +245,11 @@ def st_files(
                 "type": "sentence_transformers.cross_encoder.modules.LogitScore",
             }
         )
-        subtract = LOGIT_SCORES[score]
-        files[f"{LOGIT_SCORE_DIR}/config.json"] = {
-            "true_token_id": int(label_token_ids[0]),
-            "false_token_id": int(label_token_ids[1]) if subtract else None,
-            "module_input_name": "causal_logits",
-        }
+        files[f"{LOGIT_SCORE_DIR}/config.json"] = _logit_score_config(score, label_token_ids)
     files["modules.json"] = modules
     files["config_sentence_transformers.json"] = {
         "model_type": "CrossEncoder",
-        "__version__": versions,
+        "__version__": _st_versions(),
         "prompts": {"instruction": instruction},
         "default_prompt_name": "instruction",
         "activation_fn": "torch.nn.modules.activation.Sigmoid",
@@ -463,21 +479,11 @@ def vllm_lines(folder: str, max_length: int) -> list[str]:
     ]
 
 
-def serve_lines(config: dict, vision: bool, folder: str) -> list[str]:
-    """The card's "Serve it" section: CrossEncoder, then vLLM / TEI (this folder or a seq-cls export)."""
-    seq_cls = config.get("layout") == "seq-cls"
-    lines = [SERVE_HEADING, ""]
-    st = config.get("sentence_transformers") or {}
-    if not st.get("written", True):
-        lines += [
-            f"This export is not a sentence-transformers CrossEncoder and has no seq-cls form: {st['why_not']}. "
-            "Score it with rerank-lab's `Reranker` or the snippet above.",
-            "",
-        ]
-        return lines
+def _crossencoder_lines(config: dict, vision: bool, folder: str) -> list[str]:
+    """The "sentence-transformers" part of "Serve it": a CrossEncoder call, images, the parity check."""
     pairs = ", ".join(f'("{EXAMPLE_QUERY}", "{d}")' for d in EXAMPLE_DOCUMENTS)
     score = "z_yes - z_no" if config["score"] == "yes_minus_no" else "z_yes"
-    lines += [
+    lines = [
         "### sentence-transformers (>= 6)",
         "",
         "```python",
@@ -513,6 +519,22 @@ def serve_lines(config: dict, vision: bool, folder: str) -> list[str]:
             "",
             f"Not checked at export: CrossEncoder did not load here ({parity['crossencoder_not_checked']}).",
         ]
+    return lines
+
+
+def serve_lines(config: dict, vision: bool, folder: str) -> list[str]:
+    """The card's "Serve it" section: CrossEncoder, then vLLM / TEI (this folder or a seq-cls export)."""
+    seq_cls = config.get("layout") == "seq-cls"
+    lines = [SERVE_HEADING, ""]
+    st = config.get("sentence_transformers") or {}
+    if not st.get("written", True):
+        lines += [
+            f"This export is not a sentence-transformers CrossEncoder and has no seq-cls form: {st['why_not']}. "
+            "Score it with rerank-lab's `Reranker` or the snippet above.",
+            "",
+        ]
+        return lines
+    lines += _crossencoder_lines(config, vision, folder)
     lines += ["", "### vLLM, text-embeddings-inference, infinity", ""]
     if seq_cls:
         return [*lines, *vllm_lines(folder, config["max_length"]), ""]

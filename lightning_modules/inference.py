@@ -187,6 +187,62 @@ def unreadable_weights(folder: Path, err: Exception) -> str:
     return f"{reason}; it was truncated or overwritten: re-export or copy it again"
 
 
+def _load_weights(path: str | Path, dtype: str, trust_remote_code: bool, attn_implementation: str):
+    """The backbone at ``path`` (a folder or hub id), frozen; an unreadable ``*.safetensors`` file is
+    one ``ValueError`` line naming it (see :func:`unreadable_weights`)."""
+    try:
+        model = load_backbone(str(path), dtype, trust_remote_code, attn_implementation)
+    except Exception as err:
+        if type(err).__name__ != "SafetensorError":  # safetensors' own error type, raised from Rust
+            raise
+        raise ValueError(unreadable_weights(Path(path), err)) from None
+    model.requires_grad_(False)
+    return model
+
+
+def _load_objective(folder: Path, config: dict | None, model) -> tuple[objectives.Objective, str]:
+    """The objective that scores (SFT for a plain base) with its score head, and the system prompt.
+
+    Raises:
+        ValueError: a score head outside the folder, or label tokens that differ from the objective's.
+    """
+    hidden_size = model.get_output_embeddings().weight.shape[1]
+    if config is None:
+        return objectives.build("sft"), SYSTEM_PROMPT
+    objective = objectives.build(
+        config["objective"], hidden_size=hidden_size, **(config.get("objective_args") or {})
+    )
+    if config.get("score_head"):
+        from safetensors.torch import load_file
+
+        objective.load_state_dict(load_file(str(contained(folder, config["score_head"]))), strict=True)
+    expected = config.get("label_tokens")
+    if expected is not None and list(expected) != label_words(objective):
+        raise ValueError(
+            f"{folder / RERANK_CONFIG}: label_tokens {expected} do not match the objective's "
+            f"{label_words(objective)}"
+        )
+    return objective, config.get("system_prompt", SYSTEM_PROMPT)
+
+
+def _load_encoder(
+    path: str | Path, config: dict, budgets: dict, system_prompt: str, trust_remote_code: bool
+) -> PairEncoder:
+    """The PairEncoder of ``path``; each budget (``max_length``, ``min_pixels``, ``max_pixels``) as
+    given, else the export's, else the default."""
+    defaults = {
+        "max_length": DEFAULT_MAX_LENGTH,
+        "min_pixels": DEFAULT_MIN_PIXELS,
+        "max_pixels": DEFAULT_MAX_PIXELS,
+    }
+    return PairEncoder.from_pretrained(
+        path,
+        trust_remote_code=trust_remote_code,
+        **{key: budgets[key] or config.get(key) or default for key, default in defaults.items()},
+        system_prompt=system_prompt,
+    )
+
+
 class Reranker:
     """Scores (instruction, query, document) pairs with a label-token reranker.
 
@@ -293,43 +349,10 @@ class Reranker:
             verify_export(folder)
         config = read_rerank_config(folder)
         batch_size = batch_size or (32 if device.type == "cuda" else 4)
-        try:
-            model = load_backbone(str(path), dtype, trust_remote_code, attn_implementation)
-        except Exception as err:
-            if type(err).__name__ != "SafetensorError":  # safetensors' own error type, raised from Rust
-                raise
-            raise ValueError(unreadable_weights(folder, err)) from None
-        model.requires_grad_(False)
-        hidden_size = model.get_output_embeddings().weight.shape[1]
-        if config is None:
-            objective = objectives.build("sft")
-            system_prompt = SYSTEM_PROMPT
-        else:
-            objective = objectives.build(
-                config["objective"], hidden_size=hidden_size, **(config.get("objective_args") or {})
-            )
-            if config.get("score_head"):
-                from safetensors.torch import load_file
-
-                objective.load_state_dict(
-                    load_file(str(contained(folder, config["score_head"]))), strict=True
-                )
-            expected = config.get("label_tokens")
-            if expected is not None and list(expected) != label_words(objective):
-                raise ValueError(
-                    f"{folder / RERANK_CONFIG}: label_tokens {expected} do not match the objective's "
-                    f"{label_words(objective)}"
-                )
-            system_prompt = config.get("system_prompt", SYSTEM_PROMPT)
-        config_or_empty = config or {}
-        encoder = PairEncoder.from_pretrained(
-            path,
-            trust_remote_code=trust_remote_code,
-            max_length=max_length or config_or_empty.get("max_length") or DEFAULT_MAX_LENGTH,
-            min_pixels=min_pixels or config_or_empty.get("min_pixels") or DEFAULT_MIN_PIXELS,
-            max_pixels=max_pixels or config_or_empty.get("max_pixels") or DEFAULT_MAX_PIXELS,
-            system_prompt=system_prompt,
-        )
+        model = _load_weights(path, dtype, trust_remote_code, attn_implementation)
+        objective, system_prompt = _load_objective(folder, config, model)
+        budgets = {"max_length": max_length, "min_pixels": min_pixels, "max_pixels": max_pixels}
+        encoder = _load_encoder(path, config or {}, budgets, system_prompt, trust_remote_code)
         model.to(device).eval()
         return cls(model, encoder, objective, device, batch_size, config, prefix_cache, image_cache_mb)
 

@@ -81,6 +81,63 @@ def _cpu_seconds(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _stream_and_collate(
+    tmp: Path, family: str, records: int, images: int, batch_size: int, num_negatives: int
+):
+    """A tiny model and a synthetic training root under ``tmp``: its stream and the encoding collate."""
+    from datamodules.encoding import PairEncoder
+    from datamodules.stream import TrainStream, encode_stream_batch
+    from lightning_modules.tiny import build_tiny
+
+    model_dir = build_tiny(tmp / "model", family=family, seed=0)
+    write_root(tmp / "train", records, images)
+    pixels = IMAGE_SIZE * IMAGE_SIZE
+    encoder = PairEncoder.from_pretrained(model_dir, max_length=1024, min_pixels=pixels, max_pixels=pixels)
+    stream = TrainStream(
+        str(tmp / "train"), batch_size=batch_size, num_negatives=num_negatives, hard_negative_ratio=0.5
+    )
+    return stream, functools.partial(encode_stream_batch, encoder)
+
+
+def _consume(stream, collate, workers: int, seconds: float, warmup_batches: int) -> dict:
+    """Read batches (restarting the loader at each epoch's end) for ``seconds`` after the first
+    ``warmup_batches``: the counts of the timed span, all groups read, and the CPU seconds spent."""
+    groups = pairs = visual_tokens = batches = all_groups = 0
+    start = None
+    workers_cpu = -_cpu_seconds(resource.RUSAGE_CHILDREN)
+    main_cpu = -_cpu_seconds(resource.RUSAGE_SELF)
+    while start is None or time.perf_counter() - start < seconds:
+        loader = stream.dataloader(
+            collate_fn=collate, num_workers=workers, prefetch_factor=4 if workers else None
+        )
+        iterator = iter(loader)
+        for batch in iterator:
+            stream.mark_consumed(batch)
+            batches += 1
+            all_groups += batch["positives"].shape[0]
+            if batches == warmup_batches:  # workers started, pipelines full
+                start = time.perf_counter()
+            elif start is not None:
+                groups += batch["positives"].shape[0]
+                pairs += sum(len(group) for group in batch["groups"])
+                visual_tokens += batch["visual_tokens"]
+            if start is not None and time.perf_counter() - start >= seconds:
+                break
+        del iterator  # joins the workers, so their CPU time is accounted to this process's children
+    elapsed = time.perf_counter() - start
+    workers_cpu += _cpu_seconds(resource.RUSAGE_CHILDREN)
+    main_cpu += _cpu_seconds(resource.RUSAGE_SELF)
+    return {
+        "groups": groups,
+        "pairs": pairs,
+        "visual_tokens": visual_tokens,
+        "all_groups": all_groups,
+        "elapsed": elapsed,
+        "workers_cpu": workers_cpu,
+        "main_cpu": main_cpu,
+    }
+
+
 def measure(
     workers: int = 2,
     seconds: float = 20.0,
@@ -93,53 +150,16 @@ def measure(
 ) -> dict:
     import torch
 
-    from datamodules.encoding import PairEncoder
-    from datamodules.stream import TrainStream, encode_stream_batch
-    from lightning_modules.tiny import build_tiny
-
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
-        tmp = Path(tmp)
-        model_dir = build_tiny(tmp / "model", family=family, seed=0)
-        write_root(tmp / "train", records, images)
-        pixels = IMAGE_SIZE * IMAGE_SIZE
-        encoder = PairEncoder.from_pretrained(
-            model_dir, max_length=1024, min_pixels=pixels, max_pixels=pixels
-        )
-        stream = TrainStream(
-            str(tmp / "train"), batch_size=batch_size, num_negatives=num_negatives, hard_negative_ratio=0.5
-        )
-        collate = functools.partial(encode_stream_batch, encoder)
-        groups = pairs = visual_tokens = batches = all_groups = 0
-        start = None
-        workers_cpu = -_cpu_seconds(resource.RUSAGE_CHILDREN)
-        main_cpu = -_cpu_seconds(resource.RUSAGE_SELF)
-        while start is None or time.perf_counter() - start < seconds:
-            loader = stream.dataloader(
-                collate_fn=collate, num_workers=workers, prefetch_factor=4 if workers else None
-            )
-            iterator = iter(loader)
-            for batch in iterator:
-                stream.mark_consumed(batch)
-                batches += 1
-                all_groups += batch["positives"].shape[0]
-                if batches == warmup_batches:  # workers started, pipelines full
-                    start = time.perf_counter()
-                elif start is not None:
-                    groups += batch["positives"].shape[0]
-                    pairs += sum(len(group) for group in batch["groups"])
-                    visual_tokens += batch["visual_tokens"]
-                if start is not None and time.perf_counter() - start >= seconds:
-                    break
-            del iterator  # joins the workers, so their CPU time is accounted to this process's children
-        elapsed = time.perf_counter() - start
-        workers_cpu += _cpu_seconds(resource.RUSAGE_CHILDREN)
-        main_cpu += _cpu_seconds(resource.RUSAGE_SELF)
-    rate = groups / elapsed
+        stream, collate = _stream_and_collate(Path(tmp), family, records, images, batch_size, num_negatives)
+        counts = _consume(stream, collate, workers, seconds, warmup_batches)
+    elapsed, pairs = counts["elapsed"], counts["pairs"]
+    rate = counts["groups"] / elapsed
     # What the same workers deliver when each has a core to itself (the machine may be shared): all
     # groups consumed over the CPU seconds the workers spent (prefetched, unused batches included).
-    per_worker_cpu = (workers_cpu / workers) if workers else main_cpu
-    uncontended = all_groups / per_worker_cpu if per_worker_cpu > 0 else float("nan")
+    per_worker_cpu = (counts["workers_cpu"] / workers) if workers else counts["main_cpu"]
+    uncontended = counts["all_groups"] / per_worker_cpu if per_worker_cpu > 0 else float("nan")
     return {
         "benchmark": "data_stream",
         "groups_per_s": round(rate, 1),
@@ -147,13 +167,13 @@ def measure(
         "target_groups_per_s": TARGET_GROUPS_PER_S,
         "meets_target": rate >= TARGET_GROUPS_PER_S,
         "groups_per_s_one_core_per_worker": round(uncontended, 1),
-        "main_process_cpu_share": round(main_cpu / elapsed, 2),
+        "main_process_cpu_share": round(counts["main_cpu"] / elapsed, 2),
         "workers": workers,
         "batch_size": batch_size,
         "group_size": 1 + num_negatives,
         "image_size": IMAGE_SIZE,
-        "visual_tokens_per_pair": round(visual_tokens / max(pairs, 1), 2),
-        "groups_timed": groups,
+        "visual_tokens_per_pair": round(counts["visual_tokens"] / max(pairs, 1), 2),
+        "groups_timed": counts["groups"],
         "seconds": round(elapsed, 2),
         "model": f"tiny {family}",
         "cpu_count": os.cpu_count(),

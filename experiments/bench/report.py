@@ -137,10 +137,10 @@ def _spread_lines(report: dict) -> list[str]:
     ]
 
 
-def markdown(report: dict) -> str:
-    """``bench.md``: the device, the training and inference tables, targets and the method notes."""
+def _intro_lines(report: dict) -> list[str]:
+    """The title, the device and the workload, and the training table's heading and method notes."""
     weights = ", ".join(f"{family} {count}" for family, (count, _, _) in FAMILIES.items())
-    lines = [
+    return [
         "# rerank-lab benchmark",
         "",
         f"Device: **{report['device']}**, {report['threads']} torch thread(s). Objective CL, LoRA "
@@ -156,6 +156,12 @@ def markdown(report: dict) -> str:
         "`model(**inputs).logits` (all positions, full vocabulary), right padding + gather, the whole group "
         "in one forward. naive-gc: naive + Hugging Face gradient checkpointing.",
         "",
+    ]
+
+
+def _train_lines(report: dict) -> list[str]:
+    """One row per model, N and training method: throughput, peak memory and MFU (OOM where it ran out)."""
+    lines = [
         "| model | N | method | pairs/step | tokens/pair | pairs/s | peak step MiB | MFU |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -170,7 +176,12 @@ def markdown(report: dict) -> str:
                 f"| {arch} | {negatives} | {method} | {result['pairs_per_step']} | {result['tokens_per_pair']} | "
                 f"{result['pairs_per_s']:.2f} | {result['peak_mib']:.0f} | {mfu} |"
             )
-    lines += [
+    return lines
+
+
+def _train_summary_lines(report: dict) -> list[str]:
+    """One row per model: the head's FLOP share, the speed-ups and the memory growth from N=4 to N=16."""
+    lines = [
         "",
         "| model | head ÷ decoder FLOPs | speed-up vs naive N=4 / N=16 | vs naive-gc | memory growth 4→16: "
         "rerank-lab / naive / naive-gc |",
@@ -185,8 +196,12 @@ def markdown(report: dict) -> str:
             f"{_fmt(s['naive_memory_growth_n4_to_n16'], 2, 'x')} / "
             f"{_fmt(s['naive_gc_memory_growth_n4_to_n16'], 2, 'x')} |"
         )
-    lines += _spread_lines(report)
-    lines += [
+    return lines
+
+
+def _inference_lines(report: dict) -> list[str]:
+    """The inference section: per model and family, one pair per forward vs Reranker.score, then the mix."""
+    lines = [
         "",
         "## Inference (end to end: encoding + scoring, one query's candidates per call)",
         "",
@@ -216,9 +231,13 @@ def markdown(report: dict) -> str:
             f"Largest |score difference| Reranker.score vs one pair per forward: "
             f"{result['max_abs_diff_default_vs_loop']:.1e} (float reduction order only)."
         )
-    lines += bound_lines(report)
+    return lines
+
+
+def _headline_lines(report: dict) -> list[str]:
+    """The headline model's speed-ups and memory growth against their targets and bounds, and the notes."""
     targets = report["targets"]
-    lines += [
+    return [
         "",
         f"## Headline ({report['headline_model']})",
         "",
@@ -243,4 +262,13 @@ def markdown(report: dict) -> str:
         "decoder) gives the head a far larger share than real models, so its speed-ups overstate.",
         "",
     ]
+
+
+def markdown(report: dict) -> str:
+    """``bench.md``: the device, the training and inference tables, targets and the method notes."""
+    lines = _intro_lines(report) + _train_lines(report) + _train_summary_lines(report)
+    lines += _spread_lines(report)
+    lines += _inference_lines(report)
+    lines += bound_lines(report)
+    lines += _headline_lines(report)
     return "\n".join(lines)

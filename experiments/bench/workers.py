@@ -273,17 +273,12 @@ def train_worker(
     return result
 
 
-def infer_worker(arch: str, folder: Path, data_dir: Path, work: Workload) -> dict:
-    """Measure inference per family: Reranker.score (defaults; and without the prefix cache) vs a
-    loop that encodes and scores one pair per forward with the same label-token scorer."""
-    import torch
-
+def _bench_reranker(folder: Path, work: Workload, device):
+    """The exported model as :class:`Reranker`, with the workload's batch, length and pixel budgets."""
     from lightning_modules.inference import Reranker
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = "bfloat16" if device.type == "cuda" else "float32"
-    groups = make_groups(data_dir, work, seed=1)
-    reranker = Reranker.from_pretrained(
+    return Reranker.from_pretrained(
         folder,
         device=device,
         dtype=dtype,
@@ -293,54 +288,76 @@ def infer_worker(arch: str, folder: Path, data_dir: Path, work: Workload) -> dic
         max_pixels=2 * work.image_side**2,
     )
 
+
+def _score_batched(reranker, query, docs, prefix) -> list[float]:
+    """``Reranker.score`` with the prefix cache set to ``prefix``, nothing carried over from earlier calls."""
+    reranker.prefix_cache = prefix
+    reranker.image_cache.clear()  # one query's cost: nothing carried over from earlier calls
+    return reranker.score(query, docs, instruction=INSTRUCTION)
+
+
+def _score_loop(reranker, query, docs) -> list[float]:
+    """One pair per forward: each pair encoded (its images too) and scored alone."""
+    encode = reranker.encoder.encode
     cache_bytes = reranker.image_cache.max_bytes
+    reranker.image_cache.max_bytes = 0  # every pair encodes its own images
+    try:
+        return [reranker.score_encoded([encode(INSTRUCTION, query, doc)])[0] for doc in docs]
+    finally:
+        reranker.image_cache.max_bytes = cache_bytes
 
-    def batched(query, docs, prefix) -> list[float]:
-        reranker.prefix_cache = prefix
-        reranker.image_cache.clear()  # one query's cost: nothing carried over from earlier calls
-        return reranker.score(query, docs, instruction=INSTRUCTION)
 
-    def loop(query, docs) -> list[float]:
-        encode = reranker.encoder.encode
-        reranker.image_cache.max_bytes = 0  # every pair encodes its own images
-        try:
-            return [reranker.score_encoded([encode(INSTRUCTION, query, doc)])[0] for doc in docs]
-        finally:
-            reranker.image_cache.max_bytes = cache_bytes
+def _best_time(device, repeats: int, fn, *args) -> tuple[float, list[float]]:
+    """The fastest of ``repeats`` calls of ``fn(*args)`` (as for training steps), and its scores."""
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        scores = fn(*args)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best, scores
 
-    def timed(fn, *args) -> tuple[float, list[float]]:
-        best = float("inf")
-        for _ in range(work.repeats):  # the fastest of a few calls, as for training steps
-            _sync(device)
-            start = time.perf_counter()
-            scores = fn(*args)
-            _sync(device)
-            best = min(best, time.perf_counter() - start)
-        return best, scores
 
-    _, query, docs = groups[0]
-    loop(query, docs[:2]), batched(query, docs[:4], "auto")  # warm-up
-    seconds = {"loop": {}, "batched": {}, "default": {}}
-    pairs, tokens, diffs, bounds = {}, {}, {}, {}
-    costs = model_costs(reranker.scorer.model)
-    for family, query, docs in groups:
-        docs = docs[: work.infer_candidates]
-        seconds["loop"][family], s_loop = timed(loop, query, docs)
-        seconds["batched"][family], s_batched = timed(batched, query, docs, False)
-        seconds["default"][family], s_default = timed(batched, query, docs, "auto")
-        pairs[family] = len(docs)
-        encoded = [reranker.encoder.encode(INSTRUCTION, query, d) for d in docs]
-        tokens[family] = statistics.mean(len(p.input_ids) for p in encoded)
-        bounds[family] = family_bound(
-            encoded,
-            reranker.encoder.image_token_id,
-            reranker.encoder.merge_size,
-            costs,
-            0,
-            full_vocab=False,
-            train=False,
-        )
-        diffs[family] = float((torch.tensor(s_default) - torch.tensor(s_loop)).abs().max())
+def _infer_family(reranker, costs, device, work: Workload, query, docs) -> dict:
+    """One family's group: the three methods' seconds, pairs, tokens per pair, the bound and the
+    largest score difference of ``Reranker.score`` vs one pair per forward."""
+    import torch
+
+    docs = docs[: work.infer_candidates]
+    seconds = {}
+    seconds["loop"], s_loop = _best_time(device, work.repeats, _score_loop, reranker, query, docs)
+    seconds["batched"], _ = _best_time(device, work.repeats, _score_batched, reranker, query, docs, False)
+    seconds["default"], s_default = _best_time(
+        device, work.repeats, _score_batched, reranker, query, docs, "auto"
+    )
+    encoded = [reranker.encoder.encode(INSTRUCTION, query, d) for d in docs]
+    bound = family_bound(
+        encoded,
+        reranker.encoder.image_token_id,
+        reranker.encoder.merge_size,
+        costs,
+        0,
+        full_vocab=False,
+        train=False,
+    )
+    return {
+        "seconds": seconds,
+        "pairs": len(docs),
+        "tokens": statistics.mean(len(p.input_ids) for p in encoded),
+        "bound": bound,
+        "diff": float((torch.tensor(s_default) - torch.tensor(s_loop)).abs().max()),
+    }
+
+
+def _infer_result(arch: str, work: Workload, measured: dict[str, dict]) -> tuple[dict, dict]:
+    """The worker's result from the per-family measurements, and the mix summaries by method."""
+    seconds = {
+        name: {family: m["seconds"][name] for family, m in measured.items()} for name in _INFER_METHODS
+    }
+    pairs = {family: m["pairs"] for family, m in measured.items()}
+    tokens = {family: m["tokens"] for family, m in measured.items()}
+    bounds = {family: m["bound"] for family, m in measured.items()}
     mixes = {name: _mix_summary(pairs, tokens, by_family) for name, by_family in seconds.items()}
     result = {
         "arch": arch,
@@ -352,7 +369,7 @@ def infer_worker(arch: str, folder: Path, data_dir: Path, work: Workload) -> dic
         "default_pairs_per_s": mixes["default"]["pairs_per_s"],
         "speedup": mixes["default"]["pairs_per_s"] / mixes["loop"]["pairs_per_s"],
         "prefix_speedup": mixes["default"]["pairs_per_s"] / mixes["batched"]["pairs_per_s"],
-        "max_abs_diff_default_vs_loop": max(diffs.values()),
+        "max_abs_diff_default_vs_loop": max(m["diff"] for m in measured.values()),
         "bound": mix_bound(bounds),  # of the speed-up over one pair per forward (experiments.bench.bounds)
         "families": {
             family: {
@@ -364,6 +381,29 @@ def infer_worker(arch: str, folder: Path, data_dir: Path, work: Workload) -> dic
             for family in pairs
         },
     }
+    return result, mixes
+
+
+# Inference methods, in the order they are timed: one pair per forward, Reranker.score without the
+# prefix cache, Reranker.score with its defaults.
+_INFER_METHODS = ("loop", "batched", "default")
+
+
+def infer_worker(arch: str, folder: Path, data_dir: Path, work: Workload) -> dict:
+    """Measure inference per family: Reranker.score (defaults; and without the prefix cache) vs a
+    loop that encodes and scores one pair per forward with the same label-token scorer."""
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    groups = make_groups(data_dir, work, seed=1)
+    reranker = _bench_reranker(folder, work, device)
+    _, query, docs = groups[0]
+    _score_loop(reranker, query, docs[:2]), _score_batched(reranker, query, docs[:4], "auto")  # warm-up
+    costs = model_costs(reranker.scorer.model)
+    measured = {
+        family: _infer_family(reranker, costs, device, work, query, docs) for family, query, docs in groups
+    }
+    result, mixes = _infer_result(arch, work, measured)
     if device.type == "cuda":
         result["default_mfu"] = (
             2 * flop_params(reranker.scorer.model) * mixes["default"]["tokens_per_s"] / peak_flops()
