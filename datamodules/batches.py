@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from PIL import Image
@@ -64,19 +63,8 @@ class StreamBatch:
         }
 
 
-class _KeyAccess:
-    """Read-only ``batch["name"]`` for the attribute ``name``: the batches were dicts before, and
-    experiments/bench still reads them by key."""
-
-    def __getitem__(self, key: str) -> Any:
-        try:
-            return getattr(self, key)
-        except AttributeError:
-            raise KeyError(key) from None
-
-
 @dataclass
-class TrainBatch(_KeyAccess):
+class TrainBatch:
     """B groups of 1 + N encoded pairs, the positive first (``positives[:, 0]``).
 
     Attributes:
@@ -122,7 +110,7 @@ class TrainBatch(_KeyAccess):
 
 
 @dataclass
-class QueryBatch(_KeyAccess):
+class QueryBatch:
     """One query of one task with its encoded candidates (the top-K of the first stage).
 
     Attributes:

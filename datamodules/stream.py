@@ -70,7 +70,7 @@ from typing import Any
 from fsspec.implementations.local import LocalFileSystem
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from datamodules.batches import StreamBatch, TrainBatch, encode_train
+from datamodules.batches import StreamBatch, TrainBatch
 from datamodules.formats import FormatError, TrainGroup, parse_train_group
 from datamodules.groups import DocPool, NegativeSampler
 from datamodules.shards import Block, StreamIndex, list_shards
@@ -81,7 +81,6 @@ __all__ = [
     "StreamIndex",
     "StreamLoader",
     "TrainStream",
-    "encode_stream_batch",
     "list_shards",
 ]
 
@@ -524,7 +523,3 @@ class StreamLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.dataset.load_state_dict(state)
-
-
-# experiments/bench reads this name; the encoders live in datamodules/batches.py.
-encode_stream_batch = encode_train

@@ -187,8 +187,8 @@ def test_mrb_fault_is_reported_at_its_line_by_validate_and_evaluation(case, tmp_
                 list(module.val_dataloader())
             return
         batches = list(module.val_dataloader())
-    assert {b["qid"] for b in batches} == {"q0", "q1"}  # every judged query is still scored
-    reported = module.eval_load_problems.get("t", []) + [m for b in batches for m in b["skipped"]]
+    assert {b.qid for b in batches} == {"q0", "q1"}  # every judged query is still scored
+    reported = module.eval_load_problems.get("t", []) + [m for b in batches for m in b.skipped]
     assert any(m.startswith(expected) and reason in m for m in reported), reported
 
 
@@ -197,10 +197,10 @@ def test_skipped_candidates_are_left_out_of_the_ranking_and_counted(tmp_path, ti
     write_task(root / "t")
     (root / "t" / "images" / "d1.png").write_bytes(b"")
     module = _datamodule(tiny_model_dir, root, "skip")
-    batches = {b["qid"]: b for b in module.val_dataloader()}
-    assert sorted(batches["q0"]["doc_ids"]) == ["d0", "d2", "d3", "d4", "d5"]
-    assert len(batches["q0"]["first_stage"]) == 5 and len(batches["q0"]["pairs"]) == 5
-    assert [m.split(": ")[0] for m in batches["q0"]["skipped"]] == [f"{root / 't' / 'corpus.jsonl'}:2"]
+    batches = {b.qid: b for b in module.val_dataloader()}
+    assert sorted(batches["q0"].doc_ids) == ["d0", "d2", "d3", "d4", "d5"]
+    assert len(batches["q0"].first_stage) == 5 and len(batches["q0"].pairs) == 5
+    assert [m.split(": ")[0] for m in batches["q0"].skipped] == [f"{root / 't' / 'corpus.jsonl'}:2"]
 
 
 def test_a_bad_query_image_leaves_out_its_candidates_counted(tmp_path, tiny_model_dir):
@@ -210,9 +210,9 @@ def test_a_bad_query_image_leaves_out_its_candidates_counted(tmp_path, tiny_mode
     lines[1] = json.dumps({"id": "q1", "text": "query 1", "image": "images/q1.png"})
     (root / "t" / "queries.jsonl").write_text("\n".join(lines) + "\n")
     extreme_aspect(root / "t" / "images" / "q1.png")
-    batches = {b["qid"]: b for b in _datamodule(tiny_model_dir, root, "skip").val_dataloader()}
-    assert batches["q1"]["doc_ids"] == [] and len(batches["q1"]["skipped"]) == 6
-    assert batches["q1"]["skipped"][0].startswith(f"{root / 't' / 'queries.jsonl'}:2: image")
+    batches = {b.qid: b for b in _datamodule(tiny_model_dir, root, "skip").val_dataloader()}
+    assert batches["q1"].doc_ids == [] and len(batches["q1"].skipped) == 6
+    assert batches["q1"].skipped[0].startswith(f"{root / 't' / 'queries.jsonl'}:2: image")
     with pytest.raises(FormatError, match=r"queries\.jsonl:2: image .*aspect ratio"):
         list(_datamodule(tiny_model_dir, root, "error").val_dataloader())
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from datamodules.batches import encode_train
 from datamodules.formats import FormatError
-from datamodules.stream import TrainStream, encode_stream_batch
+from datamodules.stream import TrainStream
 from tests.broken_inputs import IMAGE_FAULTS, no_hang, png, validate
 
 
@@ -114,7 +115,7 @@ def encoder(tiny_model_dir):
 
 def _walk_and_collate(root: Path, policy: str, encoder) -> list[dict]:
     stream = TrainStream(str(root), batch_size=1, num_negatives=1, on_bad_record=policy, shuffle=False)
-    return [encode_stream_batch(encoder, batch) for batch in stream.dataloader()]
+    return [encode_train(encoder, batch) for batch in stream.dataloader()]
 
 
 @pytest.mark.parametrize("case", sorted(TRAIN_CASES))
@@ -135,14 +136,14 @@ def test_training_fault_is_reported_at_its_line_by_validate_and_training(case, t
 
     with no_hang():
         stream = TrainStream(str(root), batch_size=1, num_negatives=1, on_bad_record="skip", shuffle=False)
-        batches = [encode_stream_batch(encoder, batch) for batch in stream.dataloader()]
+        batches = [encode_train(encoder, batch) for batch in stream.dataloader()]
     if stage == "index":
         assert stream.counters["skipped_shards"] == 1
         assert stream.index.problems[0].startswith(expected) and reason in stream.index.problems[0]
     else:
-        skipped = [m for b in batches for m in b["skipped_records"]]
+        skipped = [m for b in batches for m in b.skipped_records]
         assert len(skipped) == 1 and skipped[0].startswith(expected) and reason in skipped[0], skipped
-    assert sum(b["stream"]["groups"] for b in batches) >= 5  # the good records still train
+    assert sum(b.stream["groups"] for b in batches) >= 5  # the good records still train
 
 
 def test_an_empty_shard_alone_is_an_error_with_either_policy(tmp_path, capsys):
@@ -172,9 +173,9 @@ def test_chat_control_tokens_in_text_pass_validate_and_encode_as_text(tmp_path, 
     code, lines = validate(capsys, root)
     assert code == 0, lines
     batches = _walk_and_collate(root, "error", encoder)
-    assert sum(b["stream"]["groups"] for b in batches) == 3
+    assert sum(b.stream["groups"] for b in batches) == 3
     for batch in batches:  # one image per pair with an image: the text added no placeholder
         visual = encoder.image_token_id
         per_image = 3136 // (14 * 14) // 4
-        counts = [pair.input_ids.count(visual) for group in batch["groups"] for pair in group]
+        counts = [pair.input_ids.count(visual) for group in batch.groups for pair in group]
         assert all(c in (0, per_image, 2 * per_image) for c in counts), counts

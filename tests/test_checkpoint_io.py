@@ -49,7 +49,9 @@ def test_the_crafted_file_really_runs_code_when_fully_unpickled(crafted, tmp_pat
 
 def test_export_refuses_a_crafted_checkpoint_and_runs_nothing(crafted, tmp_path, capsys):
     path, marker = crafted
-    assert export_main(["--ckpt", str(path), "--out", str(tmp_path / "out")]) == 2  # bad input (the convention of experiments/commands.py)
+    assert (
+        export_main(["--ckpt", str(path), "--out", str(tmp_path / "out")]) == 2
+    )  # bad input (the convention of experiments/commands.py)
     err = capsys.readouterr().err
     assert f"{path}: refused to load" in err and "builtins.open" in err.replace("io.open", "builtins.open")
     assert "Traceback" not in err

@@ -51,7 +51,7 @@ def image_batch(tiny_model_dir, demo_dir):
     """Two groups of 1 + 3 with image queries (prefix holds an image; documents have images)."""
     data = make_data(tiny_model_dir, demo_dir, num_negatives=3)
     batch = first_batch(data, count=2, predicate=lambda group: group.query.image)
-    assert all(pair.pixel_values for group in batch["groups"] for pair in group)
+    assert all(pair.pixel_values for group in batch.groups for pair in group)
     return batch
 
 
@@ -100,7 +100,7 @@ def _step(folder, batch, precision: str, dtype: str, objective: str, args, monke
     with plugin.forward_context():
         loss = module.loss_step(batch).loss
         # The decoder's own cache dtype for a whole pair in this context (what the prefix must match).
-        pair = {k: v for k, v in module._collate(batch["groups"][0][:1]).items() if k != "image_counts"}
+        pair = {k: v for k, v in module._collate(batch.groups[0][:1]).items() if k != "image_counts"}
         with torch.no_grad():
             out = module.scorer.decoder(**pair, use_cache=True)
         whole_kv = {(layer.keys.dtype, layer.values.dtype) for layer in out.past_key_values.layers}
@@ -156,7 +156,7 @@ def test_trainer_fits_in_bf16_on_cpu_with_float32_adapters(precision, tiny_model
 
 def test_label_logits_stay_float32_under_bf16_autocast(tiny_model_dir, image_batch):
     module = reranker.RerankerModule(str(tiny_model_dir), lora_r=4)
-    pair = {k: v for k, v in module._collate(image_batch["groups"][0][:1]).items() if k != "image_counts"}
+    pair = {k: v for k, v in module._collate(image_batch.groups[0][:1]).items() if k != "image_counts"}
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         scores = module.scorer(pair)
     assert scores.label_logits.dtype == torch.float32  # the docstring's promise, also under autocast

@@ -64,14 +64,14 @@ def test_shared_prefix_training_has_the_gradients_of_whole_pairs(tmp_path, demo_
     image_query = first_batch(data, count=1, predicate=lambda g: g.query.image)
     text_query = first_batch(data, count=1, predicate=lambda g: not g.query.image)
     merge = data.encoder.merge_size
-    (group,) = image_query["groups"]
+    (group,) = image_query.groups
     length, images = shared_prefix(group, data.encoder.image_token_id, merge)
     assert images == 1 and length > 0.3 * min(len(p.input_ids) for p in group)  # the query image is shared
-    length, images = shared_prefix(text_query["groups"][0], data.encoder.image_token_id, merge)
+    length, images = shared_prefix(text_query.groups[0], data.encoder.image_token_id, merge)
     assert images == 0 and length > 20  # system prompt, instruction and query text
     both = first_batch(data, count=2)  # two groups in one batch: each keeps its own prefix
     for batch in (image_query, text_query, both):
-        images = sum(len(p.image_grid_thw) for g in batch["groups"] for p in g)  # the query's included
+        images = sum(len(p.image_grid_thw) for g in batch.groups for p in g)  # the query's included
         for lora_r in (4, 0):  # LoRA: frozen vision tower, features once; full: pixels in every forward
             loss, reference, seen = _step(folder, batch, lora_r=lora_r, share_prefix=False)
             assert seen == images
@@ -125,7 +125,7 @@ def test_evaluation_encodes_each_image_once_and_scores_the_same(tiny_model_dir, 
         if index == 6:
             break
         distinct.update(key for pair in batch.pairs for key in pair.image_keys)
-        pairs += len(batch["pairs"])
+        pairs += len(batch.pairs)
         _assert_same_scores(cached, plain, batch)
     cache = cached._image_cache
     assert cache.encoded == len(distinct)  # every distinct image once (query images included)

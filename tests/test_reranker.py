@@ -42,7 +42,7 @@ def test_training_steps_reduce_the_loss_on_a_fixed_batch(tiny_model_dir, demo_di
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert batch["positives"].shape == (2, 4) and batch["positives"][:, 0].all()
+    assert batch.positives.shape == (2, 4) and batch.positives[:, 0].all()
     assert losses[-1] < 0.6 * losses[0]
 
 
@@ -152,8 +152,8 @@ def test_micro_batched_group_has_the_gradients_of_the_whole_group(tiny_model_dir
     """pairs_per_forward=1 (checkpointed two-pass) equals one forward over the group, fp64."""
     # Two groups with image queries, so image slicing is exercised.
     batch = first_batch(make_data(tiny_model_dir, demo_dir), predicate=lambda group: group.query.image)
-    assert any(pair.pixel_values for group in batch["groups"] for pair in group)
-    lengths = [len(pair.input_ids) for group in batch["groups"] for pair in group]
+    assert any(pair.pixel_values for group in batch.groups for pair in group)
+    lengths = [len(pair.input_ids) for group in batch.groups for pair in group]
     assert lengths != sorted(lengths)  # micro-batches are length-sorted, so the row order is exercised
     grads = {}
     for chunk in (0, 1, 3):

@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.batches import TrainBatch
+from datamodules.batches import TrainBatch, encode_train
 from datamodules.formats import Doc, FormatError, TrainGroup
 from datamodules.groups import DocPool, NegativeSampler
-from datamodules.stream import StreamIndex, TrainStream, encode_stream_batch
+from datamodules.stream import StreamIndex, TrainStream
 
 SHARD_SIZES = (13, 7, 22, 3, 9, 1)  # uneven on purpose; 55 records
 
@@ -318,17 +318,17 @@ def test_collate_refuses_bad_images_with_file_line_or_skips_and_counts(tmp_path,
 
     skip = TrainStream(str(root), batch_size=8, num_negatives=2, on_bad_record="skip", shuffle=False)
     (batch,) = walk(skip, 0)
-    out = encode_stream_batch(encoder, batch)
-    assert out["positives"].shape == (6, 3) and sum(len(g) for g in out["groups"]) == 18
-    assert out["stream"]["skipped"] == 2 and out["stream"]["groups"] == 6
-    assert sorted(m.split(": ")[0] for m in out["skipped_records"]) == [
+    out = encode_train(encoder, batch)
+    assert out.positives.shape == (6, 3) and sum(len(g) for g in out.groups) == 18
+    assert out.stream["skipped"] == 2 and out.stream["groups"] == 6
+    assert sorted(m.split(": ")[0] for m in out.skipped_records) == [
         f"{root / 'a.jsonl'}:{i}" for i in (3, 6)
     ]
-    assert any("safety limit" in m for m in out["skipped_records"])
+    assert any("safety limit" in m for m in out.skipped_records)
 
     strict = TrainStream(str(root), batch_size=8, num_negatives=2, shuffle=False)
     with pytest.raises(FormatError, match=r"a\.jsonl:3: .*missing\.png"):
-        encode_stream_batch(encoder, walk(strict, 0)[0])
+        encode_train(encoder, walk(strict, 0)[0])
 
 
 # ---- URLs ----------------------------------------------------------------------------------------

@@ -85,8 +85,9 @@ def _stream_and_collate(
     tmp: Path, family: str, records: int, images: int, batch_size: int, num_negatives: int
 ):
     """A tiny model and a synthetic training root under ``tmp``: its stream and the encoding collate."""
+    from datamodules.batches import encode_train
     from datamodules.encoding import PairEncoder
-    from datamodules.stream import TrainStream, encode_stream_batch
+    from datamodules.stream import TrainStream
     from lightning_modules.tiny import build_tiny
 
     model_dir = build_tiny(tmp / "model", family=family, seed=0)
@@ -96,7 +97,7 @@ def _stream_and_collate(
     stream = TrainStream(
         str(tmp / "train"), batch_size=batch_size, num_negatives=num_negatives, hard_negative_ratio=0.5
     )
-    return stream, functools.partial(encode_stream_batch, encoder)
+    return stream, functools.partial(encode_train, encoder)
 
 
 def _consume(stream, collate, workers: int, seconds: float, warmup_batches: int) -> dict:
@@ -114,13 +115,13 @@ def _consume(stream, collate, workers: int, seconds: float, warmup_batches: int)
         for batch in iterator:
             stream.mark_consumed(batch)
             batches += 1
-            all_groups += batch["positives"].shape[0]
+            all_groups += batch.positives.shape[0]
             if batches == warmup_batches:  # workers started, pipelines full
                 start = time.perf_counter()
             elif start is not None:
-                groups += batch["positives"].shape[0]
-                pairs += sum(len(group) for group in batch["groups"])
-                visual_tokens += batch["visual_tokens"]
+                groups += batch.positives.shape[0]
+                pairs += sum(len(group) for group in batch.groups)
+                visual_tokens += batch.visual_tokens
             if start is not None and time.perf_counter() - start >= seconds:
                 break
         del iterator  # joins the workers, so their CPU time is accounted to this process's children
