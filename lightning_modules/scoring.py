@@ -6,9 +6,13 @@ through :func:`score_pairs`:
 1. with a shared prefix (``prefix=(length, images)``, from ``prefix.shared_prefix`` or
    ``prefix.query_prefix``) the tokens every pair shares run once and each pair's remaining tokens
    are scored against their keys/values (exact; lightning_modules/prefix.py);
-2. the pairs are cut into length-sorted micro-batches of ``size`` pairs, the remainder (shortest
-   pairs) first and full micro-batches of the longest pairs last, each collated (left-padded and
-   moved to the model's device) only when it runs: this is the only place pairs become tensors;
+2. the pairs run in forwards of at most ``size`` pairs, each collated (left-padded and moved to the
+   model's device) only when it runs: this is the only place pairs become tensors. Without
+   activation checkpointing the forwards are length buckets (:func:`length_buckets`): the cut of the
+   length-sorted pairs that pads least, counting a forward's fixed cost, so that one long document
+   does not pad the whole group to its length. With ``checkpointed`` they are length-sorted
+   micro-batches of ``size`` (:func:`micro_batches`), the remainder (shortest pairs) first and full
+   micro-batches of the longest pairs last;
 3. with ``checkpointed`` every micro-batch but the last runs under non-reentrant activation
    checkpointing: the forward keeps no activations and backward recomputes one micro-batch at a
    time, so peak activation memory is that of ``size`` pairs plus the prefix, whatever the group
@@ -46,6 +50,36 @@ def micro_batches(pairs: Sequence[EncodedPair], size: int) -> list[list[int]]:
     return [ranked[max(0, end - size) : end] for end in range(len(ranked), 0, -size)][::-1]
 
 
+# A forward pass's fixed cost, in padded token positions, by device type: what one more forward must
+# save in padding to pay. On a CPU a forward's dispatch costs a few token positions of even a 135M
+# model (a token position is ~2 ms of its forward and backward on one core; a forward's overhead ~10 ms);
+# on a GPU a small forward is latency-bound (milliseconds against microseconds a token), so a split pays
+# only for a large saving.
+FORWARD_COST = {"cpu": 16, "cuda": 1024}
+
+
+def length_buckets(lengths: Sequence[int], size: int, forward_cost: int) -> list[list[int]]:
+    """Indices of the pairs (given their ``lengths``) in forwards of at most ``size`` pairs, each a run
+    of the length-sorted order, chosen to minimise the padded positions (rows x longest row) plus
+    ``forward_cost`` per forward: a dynamic programme over the sorted lengths (ties keep input order
+    and, between equal costs, fewer forwards)."""
+    if size < 1:
+        raise ValueError(f"micro-batch size must be >= 1, got {size}")
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    ordered = [lengths[i] for i in order]
+    best, cut = [0.0] + [float("inf")] * len(order), [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        for start in range(max(0, end - size), end):
+            cost = best[start] + (end - start) * ordered[end - 1] + forward_cost
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    chunks, end = [], len(order)
+    while end > 0:
+        chunks.append(order[cut[end] : end])
+        end = cut[end]
+    return chunks[::-1]
+
+
 def score_pairs(
     scorer: LabelScorer,
     pairs: Sequence[EncodedPair],
@@ -64,7 +98,7 @@ def score_pairs(
         pairs: the encoded pairs of one query (they share at most one prefix).
         collate: pairs -> a left-padded batch on the model's device.
         features: pairs -> their images' vision features (frozen tower, maybe cached) or ``None``.
-        size: pairs per forward pass.
+        size: the most pairs in one forward pass.
         prefix: ``(length, images)`` of the prefix all pairs share, ``(0, 0)`` for none.
         checkpointed: run micro-batches under activation checkpointing (training).
         checkpoint_last: checkpoint the last micro-batch too (a group that is not the last one of
@@ -79,7 +113,12 @@ def score_pairs(
         out = score_after_prefix(scorer, batch, head, image_features)
         return out.label_logits, out.hidden
 
-    chunks = micro_batches(suffixes, size)
+    if checkpointed:
+        chunks = micro_batches(suffixes, size)
+    else:
+        device = next(scorer.model.parameters()).device.type
+        lengths = [len(pair.input_ids) for pair in suffixes]
+        chunks = length_buckets(lengths, size, FORWARD_COST.get(device, FORWARD_COST["cuda"]))
     parts, order = [], []
     for number, chunk in enumerate(chunks):
         items = [suffixes[i] for i in chunk]

@@ -99,9 +99,9 @@ def test_out_of_memory_halves_the_batch_and_retries(tiny_model_dir, images, monk
 
     monkeypatch.setattr(reranker.scorer, "forward", flaky)
     got = reranker.score("a red car", docs, instruction=INSTRUCTION)
-    # The first micro-batch to run is the remainder of the length-sorted pairs (scoring.micro_batches);
+    # The first forward is the shortest length bucket of at most 8 pairs (scoring.length_buckets);
     # after the out-of-memory the whole query is scored again at half the batch size.
-    assert calls[0] == (len(docs) % 8 or 8) and reranker.batch_size == 4 and max(calls[1:]) == 4
+    assert calls[0] <= 8 and reranker.batch_size == 4 and max(calls[1:]) <= 4
     torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), atol=1e-5, rtol=0)
 
     def always(batch):

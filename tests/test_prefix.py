@@ -133,6 +133,43 @@ def test_evaluation_encodes_each_image_once_and_scores_the_same(tiny_model_dir, 
     assert plain._image_cache.encoded == 0
 
 
+def test_length_buckets_pad_least_for_their_forward_cost():
+    """The dynamic programme against every cut of the sorted lengths into runs of at most ``size``."""
+    import itertools
+    import random
+
+    from lightning_modules.scoring import length_buckets
+
+    def cost(chunks, lengths, forward_cost):
+        return sum(len(c) * max(lengths[i] for i in c) + forward_cost for c in chunks)
+
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = [rng.randint(5, 120) for _ in range(rng.randint(1, 9))]
+        size, forward_cost = rng.randint(1, 9), rng.choice([0, 16, 1024])
+        got = length_buckets(lengths, size, forward_cost)
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        assert [i for c in got for i in c] == order and all(1 <= len(c) <= size for c in got)
+        best = min(
+            cost(
+                [order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)), strict=True)],
+                lengths,
+                forward_cost,
+            )
+            for k in range(len(order))
+            for cuts in itertools.combinations(range(1, len(order)), k)
+            if all(b - a <= size for a, b in zip((0, *cuts), (*cuts, len(order)), strict=True))
+        )
+        assert cost(got, lengths, forward_cost) == best
+    # One long document no longer pads a group: 7 short pairs and 1 long one run as two forwards on a
+    # CPU; a GPU's forward cost keeps them together.
+    lengths = [40, 42, 41, 150, 39, 40, 43, 41]
+    assert length_buckets(lengths, 8, 16) == [[4, 0, 5, 2, 7, 1, 6], [3]]
+    assert length_buckets(lengths, 8, 1024) == [[4, 0, 5, 2, 7, 1, 6, 3]]
+    with pytest.raises(ValueError, match="micro-batch size"):
+        length_buckets(lengths, 0, 16)
+
+
 def test_micro_batches_put_the_remainder_first_and_the_longest_pairs_last():
     from lightning_modules.scoring import micro_batches
 
