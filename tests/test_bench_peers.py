@@ -142,3 +142,14 @@ def test_profile_counts_fewer_positions_when_the_prefix_runs_once(tiny_task):
         < theirs["token_positions"]["real"]
         <= theirs["token_positions"]["padded"]
     )
+
+
+def test_padding_counts_the_remainders_as_one_forward_and_as_length_buckets(tiny_task, monkeypatch):
+    from experiments.bench.peers import profile
+
+    groups = load_groups(tiny_task["train_root"], 3, 3)
+    counts = profile._padding(tiny_task, groups)["remainder_positions"]
+    assert counts["real"] <= counts["length_buckets"] <= counts["one_forward"]
+    # The counting follows scoring.length_buckets: one forward per pair pads nothing.
+    monkeypatch.setitem(profile.__dict__, "_bucketed", lambda suffixes: sum(suffixes))
+    assert profile._padding(tiny_task, groups)["remainder_positions"]["length_buckets"] == counts["real"]

@@ -1,6 +1,7 @@
 """Where a training step's time goes, on each side of the peer benchmark (SFT, one group per step).
 
-    python -m experiments.bench.peers.profile [--negatives 3,7] [--groups 4] [--model DIR] [--data DIR]
+    python -m experiments.bench.peers.profile --side {rerank-lab,sentence-transformers,padding}
+        [--negatives 3,7] [--groups 4] [--model DIR] [--data DIR]
 
 For each N, after one warm-up group, times the parts of a step on the same groups: encoding (rerank-lab's
 ``PairEncoder``; sentence-transformers' ``preprocess``: chat template + tokenizer), forward + loss,
@@ -9,7 +10,10 @@ group's shared prefix once; sentence-transformers: the loss's preprocess + ``mod
 whole group, left-padded). It also counts the token positions each side runs through the decoder
 (``real``: rerank-lab runs the prefix once plus each pair's remaining tokens, sentence-transformers
 every pair whole; ``padded``: as run, each batch padded to its longest row), whose ratio bounds what
-sharing the prefix can save. Prints one JSON object.
+sharing the prefix can save. ``--side padding`` only counts, without a model: for each N, over
+``--groups`` groups, the remainders' real tokens and the positions they take padded to the group's
+longest (one forward) and as the length buckets rerank-lab runs (``scoring.length_buckets`` at a
+CPU's forward cost). Prints one JSON object.
 Hand-timed with ``perf_counter`` rather than ``torch.profiler``: the question is the share of four
 coarse phases, and the profiler's own overhead on one CPU thread would distort the small ones.
 """
@@ -62,8 +66,35 @@ def _rerank_lab(spec: dict, groups) -> dict:
         _timed(phases, "optimizer", lambda: (optimizer.step(), optimizer.zero_grad(set_to_none=True)))
         prefix, _ = shared_prefix(pairs, None, 1)
         suffixes = [len(p.input_ids) - prefix for p in pairs]
-        tokens += [prefix + sum(suffixes), prefix + len(pairs) * max(suffixes)]
+        tokens += [prefix + sum(suffixes), prefix + _bucketed(suffixes)]
     return {"seconds": phases, "token_positions": dict(zip(("real", "padded"), tokens.tolist(), strict=True))}
+
+
+def _bucketed(suffixes: list[int]) -> int:
+    """Positions the remainders take as the length buckets that ``score_pairs`` runs on a CPU."""
+    from lightning_modules.scoring import FORWARD_COST, length_buckets
+
+    chunks = length_buckets(suffixes, len(suffixes), FORWARD_COST["cpu"])
+    return sum(len(chunk) * max(suffixes[i] for i in chunk) for chunk in chunks)
+
+
+def _padding(spec: dict, groups) -> dict:
+    """The remainders' token positions: real, padded to the group's longest, and length-bucketed."""
+    from datamodules.encoding import PairEncoder
+    from datamodules.formats import Doc
+    from lightning_modules.prefix import shared_prefix
+
+    encoder = PairEncoder.from_pretrained(spec["model"], max_length=spec["max_length"])
+    counts = dict.fromkeys(("real", "one_forward", "length_buckets"), 0)
+    for group in groups:
+        docs = [Doc(text=d) for d in group.documents]
+        pairs = encoder.encode_group(group.instruction, Doc(text=group.query), docs)
+        prefix, _ = shared_prefix(pairs, None, 1)
+        suffixes = [len(p.input_ids) - prefix for p in pairs]
+        counts["real"] += sum(suffixes)
+        counts["one_forward"] += len(pairs) * max(suffixes)
+        counts["length_buckets"] += _bucketed(suffixes)
+    return {"remainder_positions": counts, "saved": 1 - counts["length_buckets"] / counts["one_forward"]}
 
 
 def _st_loss(model_ce, loss_fn, features: dict, labels: torch.Tensor) -> torch.Tensor:
@@ -106,15 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", type=int, default=4, help="groups timed per N (after one warm-up group)")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--data", default=DEFAULT_DATA)
-    parser.add_argument("--side", choices=("rerank-lab", "sentence-transformers"), required=True)
+    parser.add_argument("--side", choices=("rerank-lab", "sentence-transformers", "padding"), required=True)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     spec = {"model": args.model, "max_length": 256}
     spec["model_config"] = "experiments/configs/model/smollm2_135m.yaml"
-    run = _rerank_lab if args.side == "rerank-lab" else _sentence_transformers
+    run = {"rerank-lab": _rerank_lab, "sentence-transformers": _sentence_transformers, "padding": _padding}[
+        args.side
+    ]
     out = {"side": args.side}
     for n in (int(v) for v in args.negatives.split(",")):
-        groups = load_groups(f"{args.data}/train", 1 + args.groups, n)
+        groups = load_groups(f"{args.data}/train", args.groups + (args.side != "padding"), n)
         out[f"n{n}"] = run(spec, groups) | {"groups": args.groups}
     print(json.dumps(out))
     return 0
