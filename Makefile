@@ -16,7 +16,7 @@ DEMO_DIR ?= runs/demo
 .PHONY: help install demo demo-check test test-slow test-distributed test-gpu gpu-check serve-check lint typecheck format sweep bench bench-peers real probe-real probe-real-pilot probe-real-v2 probe-real-v2-report probe-real-archive clean
 
 help: ## Show this help
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
 install: $(STAMP) ## Create .venv and install rerank-lab with its dev tools (idempotent)
 
