@@ -19,7 +19,8 @@ and stops with, on stderr, exit status 2 and no traceback::
 from __future__ import annotations
 
 import importlib.util
-import sys
+
+from datamodules.exit_codes import BAD_INPUT, report
 
 # extra -> the import names of its packages (what ``require`` may be asked for).
 EXTRAS = {
@@ -30,8 +31,6 @@ EXTRAS = {
 # Import name -> distribution name, where they differ.
 DISTRIBUTIONS = {"sentence_transformers": "sentence-transformers"}
 
-EXIT_MISSING = 2
-
 
 def installed(module: str) -> bool:
     """Whether ``module`` (a top-level import name) can be imported, without importing it."""
@@ -41,10 +40,10 @@ def installed(module: str) -> bool:
         return False
 
 
-def missing_line(tool: str, extra: str, modules: tuple[str, ...]) -> str:
-    """The one error line: which tool, which extra, which of its packages, and the install command."""
+def missing_message(tool: str, extra: str, modules: tuple[str, ...]) -> str:
+    """What is missing: which tool, which extra, which of its packages, and the install command."""
     packages = ", ".join(DISTRIBUTIONS.get(m, m) for m in modules)
-    return f"error: {tool} needs the [{extra}] extra ({packages}): pip install -e '.[{extra}]'"
+    return f"{tool} needs the [{extra}] extra ({packages}): pip install -e '.[{extra}]'"
 
 
 def require(tool: str, extra: str, *modules: str) -> None:
@@ -60,5 +59,4 @@ def require(tool: str, extra: str, *modules: str) -> None:
         raise ValueError(f"{unknown} are not in the [{extra}] extra ({', '.join(EXTRAS[extra])})")
     if all(installed(m) for m in modules):
         return
-    print(missing_line(tool, extra, modules), file=sys.stderr)
-    raise SystemExit(EXIT_MISSING)
+    raise SystemExit(report(missing_message(tool, extra, modules), BAD_INPUT))

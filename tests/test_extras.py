@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from datamodules.extras import EXTRAS, missing_line, require
+from datamodules.extras import EXTRAS, missing_message, require
 
 REPO = Path(__file__).resolve().parents[1]
 EXTRA_MODULES = sorted({m for modules in EXTRAS.values() for m in modules})
@@ -99,14 +99,16 @@ def test_a_tool_without_its_extra_stops_with_one_line(
     assert stopped.value.code == 2
     err = capsys.readouterr().err
     tool = "python -m " + module.removesuffix(".cli").removesuffix(".runner")
-    assert err.splitlines() == [missing_line(tool, extra, named)]
+    assert err.splitlines() == [f"error: {missing_message(tool, extra, named)}"]
     assert err.startswith(f"error: {tool} needs the [{extra}] extra (")
     assert f"pip install -e '.[{extra}]'" in err
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "hub") == []
 
 
 def test_the_line_names_distributions_and_the_fix(capsys):
-    assert missing_line("python -m datamodules.convert", "data", ("datasets", "sentence_transformers")) == (
+    assert "error: " + missing_message(
+        "python -m datamodules.convert", "data", ("datasets", "sentence_transformers")
+    ) == (
         "error: python -m datamodules.convert needs the [data] extra (datasets, sentence-transformers): "
         "pip install -e '.[data]'"
     )
