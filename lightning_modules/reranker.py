@@ -227,14 +227,11 @@ class RerankerModule(L.LightningModule):
         self.scorer = LabelScorer(
             model, [label_token_id(encoder.tokenizer, w) for w in self.token_words], self.hparams.lm_head
         )
-        self._pad_token_id = encoder.pad_token_id
-        self._image_token_id = encoder.image_token_id
-        self._merge_size = encoder.merge_size
         self._token_columns = [self.token_words.index(w) for w in (*positive_words, *negative_words)]
 
     # ---- scoring (lightning_modules/scoring.py is the one path) ----------------------------
     def _collate(self, pairs: list[EncodedPair]) -> dict[str, torch.Tensor]:
-        batch = collate_pairs(pairs, self._pad_token_id, self._image_token_id)
+        batch = collate_pairs(pairs, self.pair_encoder.pad_token_id, self.pair_encoder.image_token_id)
         return {key: value.to(self.device) for key, value in batch.items()}
 
     def _features(self, cache: ImageFeatureCache | None = None):
@@ -275,7 +272,11 @@ class RerankerModule(L.LightningModule):
             )
         features, parts = self._features(), []
         for number, group in enumerate(groups):
-            prefix = shared_prefix(group, self._image_token_id, self._merge_size) if share else (0, 0)
+            prefix = (
+                shared_prefix(group, self.pair_encoder.image_token_id, self.pair_encoder.merge_size)
+                if share
+                else (0, 0)
+            )
             parts.append(
                 score_pairs(
                     self.scorer,
@@ -444,7 +445,7 @@ class RerankerModule(L.LightningModule):
             return []
         cache = self._image_cache if self.hparams.eval_image_cache_mb > 0 else None
         prefix = (
-            query_prefix(self.scorer, pairs, self._image_token_id, self._merge_size)
+            query_prefix(self.scorer, pairs, self.pair_encoder.image_token_id, self.pair_encoder.merge_size)
             if self.hparams.share_prefix
             else (0, 0)
         )
