@@ -115,13 +115,13 @@ real: install ## Real SmolLM2-135M reranker on real text: fetch, BM25, mining, z
 
 # The probe's v2 setting (docs/science.md section 8): data, dense first stage, mining and the zero-shot judge on
 # dev and test, then the learning-rate pilot on dev, then the probe's stages on test, each resumable across
-# machines: finished runs are restored from and archived into docs/results/real_probe_v2/runs/ (commit them).
+# machines: finished runs are restored from and archived into docs/results/real_probe/runs/ (commit them).
 # The pilot ran its first rate only (--count 4: SFT and CL x 2 seeds at lr 1e-3), which met its criterion;
-# docs/results/real_probe_v2/README.md says why the lower rates were not run.
-V2_ARCHIVE := docs/results/real_probe_v2/runs
+# docs/results/real_probe/README.md says why the lower rates were not run.
+V2_ARCHIVE := docs/results/real_probe/runs
 # The zero-shot judge's TREC runs on dev and test (copies of runs/real_v2/results/zero-shot-{dev,mrb}-runs), committed
 # so that the reports are re-derived from the repository.
-V2_ZERO_SHOT := docs/results/real_probe_v2/zero-shot
+V2_ZERO_SHOT := docs/results/real_probe/zero-shot
 V2_PREPARE := OMP_NUM_THREADS=1 $(PY) -m experiments.real --out runs/real_v2 --probe-v2 --prepare-only
 probe-real-pilot: install ## v2 probe, step 1: the learning-rate pilot on the dev split (resumable) + report
 	$(V2_PREPARE)
@@ -130,7 +130,7 @@ probe-real-pilot: install ## v2 probe, step 1: the learning-rate pilot on the de
 	  --agents $(PROBE_AGENTS)
 	$(MAKE) --no-print-directory probe-real-archive
 	$(PY) -m experiments.report runs/sweeps/real_probe_v2_pilot --zero-shot $(V2_ZERO_SHOT)/dev \
-	  --out docs/results/real_probe_v2/pilot
+	  --out docs/results/real_probe/pilot
 
 # The stages, in order (experiments/sweeps/real_probe_v2_<stage>.yaml): the weight claim under D_SFT (16 runs),
 # the two D_CL cells (16), the Table 2 rows (16); about 25 min a run on one idle core. Each stage's runs live in
@@ -145,11 +145,12 @@ probe-real-v2: install ## v2 probe, step 2: the W x D cells and Table 2 rows on 
 	  $(MAKE) --no-print-directory probe-real-archive; done
 	$(MAKE) --no-print-directory probe-real-v2-report
 
-probe-real-v2-report: install ## v2 probe: the report over the finished runs of every stage (docs/results/real_probe_v2/probe)
-	$(PY) -m experiments.report runs/sweeps/real_probe_v2 --zero-shot $(V2_ZERO_SHOT)/test \
-	  --out docs/results/real_probe_v2/probe
+# The report reads the committed archive, so a fresh clone re-derives it without running anything.
+probe-real-v2-report: install ## v2 probe: the report over the archived runs of every stage (docs/results/real_probe/probe)
+	$(PY) -m experiments.report $(V2_ARCHIVE)/real_probe_v2 --zero-shot $(V2_ZERO_SHOT)/test \
+	  --out docs/results/real_probe/probe
 
-probe-real-archive: install ## Copy the v2 probe's finished runs (no checkpoints) into docs/results/real_probe_v2/runs
+probe-real-archive: install ## Copy the v2 probe's finished runs (no checkpoints) into docs/results/real_probe/runs
 	@[ ! -d runs/sweeps/real_probe_v2_pilot ] || \
 	  $(PY) -m experiments.sweep.archive runs/sweeps/real_probe_v2_pilot $(V2_ARCHIVE)/real_probe_v2_pilot
 	@for stage in $(V2_STAGES); do [ -d runs/sweeps/real_probe_v2/$$stage ] || continue; \

@@ -168,8 +168,8 @@ def test_committed_results_are_not_git_ignored() -> None:
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
     paths = [
-        "docs/results/real_probe_v2/runs/sweep/key/key-1/runs/val-step100/task.trec",
-        "docs/results/real_probe_v2/runs/sweep/key/done.json",
+        "docs/results/real_probe/runs/sweep/key/key-1/runs/val-step100/task.trec",
+        "docs/results/real_probe/runs/sweep/key/done.json",
     ]
     for path in paths:
         ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO, check=False)

@@ -1,7 +1,7 @@
 """Keep a long sweep's finished runs in the repository, so that it resumes on another machine or session.
 
-    python -m experiments.sweep.archive runs/sweeps/real_probe_v2_pilot docs/results/real_probe_v2/runs/real_probe_v2_pilot
-    python -m experiments.sweep.archive runs/sweeps/real_probe_v2_pilot docs/results/real_probe_v2/runs/real_probe_v2_pilot --restore
+    python -m experiments.sweep.archive runs/sweeps/real_probe_v2_pilot docs/results/real_probe/runs/real_probe_v2_pilot
+    python -m experiments.sweep.archive runs/sweeps/real_probe_v2_pilot docs/results/real_probe/runs/real_probe_v2_pilot --restore
 
 A finished run (``done.json`` with exit code 0) is copied without what is large or machine-specific:
 ``done.json`` and, of the CLI's run folder, ``config.yaml``, ``metrics.jsonl``, ``eval_history.jsonl``,
