@@ -5,6 +5,9 @@
   full disk leaves the old file (or none), never a truncated one. ``tempfile`` and fsspec
   transactions place the temporary file in ``$TMPDIR``, where the final rename can turn into a
   copy, hence this small helper.
+* :func:`staged_folder` does the same for a folder: it is built under a hidden name beside its
+  final one and renamed into place when complete, so a folder appears whole or not at all, and an
+  existing non-empty folder is never replaced (the rename itself refuses).
 * :func:`append_line` appends one JSON line or nothing: a failed or short write is cut back to
   the file's old size, so a reader never sees half a line.
 * Temporaries are hidden names, ``.<name>.<purpose>-<pid>`` (:func:`temporary_path`), and hidden
@@ -24,7 +27,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -132,6 +135,49 @@ def atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
             temporary.unlink()
         raise
     fsync_dir(path.parent)
+
+
+def check_new_folder(out: str | Path) -> None:
+    """Raise ``FileExistsError`` unless ``out`` is missing or an empty folder (what :func:`staged_folder`
+    may replace); call it before expensive work so that a taken name fails at once."""
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
+        raise FileExistsError(
+            f"{out}: already exists and is not an empty folder; refusing to overwrite it (choose a new name)"
+        )
+
+
+@contextlib.contextmanager
+def staged_folder(out: str | Path, purpose: str = "partial") -> Iterator[Path]:
+    """Build the folder ``out`` whole or not at all.
+
+    Yields a hidden folder beside ``out`` (:func:`temporary_path`, so readers skip it and
+    :func:`leftovers` finds it after a kill). When the block ends without an exception it is renamed
+    to ``out``; when the block raises it is removed and the exception goes on. ``out`` may be missing
+    or an empty folder; anything else there (checked first, and refused by the rename itself if it
+    appears meanwhile) raises ``FileExistsError`` and leaves it untouched.
+    """
+    out = Path(out)
+    check_new_folder(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = temporary_path(out, purpose)
+    staging.mkdir()
+    try:
+        yield staging
+        if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+            out.rmdir()
+        try:
+            os.rename(staging, out)  # POSIX: fails on a non-empty folder or a file, replaces nothing
+        except OSError as err:
+            if out.exists() or out.is_symlink():
+                raise FileExistsError(
+                    f"{out}: appeared while it was being written; refusing to overwrite it"
+                ) from err
+            raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    fsync_dir(out.parent)
 
 
 def append_line(path: str | Path, row: dict) -> None:

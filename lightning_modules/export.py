@@ -49,7 +49,6 @@ import json
 import logging
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +60,7 @@ from torch import nn
 
 from datamodules.encoding import SYSTEM_PROMPT, EncodedPair, PairEncoder
 from datamodules.exit_codes import fail
+from datamodules.files import staged_folder
 from datamodules.formats import Doc
 from lightning_modules.checkpoint_io import (
     base_fingerprint,
@@ -575,9 +575,7 @@ def export(
         parity["bf16_rounding_max_abs_diff"] = rounding_diff
     config = _rerank_config(module, encoder, identity, budgets, dtype, merge, parity, instruction, fmt)
     score_params = dict(module.objective.state_dict())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged_folder(out, "partial") as staging:
         left_out = _write_folder(staging, module, encoder, config, triples, fmt)
         config["sentence_transformers"] = {"written": left_out is None, "why_not": left_out}
         if left_out is not None:
@@ -589,12 +587,6 @@ def export(
         write_card(staging, config, encoder, score_params)
         record_checksums(staging)
         publish_modes(staging)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 

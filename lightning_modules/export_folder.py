@@ -431,7 +431,7 @@ def _current_umask() -> int:
 def publish_modes(folder: Path) -> None:
     """Give the finished folder ordinary modes (what the umask allows of 0755 / 0644).
 
-    ``tempfile.mkdtemp`` makes the staging folder 0700 and some writers create 0600 files; an
+    Some writers create 0600 files (``tempfile``-style); an
     export is meant to be read by others (a shared model store, a Hub upload).
     """
     umask = _current_umask()

@@ -46,6 +46,7 @@ from pathlib import Path
 
 from datamodules.exit_codes import fail
 from datamodules.extras import require
+from datamodules.files import staged_folder
 
 PARITY_TOLERANCE = 1e-4
 PARITY_PROMPT = "<|im_start|>user\nIs the sky blue?<|im_end|>\n<|im_start|>assistant\n"
@@ -165,9 +166,7 @@ def convert_gguf(gguf_path: Path, out: Path, record: dict | None = None) -> Path
             f"{gguf_path}: weights do not fit the config (missing {missing}, unexpected {unexpected})"
         )
     fresh.tie_weights()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
+    with staged_folder(out, "converting") as staging:
         fresh.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         ids = tokenizer(PARITY_PROMPT, add_special_tokens=False, return_tensors="pt")["input_ids"]
@@ -184,10 +183,6 @@ def convert_gguf(gguf_path: Path, out: Path, record: dict | None = None) -> Path
         for path in staging.iterdir():
             path.chmod(0o644)  # mkstemp-style 0600 files would be unreadable to other users
         staging.chmod(0o755)
-        os.rename(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 

@@ -248,3 +248,42 @@ def test_a_chosen_wandb_mode_is_left_alone(monkeypatch, capsys):
     monkeypatch.setattr(runs, "wandb_server_problem", lambda timeout=3.0: pytest.fail("must not probe"))
     assert runs.choose_wandb_mode() is None and os.environ["WANDB_MODE"] == "disabled"
     assert capsys.readouterr().err == ""
+
+
+def test_staged_folder_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    from datamodules.files import staged_folder
+
+    out = tmp_path / "out"
+    with staged_folder(out) as staging:
+        (staging / "a.txt").write_text("a", encoding="utf-8")
+        assert not out.exists() and staging.parent == tmp_path and staging.name.startswith(".out.")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (out / "a.txt").read_text() == "a"
+
+    failed = tmp_path / "failed"
+    with pytest.raises(KeyboardInterrupt), staged_folder(failed) as staging:
+        (staging / "half.txt").write_text("h", encoding="utf-8")
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with staged_folder(empty) as staging:  # an empty folder is replaced
+        (staging / "b.txt").write_text("b", encoding="utf-8")
+    assert (empty / "b.txt").read_text() == "b"
+
+
+def test_staged_folder_never_replaces_what_is_there(tmp_path: Path) -> None:
+    from datamodules.files import staged_folder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "user.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(FileExistsError, match="refusing to overwrite"), staged_folder(out):
+        pass
+    late = tmp_path / "late"
+    with pytest.raises(FileExistsError, match="appeared while"), staged_folder(late) as staging:
+        (staging / "new.txt").write_text("new", encoding="utf-8")
+        late.mkdir()  # someone else writes the name meanwhile
+        (late / "theirs.txt").write_text("theirs", encoding="utf-8")
+    assert [p.name for p in late.iterdir()] == ["theirs.txt"] and (out / "user.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["late", "out"]

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from lightning_modules import tiny
+from lightning_modules.tiny import build
 from lightning_modules.tiny import tokenizer as tiny_tokenizer
 
 # Two shared cores: one torch thread avoids 10-100x slowdowns under contention.
@@ -270,3 +271,29 @@ def test_cli_in_fresh_offline_process_matches_in_process_build(
 def test_unknown_family_is_rejected(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ValueError, match="qwen2_vl"):
         tiny.build_tiny(tmp_path, family="llava")
+
+
+def test_a_taken_out_is_refused_untouched_and_the_cli_says_so(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me", encoding="utf-8")
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        tiny.build_tiny(out)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "keep me"
+    assert build.main(["--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {out}: already exists"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no staging folder left beside it
+
+
+def test_a_failed_build_leaves_nothing(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(build, "build_image_processor", lambda family: type("P", (), {"save_pretrained": broken})())
+    with pytest.raises(OSError, match="No space"):
+        tiny.build_tiny(tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []

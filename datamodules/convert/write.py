@@ -4,35 +4,29 @@ renamed into place. An existing output is never touched."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from datamodules.convert.common import ConversionError, ImageStore, read_run_lines
-from datamodules.files import remove_leftovers, temporary_path
+from datamodules.files import remove_leftovers, staged_folder
 from datamodules.formats import image_roots
 from datamodules.ranking import ranked
 from datamodules.trec import write_run
 from datamodules.validate import ImageChecker, Report, validate_task, validate_training
 
 
-def _fresh(out: Path) -> Path:
+def _fresh(out: Path) -> None:
+    """Refuse an existing ``out``; clear what a killed convert of the same output left beside it."""
     if out.exists() or out.is_symlink():
         raise ConversionError(f"{out}: already exists; refusing to overwrite it (choose a new --out)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out)  # what a killed convert of the same output left
-    tmp = temporary_path(out, "converting")
-    tmp.mkdir()
-    return tmp
+    if out.parent.is_dir():
+        remove_leftovers(out)
 
 
-def _finish(tmp: Path, out: Path, report: Report) -> None:
+def _finish(report: Report) -> None:
     if report.problems:
         raise ConversionError("the converted output does not validate:\n" + "\n".join(report.problems))
-    if out.exists():
-        raise ConversionError(f"{out}: appeared while converting; refusing to overwrite it")
-    tmp.rename(out)
 
 
 def _doc(text: str | None, image: str | None) -> dict[str, Any]:
@@ -119,15 +113,15 @@ def _write_judgements(tmp: Path, meta: dict[str, str], qrels, kept: set[str], ca
         write_run(tmp / "candidates.trec", {q: candidates[q] for q in kept}, tag="first-stage")
 
 
-def _validate_task_and_finish(tmp: Path, out: Path, images_root: Path | None, has_candidates: bool) -> None:
-    """Validate the task folder (a missing candidates.trec is expected without a run), then rename it."""
+def _validate_task(tmp: Path, images_root: Path | None, has_candidates: bool) -> None:
+    """Validate the task folder (a missing candidates.trec is expected without a run)."""
     report = Report()
     with image_roots(*([images_root] if images_root else [])):
         validate_task(tmp, report, ImageChecker())
     if not has_candidates:  # the one file a task without a run lacks until retrieve writes it
         missing = f"{tmp / 'candidates.trec'}:1: missing candidates.trec"
         report.messages[:] = [p for p in report.messages if p != missing]
-    _finish(tmp, out, report)
+    _finish(report)
 
 
 def write_task(
@@ -146,8 +140,8 @@ def write_task(
     needed = None
     if candidates is not None and not full_corpus:
         needed = {d for q in kept for d in (*qrels[q], *candidates[q])}
-    tmp = _fresh(out)
-    try:
+    _fresh(out)
+    with staged_folder(out, "converting") as tmp:
         store = ImageStore(tmp, images_root)
         written = _write_task_docs(tmp, source, _Docs(store, errors), kept, needed, errors)
         for q in sorted(kept - written["queries"]):
@@ -159,10 +153,7 @@ def write_task(
             )
         _raise_errors(errors)
         _write_judgements(tmp, meta, qrels, kept, candidates)
-        _validate_task_and_finish(tmp, out, images_root, candidates is not None)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _validate_task(tmp, images_root, candidates is not None)
     counts.update(
         queries=len(written["queries"]),
         documents=len(written["corpus"]),
@@ -246,8 +237,8 @@ def write_train(
         raise ConversionError(f"{qrels_where}: no query has a relevant document")
     hard = _hard_negatives(qrels, negatives, skipped)
     needed = {d for q in positives for d in (*positives[q], *hard.get(q, ()))}
-    tmp = _fresh(out)
-    try:
+    _fresh(out)
+    with staged_folder(out, "converting") as tmp:
         store = ImageStore(tmp, images_root)
         docs = _Docs(store, errors)
         corpus = dict(docs.records(source.corpus(errors), needed))
@@ -264,10 +255,7 @@ def write_train(
         report = Report()
         with image_roots(*([images_root] if images_root else [])):
             validate_training(tmp, report)
-        _finish(tmp, out, report)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _finish(report)
     return {
         "groups": groups,
         "positives": sum(len(positives[q]) for q in positives),

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from datamodules.exit_codes import fail
+from datamodules.files import staged_folder
 
 from .folders import DONE, read_done
 
@@ -43,19 +44,17 @@ def finished_runs(sweep_dir: Path) -> list[Path]:
 def copy_run(key: Path, target: Path) -> None:
     """Copy one finished run (the files the runner and the report read) to ``target`` atomically."""
     done = read_done(key) or {}
-    temporary = target.parent / f".{target.name}.copying-{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
     run = key / done["run_dir"]
-    (temporary / done["run_dir"]).mkdir(parents=True)
-    for name in KEEP:
-        if (run / name).is_file():
-            shutil.copy2(run / name, temporary / done["run_dir"] / name)
-    for trec in sorted(run.glob("runs/val-step*/*.trec")):
-        destination = temporary / done["run_dir"] / trec.relative_to(run)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(trec, destination)
-    shutil.copy2(key / DONE, temporary / DONE)
-    temporary.rename(target)
+    with staged_folder(target, "copying") as temporary:
+        (temporary / done["run_dir"]).mkdir(parents=True)
+        for name in KEEP:
+            if (run / name).is_file():
+                shutil.copy2(run / name, temporary / done["run_dir"] / name)
+        for trec in sorted(run.glob("runs/val-step*/*.trec")):
+            destination = temporary / done["run_dir"] / trec.relative_to(run)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(trec, destination)
+        shutil.copy2(key / DONE, temporary / DONE)
 
 
 def sync(source: Path, target: Path) -> list[str]:

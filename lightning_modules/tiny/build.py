@@ -7,6 +7,8 @@ import contextlib
 import pathlib
 from collections.abc import Iterator, Sequence
 
+from datamodules.exit_codes import fail
+from datamodules.files import check_new_folder, staged_folder
 from lightning_modules.tiny.model import FAMILIES, build_config, build_image_processor, family_spec
 from lightning_modules.tiny.tokenizer import build_tokenizer
 
@@ -15,20 +17,25 @@ def build_tiny(out_dir: str | pathlib.Path, family: str = "qwen2_vl", seed: int 
     """Write a tiny random model + tokenizer + image processor as a Hugging Face folder.
 
     Args:
-        out_dir: Destination folder (created if missing; existing files are overwritten).
+        out_dir: Destination folder: missing or empty (nothing is overwritten). It appears whole, when
+            every file is written (``datamodules.files.staged_folder``).
         family: One of :data:`FAMILIES`.
         seed: Seed for the random weights. The same seed gives a byte-identical
             ``model.safetensors``.
 
     Returns:
         The folder path.
+
+    Raises:
+        ValueError: ``family`` is not one of :data:`FAMILIES`.
+        FileExistsError: ``out_dir`` exists and is not an empty folder.
     """
     import torch
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
     family_spec(family)
     out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_new_folder(out)
 
     tokenizer = build_tokenizer()
     config = build_config(family, tokenizer)
@@ -44,10 +51,11 @@ def build_tiny(out_dir: str | pathlib.Path, family: str = "qwen2_vl", seed: int 
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|endoftext|>")],
     )
-    with _no_progress_bars():
-        model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    build_image_processor(family).save_pretrained(out)
+    with staged_folder(out, "building") as staging:
+        with _no_progress_bars():
+            model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        build_image_processor(family).save_pretrained(staging)
     return out
 
 
@@ -82,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--family", default="qwen2_vl", choices=FAMILIES, help="model family")
     parser.add_argument("--seed", default=0, type=int, help="seed of the random weights")
     args = parser.parse_args(argv)
-    path = build_tiny(args.out, family=args.family, seed=args.seed)
+    try:
+        path = build_tiny(args.out, family=args.family, seed=args.seed)
+    except (FileExistsError, ValueError) as err:  # a taken --out: one line, exit code 2
+        return fail(err, ValueError)
     print(path)
     return 0
