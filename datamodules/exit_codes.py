@@ -26,6 +26,16 @@ PATH_ERRORS: tuple[type[OSError], ...] = (
 )
 
 
+COMMAND = "rerank-lab"  # the one command; experiments/commands.py dispatches its subcommands
+
+
+def program(module: str) -> str:
+    """A tool's name in its usage line: ``rerank-lab <subcommand>`` when the dispatcher runs it (it sets
+    ``sys.argv[0]`` to that), else ``python -m <module>``, the pinned entry point."""
+    name = sys.argv[0] if sys.argv else ""
+    return name if name.startswith(f"{COMMAND} ") else f"python -m {module}"
+
+
 class InputError(ValueError):
     """Bad input the user named (a path, a value): reported as one ``error:`` line, exit code 2."""
 

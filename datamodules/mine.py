@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.convert.common import ImageStore
-from datamodules.exit_codes import fail
+from datamodules.exit_codes import fail, program
 from datamodules.files import remove_leftovers, temporary_path
 from datamodules.formats import Doc, FormatError, load_task
 from datamodules.ranking import ranked
@@ -240,7 +240,7 @@ def _place(partial: Path, final: Path, overwrite: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m datamodules.mine", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=program("datamodules.mine"), description=__doc__.split("\n")[0])
     parser.add_argument("--task", required=True, help="MRB task folder with qrels.tsv and candidates.trec")
     parser.add_argument("--out", required=True, help="training JSONL file to write")
     parser.add_argument("--num-negatives", type=int, required=True, help="negatives per group (N)")

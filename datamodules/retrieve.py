@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.exit_codes import fail
+from datamodules.exit_codes import fail, program
 from datamodules.extras import require
 from datamodules.files import temporary_path
 from datamodules.formats import Doc, FormatError, read_docs, read_task_meta
@@ -246,9 +246,7 @@ def retrieve(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m datamodules.retrieve", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog=program("datamodules.retrieve"), description=__doc__.split("\n")[0])
     parser.add_argument(
         "--task", required=True, help="MRB task folder (task.json, queries.jsonl, corpus.jsonl)"
     )

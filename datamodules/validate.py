@@ -35,7 +35,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from datamodules.exit_codes import BAD_INPUT
+from datamodules.exit_codes import BAD_INPUT, program
 from datamodules.exit_codes import report as report_error
 from datamodules.files import is_hidden, leftover_note, leftovers
 from datamodules.formats import (
@@ -266,9 +266,7 @@ def detect_roots(root: Path) -> list[tuple[str, Path, list[Path] | None]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m datamodules.validate", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog=program("datamodules.validate"), description=__doc__.split("\n")[0])
     parser.add_argument(
         "root", help="training root (JSONL shards), MRB root (task folders), or a folder holding both"
     )

@@ -27,10 +27,10 @@ import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from datamodules.exit_codes import BAD_INPUT, FAILED, INTERRUPTED, OK, report
+from datamodules.exit_codes import BAD_INPUT, COMMAND, FAILED, INTERRUPTED, OK, report
 from datamodules.trec import FormatError, error_message
 
-PROG = "rerank-lab"
+PROG = COMMAND
 
 
 class Command(NamedTuple):

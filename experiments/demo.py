@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from datamodules.exit_codes import program
+
 CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 # The queries the exported reranker ranks at the end: (task, query id).
 SHOWCASE = (("stdlib-docs", "q02"), ("digits-t2i", "q01"))
@@ -123,6 +125,7 @@ def show_rankings(export_dir: Path, mrb_root: Path, top: int = 5) -> list[list[s
 def parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """The demo's own options, and the ``--key=value`` settings it hands to ``experiments.cli fit``."""
     parser = argparse.ArgumentParser(
+        prog=program("experiments.demo"),
         description=__doc__.splitlines()[0],
         epilog="Other --key=value flags are passed to `experiments.cli fit` (e.g. --data.eval_top_k=10).",
     )

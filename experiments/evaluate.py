@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from datamodules.exit_codes import fail
+from datamodules.exit_codes import fail, program
 from datamodules.exit_codes import report as report_error
 from datamodules.formats import list_tasks, read_docs, read_judgements, read_task_meta
 from datamodules.metrics import Summary, TaskResult, evaluate_run, format_table, parse_metric, summarize
@@ -40,7 +40,7 @@ class EvaluationError(Exception):
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.evaluate",
+        prog=program("experiments.evaluate"),
         description="Score TREC run files against an MRB evaluation folder (trec_eval semantics).",
     )
     parser.add_argument("--data", required=True, type=Path, help="MRB root: one folder per task")

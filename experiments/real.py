@@ -45,6 +45,7 @@ from pathlib import Path
 
 from lightning.pytorch import Callback
 
+from datamodules.exit_codes import program
 from datamodules.exit_codes import report as report_error
 from datamodules.extras import require
 from datamodules.files import atomic_write
@@ -465,7 +466,7 @@ def require_extras(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m experiments.real", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program("experiments.real"), description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/real"))
     parser.add_argument(
         "--steps", type=int, default=300, help="training steps per objective (1 group of 1 + 3)"

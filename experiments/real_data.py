@@ -50,6 +50,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+from datamodules.exit_codes import program
 from datamodules.files import atomic_write
 
 SKIP_DIRS = {
@@ -258,7 +259,7 @@ def build_real_data(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.real_data", description=__doc__.splitlines()[0]
+        prog=program("experiments.real_data"), description=__doc__.splitlines()[0]
     )
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--test-queries", type=int, default=60)

@@ -59,7 +59,7 @@ from PIL import Image
 from torch import nn
 
 from datamodules.encoding import SYSTEM_PROMPT, EncodedPair, PairEncoder
-from datamodules.exit_codes import fail
+from datamodules.exit_codes import fail, program
 from datamodules.files import staged_folder
 from datamodules.formats import Doc
 from lightning_modules.checkpoint_io import (
@@ -593,7 +593,7 @@ def export(
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (``python -m lightning_modules.export``)."""
     parser = argparse.ArgumentParser(
-        prog="python -m lightning_modules.export",
+        prog=program("lightning_modules.export"),
         description="Merge a rerank-lab checkpoint into a plain Hugging Face folder and check score parity.",
     )
     parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint written by rerank-lab training")

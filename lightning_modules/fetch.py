@@ -44,7 +44,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from datamodules.exit_codes import fail
+from datamodules.exit_codes import fail, program
 from datamodules.extras import require
 from datamodules.files import staged_folder
 
@@ -250,7 +250,7 @@ def fetch(model: str, out: Path, cache: Path | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m lightning_modules.fetch", description=__doc__.splitlines()[0]
+        prog=program("lightning_modules.fetch"), description=__doc__.splitlines()[0]
     )
     parser.add_argument("model", help=f"one of: {', '.join(sorted(MODELS))}")
     parser.add_argument("--out", required=True, type=Path, help="folder to write (new or empty)")

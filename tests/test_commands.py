@@ -54,9 +54,24 @@ def test_no_subcommand_is_a_usage_error(capsys):
 def test_a_subcommand_s_help_is_its_own_tool_s_help(name, capsys):
     assert main([name, "--help"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: ") and "-h, --help" in out
-    if name == "bench-eval":  # a parser without its own prog is named after the subcommand
-        assert out.startswith("usage: rerank-lab bench-eval ")
+    assert out.startswith(f"usage: rerank-lab {name} ") and "-h, --help" in out, out[:80]
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_tool_names_itself_as_it_was_run(name, capsys, monkeypatch):
+    """Under the dispatcher a usage line reads ``rerank-lab <name>``; from ``python -m`` it names the module."""
+    command = COMMANDS[name]
+    if command.stage:
+        return  # LightningCLI's stages keep sys.argv (its DDP launcher restarts ranks from it)
+    assert main([name, "--help"]) == 0
+    assert capsys.readouterr().out.startswith(f"usage: rerank-lab {name}")
+    module, function = command.target.split(":")
+    monkeypatch.setattr(sys, "argv", [f"/anywhere/{module.replace('.', '/')}/__main__.py"])
+    with pytest.raises(SystemExit) as exit_info:
+        getattr(importlib.import_module(module), function)(["--help"])
+    assert exit_info.value.code == 0
+    usage = capsys.readouterr().out
+    assert usage.startswith(f"usage: python -m {command.module}"), usage[:80]
 
 
 def test_fit_help_is_lightning_cli_s(capsys):

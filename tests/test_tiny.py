@@ -293,7 +293,9 @@ def test_a_failed_build_leaves_nothing(tmp_path: pathlib.Path, monkeypatch: pyte
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(build, "build_image_processor", lambda family: type("P", (), {"save_pretrained": broken})())
+    monkeypatch.setattr(
+        build, "build_image_processor", lambda family: type("P", (), {"save_pretrained": broken})()
+    )
     with pytest.raises(OSError, match="No space"):
         tiny.build_tiny(tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from datamodules.convert import KINDS, ConversionError, convert, convert_train
-from datamodules.exit_codes import fail
+from datamodules.exit_codes import fail, program
 from datamodules.formats import FAMILIES, FormatError
 
 
@@ -13,7 +13,7 @@ def _parser() -> argparse.ArgumentParser:
     import datamodules.convert as package
 
     parser = argparse.ArgumentParser(
-        prog="python -m datamodules.convert",
+        prog=program("datamodules.convert"),
         description=package.__doc__.split("\n")[0],
         epilog="Formats: see the docstrings of datamodules/convert/{beir,hub,mbeir}.py and README 'Data formats'.",
     )

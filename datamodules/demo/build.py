@@ -13,6 +13,7 @@ from typing import Any
 from datamodules.demo.spec import MARKER
 from datamodules.demo.tasks import task_specs
 from datamodules.demo.write import readme_text, write_test_task, write_train_file
+from datamodules.exit_codes import program
 
 
 def _prepare_out(out: Path) -> None:
@@ -79,7 +80,7 @@ def build_demo(out: Path, seed: int = 0) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m datamodules.demo --out DIR [--seed 0]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m datamodules.demo",
+        prog=program("datamodules.demo"),
         description="Build the demo benchmark (training groups + MRB test tasks) from offline package data.",
     )
     parser.add_argument(

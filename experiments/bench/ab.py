@@ -25,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from datamodules.exit_codes import program
 from experiments.bench.mix import CPU_WORKLOAD
 from experiments.bench.models import prepare_arch
 
@@ -57,7 +58,7 @@ def compare(old: Path, spec: dict, repeats: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.bench.ab", description=__doc__.splitlines()[0]
+        prog=program("experiments.bench.ab"), description=__doc__.splitlines()[0]
     )
     parser.add_argument("--old", type=Path, required=True, help="a checkout (git worktree) of the old commit")
     parser.add_argument("--method", default="rerank-lab")

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from datamodules.exit_codes import program
+
 TARGET_GROUPS_PER_S = 200.0
 IMAGE_SIZE = 56
 
@@ -186,7 +188,7 @@ def measure(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.bench.data", description=__doc__.split("\n")[0]
+        prog=program("experiments.bench.data"), description=__doc__.split("\n")[0]
     )
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     parser.add_argument(

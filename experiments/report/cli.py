@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.exit_codes import InputError, fail
+from datamodules.exit_codes import InputError, fail, program
 from datamodules.exit_codes import report as report_error
 from datamodules.files import atomic_write
 
@@ -194,7 +194,7 @@ def write_outputs(out: Path, files: dict[str, bytes], record: dict) -> list[Path
 # ---- entry point ------------------------------------------------------------------------------
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.report",
+        prog=program("experiments.report"),
         description="Probe report of the runs under a folder: per-cell table over seeds, the paper's "
         "comparisons tested over seeds (paired t, sign-flip, two-level bootstrap, Holm, MDE), baselines, "
         "validity gates, the W+/W- mechanism and a computed verdict.",

@@ -47,6 +47,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from datamodules.exit_codes import program
+
 from .agents import AGENT_TAG_ENV, run_wandb, spawn_agents, strip_agents, use_wandb
 from .command import build_command, command_args, run_args
 from .config import DEFAULT_COMMAND, Run, SweepError, load_sweep, parse_overrides
@@ -66,7 +68,7 @@ __all__ = [
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.sweep",
+        prog=program("experiments.sweep"),
         description="Run a W&B sweep YAML: with W&B when logged in and reachable, else a local runner.",
     )
     parser.add_argument("sweep", help="sweep YAML (experiments/sweeps/*.yaml)")

@@ -21,7 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from datamodules.exit_codes import fail
+from datamodules.exit_codes import fail, program
 from datamodules.files import staged_folder
 
 from .folders import DONE, read_done
@@ -74,7 +74,7 @@ def sync(source: Path, target: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.sweep.archive", description=__doc__.splitlines()[0]
+        prog=program("experiments.sweep.archive"), description=__doc__.splitlines()[0]
     )
     parser.add_argument("sweep_dir", type=Path, help="the sweep's run folder (runs/sweeps/<name>)")
     parser.add_argument("archive_dir", type=Path, help="where finished runs are kept (committed)")

@@ -7,7 +7,7 @@ import contextlib
 import pathlib
 from collections.abc import Iterator, Sequence
 
-from datamodules.exit_codes import fail
+from datamodules.exit_codes import fail, program
 from datamodules.files import check_new_folder, staged_folder
 from lightning_modules.tiny.model import FAMILIES, build_config, build_image_processor, family_spec
 from lightning_modules.tiny.tokenizer import build_tokenizer
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Process exit status.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m lightning_modules.tiny",
+        prog=program("lightning_modules.tiny"),
         description="Write a tiny randomly initialised Qwen-VL checkpoint folder that loads offline.",
     )
     parser.add_argument("--out", required=True, type=pathlib.Path, help="output folder")

@@ -27,6 +27,7 @@ import time
 import numpy as np
 import torch
 
+from datamodules.exit_codes import program
 from experiments.bench.peers.data import load_groups
 from experiments.bench.peers.runner import DEFAULT_DATA, DEFAULT_MODEL
 from experiments.bench.peers.train import _settings, cross_encoder, init_lora, st_loss
@@ -131,7 +132,7 @@ def _sentence_transformers(spec: dict, groups) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.bench.peers.profile", description=__doc__.splitlines()[0]
+        prog=program("experiments.bench.peers.profile"), description=__doc__.splitlines()[0]
     )
     parser.add_argument("--negatives", default="3,7")
     parser.add_argument("--groups", type=int, default=4, help="groups timed per N (after one warm-up group)")

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from datamodules.exit_codes import program
 from datamodules.extras import require
 from experiments.bench.peers.report import markdown, summarize
 
@@ -173,7 +174,7 @@ def _short(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.bench.peers", description=__doc__.splitlines()[0]
+        prog=program("experiments.bench.peers"), description=__doc__.splitlines()[0]
     )
     parser.add_argument(
         "--out", default="runs/bench-peers", help="folder for DIR/peers.json and DIR/peers.md"
