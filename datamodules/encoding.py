@@ -246,7 +246,7 @@ class PairEncoder:
         """The chat text of a pair, with one image placeholder per image (before expansion)."""
         return "".join(text for text, _ in self.render_pieces(instruction, query, document))
 
-    def process_images(self, paths: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def process_images(self, paths: Sequence[str | Image.Image]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Pixel patches and grid (t, h, w) of each image, under this encoder's pixel limits.
 
         One image-processor call for all of them (much cheaper than one call per image).
@@ -264,7 +264,7 @@ class PairEncoder:
         pixels = torch.split(out["pixel_values"], grids.prod(dim=-1).tolist())
         return list(zip(pixels, grids, strict=True))
 
-    def process_image(self, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def process_image(self, path: str | Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixel patches and grid (t, h, w) of one image."""
         return self.process_images([path])[0]
 

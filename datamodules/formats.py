@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datamodules.files import is_hidden, leftover_note, leftovers
 from datamodules.metrics import parse_metric
@@ -36,6 +36,9 @@ from datamodules.trec import (
     read_lines,
     regular_file_problem,
 )
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 FAMILIES = ("T2T", "I2I", "T2I", "I2T", "T2VD", "T2IT", "IT2T", "IT2I", "IT2IT")
 MRB_FILES = ("task.json", "queries.jsonl", "corpus.jsonl", "qrels.tsv", "candidates.trec")
@@ -71,10 +74,11 @@ ImageResolver = Callable[[Any, str], str]  # (relative image path, where) -> abs
 
 @dataclass(frozen=True)
 class Doc:
-    """One side of a pair: text, an image path (absolute, already checked), or both."""
+    """One side of a pair: text, an image (a checked absolute path; ``Reranker`` also takes an
+    in-memory PIL image), or both."""
 
     text: str | None = None
-    image: str | None = None
+    image: str | PIL.Image.Image | None = None
 
     @property
     def kind(self) -> str:
