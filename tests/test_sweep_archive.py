@@ -58,3 +58,17 @@ def test_restore_sets_an_unfinished_attempt_aside(tmp_path):
     assert archive.sync(kept, fresh) == ["sft-s0"]
     aside = [p for p in fresh.iterdir() if p.name.startswith(".sft-s0.unfinished-")]
     assert len(aside) == 1 and (aside[0] / "run.log").read_text(encoding="utf-8") == "half a run\n"
+
+
+def test_a_missing_source_is_an_input_error_but_an_unmade_archive_restores_nothing(tmp_path, capsys):
+    assert archive.main([str(tmp_path / "nothere"), str(tmp_path / "out")]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: {tmp_path / 'nothere'}: not a folder (the sweep folder to copy from)"
+    )
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    assert archive.main([str(tmp_path / "sweep"), str(tmp_path / "file"), "--restore"]) == 2
+    assert "not a folder (the archive folder" in capsys.readouterr().err
+    assert archive.main([str(tmp_path / "sweep"), str(tmp_path / "unmade"), "--restore"]) == 0
+    assert "nothing to restore" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no folder made for nothing

@@ -21,7 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from datamodules.exit_codes import fail, program
+from datamodules.exit_codes import fail, program, report
 from datamodules.files import staged_folder
 
 from .folders import DONE, read_done
@@ -83,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     source, target = (
         (args.archive_dir, args.sweep_dir) if args.restore else (args.sweep_dir, args.archive_dir)
     )
+    if not source.is_dir():
+        if args.restore and not source.exists():  # a sweep that was never archived: nothing to restore
+            print(f"nothing to restore: {source} does not exist yet")
+            return 0
+        return report(
+            f"{source}: not a folder (the {'archive' if args.restore else 'sweep'} folder to copy from)"
+        )
     try:
         copied = sync(source, target)
     except OSError as error:  # a missing folder: 2; e.g. a full disk: 1
