@@ -175,3 +175,30 @@ def test_committed_results_are_not_git_ignored() -> None:
         ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO, check=False)
         assert ignored.returncode == 1, f"{path} is git-ignored"
     assert subprocess.run(["git", "check-ignore", "-q", "runs/demo/x"], cwd=REPO, check=False).returncode == 0
+
+
+def readme_probe_headline() -> str:
+    """The README's paragraph on what the real probe can say (from its first line to 'How it works')."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    start = text.index("What the real-model probe can say")
+    return text[start : text.index("How it works", start)]
+
+
+def test_the_readme_headline_says_what_the_committed_probe_report_computed() -> None:
+    """The headline is rewritten from docs/results/real_probe/probe/report.json: the same number of
+    finished runs, a failed validity gate named as such, and no claim called holding or contradicted
+    (or 'reproduced') unless a comparison's computed verdict says so."""
+    import json
+
+    report = json.loads((DOCS / "results/real_probe/probe/report.json").read_text(encoding="utf-8"))
+    headline = " ".join(readme_probe_headline().split())
+    counted = re.search(r"(\d+) of (?:its )?(\d+) runs", headline)
+    assert counted, "the headline must say how many of the planned runs the report covers"
+    assert int(counted.group(1)) == len(report["runs"]), (counted.group(0), len(report["runs"]))
+    failed = [g for g in report["gates"] if not g["passed"] and not g.get("informational")]
+    if failed:
+        assert "no claim is judged" in headline and "gate" in headline, headline
+    verdicts = {c["verdict"] for c in report["comparisons"]}
+    for word in ("holds", "contradicted", "reproduced"):
+        if word not in verdicts and not (word == "reproduced" and "holds" in verdicts):
+            assert word not in headline.replace("cannot be reproduced", ""), (word, headline)
