@@ -279,6 +279,11 @@ def test_baselines_gates_and_per_query_values(tmp_path):
     assert versus["W_CL × D_SFT"]["estimate"] == pytest.approx(-0.2) and versus["W_CL × D_SFT"]["high"] < 0
     gate = next(g for g in data["gates"] if "random order" in g["gate"])
     assert gate["passed"] is False and "W=cl" in gate["detail"]
+    first = next(g for g in data["gates"] if "first stage" in g["gate"])
+    best = next(e for e in data["baselines"]["versus"] if e["cell"] == "W_SFT × D_SFT")["baselines"]
+    width = best["first stage"]["estimate"] - best["first stage"]["low"]
+    assert first["passed"] is True and first["needed_mean"] == pytest.approx(-0.02 + width)
+    assert f"passes from a mean of {100 * (width - 0.02):+.2f}" in first["detail"]
     result = comparison(data, "weight_at_dsft")
     assert result["verdict"].startswith("setting not valid") and result["verdict_before_gates"] == "holds"
     assert "The setting is not valid" in data["verdict"]

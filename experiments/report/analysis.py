@@ -238,12 +238,19 @@ def gates(rows: Sequence[Row], versus: Sequence[dict], results: Sequence[dict]) 
     plain = [e for e in plain if FIRST_STAGE in e["baselines"]]
     if plain:
         best = max(plain, key=lambda e: e["baselines"][FIRST_STAGE]["estimate"])
-        low = best["baselines"][FIRST_STAGE]["low"]
+        estimate, low = best["baselines"][FIRST_STAGE]["estimate"], best["baselines"][FIRST_STAGE]["low"]
+        # At this interval width, the smallest mean difference the gate lets through: it tells a reader
+        # whether the gate failed on the reranker's level or on the design's query noise.
+        needed = -FIRST_STAGE_MARGIN + (estimate - low)
         out.append(
             {
                 "gate": f"the best plain cell is not below the first stage by more than {100 * FIRST_STAGE_MARGIN:g} points",
                 "passed": low > -FIRST_STAGE_MARGIN,
-                "detail": f"{best['row']}: interval lower bound {100 * low:+.2f} points",
+                "detail": (
+                    f"{best['row']}: {100 * estimate:+.2f} points, interval lower bound {100 * low:+.2f}; "
+                    f"at this interval's width the gate passes from a mean of {100 * needed:+.2f}"
+                ),
+                "needed_mean": needed,
             }
         )
     sds = [(r["title"], r["std"]) for r in results if r["std"] is not None]
