@@ -5,7 +5,8 @@ The core install (``pip install -e .``) trains and evaluates; the tools' heavier
 
 - ``data``: the Hub converter and the first stages (``datasets``, ``pyarrow``, ``bm25s``, ``sentence-transformers``);
 - ``real``: the real checkpoint's GGUF conversion (``gguf``);
-- ``report``: the report's plots (``matplotlib``).
+- ``report``: the report's plots (``matplotlib``);
+- ``demo``: the demo benchmark's real images (``scikit-learn``, ``scikit-image``).
 
 A command-line tool calls :func:`require` before it needs one of them::
 
@@ -27,9 +28,14 @@ EXTRAS = {
     "data": ("datasets", "pyarrow", "bm25s", "sentence_transformers"),
     "real": ("gguf",),
     "report": ("matplotlib",),
+    "demo": ("sklearn", "skimage"),
 }
 # Import name -> distribution name, where they differ.
-DISTRIBUTIONS = {"sentence_transformers": "sentence-transformers"}
+DISTRIBUTIONS = {
+    "sentence_transformers": "sentence-transformers",
+    "sklearn": "scikit-learn",
+    "skimage": "scikit-image",
+}
 
 
 def installed(module: str) -> bool:

@@ -6,6 +6,8 @@ import numpy as np
 from PIL import Image
 
 from datamodules.demo.spec import IMAGE_SIZE, OFF_TOPIC, Item, split_by_label
+from datamodules.exit_codes import BAD_INPUT, report
+from datamodules.extras import missing_message
 
 _TEST_IMAGES_PER_CLASS = 36
 
@@ -24,22 +26,23 @@ def _pixel_features(image: np.ndarray, side: int = 14) -> np.ndarray:
     return centred / norm if norm > 0 else centred
 
 
-def _demo_import(module: str, package: str):
-    """``module`` from the ``demo`` extra, or one clear error saying how to install it."""
+def _demo_import(module: str):
+    """``module`` from the ``demo`` extra, or the extras' one error line (exit status 2) saying how to
+    install it. Imported on use, not checked up front: only the tasks that need a package import it."""
     import importlib
 
     try:
         return importlib.import_module(module)
     except ImportError:
+        top = module.split(".")[0]
         raise SystemExit(
-            f"the demo benchmark's images come from {package}, which is not installed: "
-            "pip install -e '.[demo]' (make demo installs it)"
+            report(missing_message("building the demo benchmark", "demo", (top,)), BAD_INPUT)
         ) from None
 
 
 def digit_items(seed: int) -> tuple[list[Item], list[Item]]:
     """Real 8x8 handwritten digits 0 and 1 (scikit-learn), dark ink on white, upscaled x7 (nearest)."""
-    load_digits = _demo_import("sklearn.datasets", "scikit-learn").load_digits
+    load_digits = _demo_import("sklearn.datasets").load_digits
 
     digits = load_digits()
     items: list[Item] = []
@@ -62,7 +65,7 @@ def digit_items(seed: int) -> tuple[list[Item], list[Item]]:
 
 def face_items(seed: int) -> tuple[list[Item], list[Item]]:
     """scikit-image's LFW subset: 100 faces (label 1) and 100 background patches (label 0), 25x25."""
-    data = _demo_import("skimage.data", "scikit-image")
+    data = _demo_import("skimage.data")
 
     images = data.lfw_subset()
     items: list[Item] = []
@@ -135,7 +138,7 @@ def crop_items(seed: int) -> tuple[list[Item], list[Item]]:
     Pictures (not crops) are split between test and train, so test crops come from unseen
     pictures. Every crop must show some structure (pixel std >= 8), not a flat patch.
     """
-    data = _demo_import("skimage.data", "scikit-image")
+    data = _demo_import("skimage.data")
 
     rng = np.random.default_rng([seed, 3])
     names = sorted(SAMPLE_PICTURES)
