@@ -180,6 +180,17 @@ def staged_folder(out: str | Path, purpose: str = "partial") -> Iterator[Path]:
     fsync_dir(out.parent)
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write`)."""
+    data = text.encode("utf-8")
+    atomic_write(path, lambda handle: handle.write(data))
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    """Write ``value`` as indented JSON plus a newline to ``path`` atomically."""
+    write_text(path, json.dumps(value, indent=2) + "\n")
+
+
 def append_line(path: str | Path, row: dict) -> None:
     """Append ``row`` as one JSON line; on a failed or short write the file is cut back to its old size,
     so a reader never sees half a line."""

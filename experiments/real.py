@@ -45,6 +45,7 @@ from pathlib import Path
 
 from lightning.pytorch import Callback
 
+from datamodules import files
 from datamodules.exit_codes import program
 from datamodules.exit_codes import report as report_error
 from datamodules.extras import require
@@ -73,7 +74,7 @@ class StepTimer(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
             path = Path(trainer.default_root_dir) / "step_times.json"
-            path.write_text(json.dumps(self.times) + "\n", encoding="utf-8")
+            files.write_text(path, json.dumps(self.times) + "\n")
 
 
 def peak_rss_mib() -> float:
@@ -82,8 +83,9 @@ def peak_rss_mib() -> float:
 
 
 def write_json(path: Path, data) -> None:
+    """:func:`datamodules.files.write_json`, making the folder first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda handle: handle.write((json.dumps(data, indent=2) + "\n").encode("utf-8")))
+    files.write_json(path, data)
 
 
 def run_module(args: list[str]) -> None:
@@ -399,7 +401,7 @@ def write_table(out: Path, args: argparse.Namespace) -> dict:
     dense_lines, dense_rows, dense_compared = dense_block(out, args)
     lines += dense_lines
     table = "\n".join(lines) + "\n"
-    (out / "table.md").write_text(table, encoding="utf-8")
+    files.write_text(out / "table.md", table)
     summary = {
         "rows": rows,
         "against_first_stage": compared,

@@ -60,7 +60,7 @@ from torch import nn
 
 from datamodules.encoding import SYSTEM_PROMPT, EncodedPair, PairEncoder
 from datamodules.exit_codes import fail, program
-from datamodules.files import staged_folder
+from datamodules.files import staged_folder, write_json
 from datamodules.formats import Doc
 from lightning_modules.checkpoint_io import (
     base_fingerprint,
@@ -85,7 +85,6 @@ from lightning_modules.export_serve import (
     seq_cls_model,
     seq_cls_refusal,
     training_instruction,
-    write_json,
     write_serving_files,
 )
 from lightning_modules.inference import DEFAULT_INSTRUCTION, RERANK_CONFIG, SCORE_HEAD, Reranker, as_doc

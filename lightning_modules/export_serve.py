@@ -46,7 +46,7 @@ from torch import nn
 
 from datamodules.encoding import PairEncoder
 from datamodules.extras import installed
-from datamodules.files import atomic_write
+from datamodules.files import write_json, write_text
 from datamodules.formats import Doc
 
 FORMATS = ("rerank-lab", "seq-cls")
@@ -149,16 +149,6 @@ def judge_template(base_template: str, system_prompt: str, instruction: str, str
         "{%- endif -%}",
     ]
     return "\n".join(lines) + "\n" + base_template
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
-def write_json(path: Path, value) -> None:
-    """Write ``value`` as indented JSON to ``path`` atomically."""
-    write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def write_chat_template(folder: Path, template: str) -> None:

@@ -134,3 +134,20 @@ def test_sys_argv_is_restored_after_a_subcommand(monkeypatch):
     monkeypatch.setattr(module, "main", lambda argv: seen.append(sys.argv[0]))
     assert main(["bench-eval"]) == 0
     assert seen == ["rerank-lab bench-eval"] and sys.argv == ["rerank-lab", "bench-eval"]
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["bench", "--models", "nosuch"], "error: --models: unknown ['nosuch']; choose from"),
+        (["bench", "--families", "T2X"], "error: --families: unknown ['T2X']; choose from"),
+        (["bench", "--tiny-dir", "{tmp}/none"], "error: {tmp}/none: --tiny-dir is not a model folder"),
+        (["bench-peers", "--model", "{tmp}/none", "--out", "{tmp}/o"], "error: {tmp}/none is missing:"),
+    ],
+)
+def test_the_benchmarks_report_bad_input_as_one_line(argv, expected, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(expected.replace("{tmp}", str(tmp_path))), err
+    assert list(tmp_path.iterdir()) == []  # nothing written for a run that never started

@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from datamodules.exit_codes import program
+from datamodules.files import write_json
 from experiments.bench.mix import CPU_WORKLOAD
 from experiments.bench.models import prepare_arch
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         result = compare(args.old.resolve(), spec, args.repeats) | {"spec": spec}
     print(json.dumps({k: v for k, v in result.items() if k != "spec"}))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return 0
 
 

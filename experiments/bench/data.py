@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from datamodules.exit_codes import program
+from datamodules.files import write_text
 
 TARGET_GROUPS_PER_S = 200.0
 IMAGE_SIZE = 56
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+        write_text(args.json, text + "\n")
     return 0
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.exit_codes import program
+from datamodules.files import write_json
 from datamodules.metrics import evaluate_run
 
 TARGET_SECONDS = 5.0
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_json(args.json, result)
     return 0
 
 

@@ -36,6 +36,7 @@ from importlib import metadata
 from pathlib import Path
 
 from datamodules.exit_codes import program
+from datamodules.files import write_text
 
 ROOT = Path(__file__).resolve().parents[2]
 # import name -> distribution name (the ones rerank-lab imports at run time, tests included)
@@ -261,9 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, part in parts.items():
         if not part["ok"] and part.get("tail"):
             print(f"\n--- {name} output (end) ---\n{part['tail']}")
-    (args.out / "gpu_check.json").write_text(
-        json.dumps(parts, indent=2, default=str) + "\n", encoding="utf-8"
-    )
+    write_text(args.out / "gpu_check.json", json.dumps(parts, indent=2, default=str) + "\n")
     return 0 if all(part["ok"] for part in parts.values()) else 1
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.exit_codes import program
+from datamodules.exit_codes import report as report_error
+from datamodules.files import write_json, write_text
 from experiments.bench.bounds import geometric_mean
 from experiments.bench.mix import (
     CPU_WORKLOAD,
@@ -329,8 +331,8 @@ def run(
     report["models"] = _measure_models(plan, tiny_dir, mode, threads, repeats, check, cuda or quick)
     report.update(_headline(report["models"], plan[0][0], started))
     report["targets"] = _targets(report)
-    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out / "bench.md").write_text(markdown(report), encoding="utf-8")
+    write_json(out / "bench.json", report)
+    write_text(out / "bench.md", markdown(report))
     return report
 
 
@@ -365,6 +367,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     models = args.models.split(",") if args.models else None
     families = args.families.split(",") if args.families else None
+    for flag, given, known in (("models", models, sorted(ARCHS)), ("families", families, list(FAMILIES))):
+        unknown = sorted(set(given or ()) - set(known))
+        if unknown:  # checked before anything runs: a typo is one line, not a traceback from _plan
+            return report_error(f"--{flag}: unknown {unknown}; choose from {known}")
+    if args.tiny_dir is not None and not (args.tiny_dir / "config.json").is_file():
+        return report_error(f"{args.tiny_dir}: --tiny-dir is not a model folder (no config.json)")
     report = run(
         args.out,
         quick=args.quick,

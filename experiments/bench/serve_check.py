@@ -45,6 +45,7 @@ from pathlib import Path
 
 from datamodules.exit_codes import program
 from datamodules.extras import require
+from datamodules.files import write_json, write_text
 
 VLLM_TOLERANCE = 1e-3
 CROSSENCODER_TOLERANCE = 1e-4
@@ -342,8 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, OSError, ValueError) as err:
         print(f"serve-check failed: {err}", file=sys.stderr)
         return 1
-    (args.out / "serve_check.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "serve_check.md").write_text(table(result))
+    write_json(args.out / "serve_check.json", result)
+    write_text(args.out / "serve_check.md", table(result))
     print(table(result))
     return 0 if result["passed"] else 1
 

@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 from datamodules.exit_codes import program
+from datamodules.exit_codes import report as report_error
 from datamodules.extras import require
+from datamodules.files import write_json, write_text
 from experiments.bench.peers.report import markdown, summarize
 
 SIDES = ("rerank-lab", "sentence-transformers")
@@ -121,6 +123,16 @@ def _device() -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
+def check_inputs(model: str | Path, data: str | Path) -> None:
+    """Raise ``FileNotFoundError`` naming the first missing input and the commands that write it."""
+    for path in (Path(model), Path(data) / "train", Path(data) / "dev" / "stdlib-code"):
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} is missing: `python -m lightning_modules.fetch smollm2-135m --out {DEFAULT_MODEL}` and "
+                "`python -m experiments.real --out runs/real_v2 --probe-v2 --prepare-only` write the model and data"
+            )
+
+
 def run(out: str | Path, plan: Plan, model: str | Path, data: str | Path, quick: bool = False) -> dict:
     """Run every configuration of ``plan`` and write ``<out>/peers.json`` and ``<out>/peers.md``."""
     out, data = Path(out), Path(data)
@@ -134,12 +146,7 @@ def run(out: str | Path, plan: Plan, model: str | Path, data: str | Path, quick:
         "dev_top_k": plan.dev_top_k,
         "infer_queries": plan.infer_queries,
     }
-    for path in (base["model"], base["train_root"], base["dev_root"]):
-        if not Path(path).exists():
-            raise FileNotFoundError(
-                f"{path} is missing: `python -m lightning_modules.fetch smollm2-135m --out {DEFAULT_MODEL}` and "
-                "`python -m experiments.real --out runs/real_v2 --probe-v2 --prepare-only` write the model and data"
-            )
+    check_inputs(model, data)
     started, specs = time.perf_counter(), plan_specs(plan, base)
     results = []
     for number, spec in enumerate(specs, 1):
@@ -154,8 +161,8 @@ def run(out: str | Path, plan: Plan, model: str | Path, data: str | Path, quick:
     }
     report = summarize(specs, results, header) | {"seconds": round(time.perf_counter() - started, 1)}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "peers.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "peers.json").with_suffix(".md").write_text(markdown(report))
+    write_json(out / "peers.json", report)
+    write_text(out / "peers.md", markdown(report))
     return report
 
 
@@ -198,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker_main(json.loads(args.worker), args.result)
         return 0
+    try:
+        check_inputs(args.model, args.data)
+    except FileNotFoundError as err:
+        return report_error(err)
     plan = QUICK if args.quick else Plan()
     if args.steps:
         plan = dataclasses.replace(plan, steps=args.steps)
