@@ -162,7 +162,9 @@ def encode_train(encoder: PairEncoder, batch: StreamBatch) -> TrainBatch:
         tasks=[g.task for g in kept],
         filled_hard=sum(g.filled_hard for g in kept),
         truncated=sum(p.truncated for p in pairs),
-        visual_tokens=sum(p.input_ids.count(encoder.image_token_id) for p in pairs),
+        visual_tokens=(
+            sum(p.input_ids.count(encoder.image_token_id) for p in pairs) if encoder.image_token_id else 0
+        ),
         stream=batch.info(kept, extra_skipped=len(skipped)),
         skipped_records=batch.skipped + skipped,
     )

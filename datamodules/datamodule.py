@@ -214,7 +214,9 @@ class RerankDataModule(L.LightningDataModule):
     def _load_eval_task(self, folder) -> MRBTask:
         """One MRB task, strictly (``on_bad_record=error``) or leaving bad records out (``skip``)."""
         if self.hparams.on_bad_record == "error":
-            return load_task(folder)
+            task = load_task(folder)
+            assert task is not None  # strict: a bad task raises
+            return task
         for name in MRB_FILES:  # a task that cannot be read as a whole is never skipped
             if (problem := regular_file_problem(folder / name)) is not None:
                 raise FormatError(f"{folder / name}:1: {problem}")
@@ -289,7 +291,7 @@ class RerankDataModule(L.LightningDataModule):
             batches = list(itertools.islice(iter(loader), count))
             for batch in batches:
                 batch.stream = None
-            return DataLoader(batches, batch_size=None, shuffle=False)
+            return DataLoader(batches, batch_size=None, shuffle=False)  # type: ignore[arg-type]  # a list is a map-style dataset
         return self.train_stream.dataloader(
             collate_fn=self.encode_train, num_workers=self.hparams.num_workers
         )

@@ -90,7 +90,7 @@ def leftover_note(path: Path) -> str:
 def remove_leftovers(target: str | Path) -> list[Path]:
     """Remove the temporaries of ``target`` (same folder, same name) whose processes are gone."""
     target = Path(target)
-    removed = []
+    removed: list[Path] = []
     if not target.parent.is_dir():
         return removed
     for path in sorted(target.parent.iterdir()):

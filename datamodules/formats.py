@@ -195,7 +195,7 @@ def resolve_inside(base: Path, relative: str, where: str) -> Path:
 
 def parse_doc(
     obj: Any,
-    base: Path,
+    base: Path | str,  # a str (a URL's folder) only with resolve_image
     where: str,
     resolve_image: ImageResolver | None = None,
     problems: Problems | None = None,
@@ -223,7 +223,7 @@ def parse_doc(
     if image:
         try:
             if resolve_image is None:
-                image_path = str(resolve_inside(base, image, where))
+                image_path = str(resolve_inside(Path(base), image, where))
             else:
                 image_path = resolve_image(image, where)
         except FormatError as err:
@@ -237,7 +237,7 @@ def parse_doc(
 
 def parse_train_group(
     record: dict[str, Any],
-    base: Path,
+    base: Path | str,  # a str (a URL's folder) only with resolve_image
     where: str,
     resolve_image: ImageResolver | None = None,
     problems: Problems | None = None,
@@ -282,6 +282,7 @@ def parse_train_group(
         problems.messages.extend(problems_here.messages)
         if problems_here.messages:
             return None
+    assert isinstance(task, str)  # a bad task was flagged above: raised, or returned None when collecting
     return TrainGroup(
         task=task,
         instruction=instruction or None,

@@ -141,7 +141,12 @@ def _group_record(task, qid: str, positives, negatives, store: ImageStore, error
 
 
 def _write_groups(
-    path: Path, task, mine_args: tuple, why: Counter[str], store: ImageStore, errors: list[str]
+    path: Path,
+    task,
+    mine_args: tuple[int, tuple[int, int], int, float | None],
+    why: Counter[str],
+    store: ImageStore,
+    errors: list[str],
 ):
     """Mine each query in id order and write its group to ``path``; the groups and negatives written.
 
@@ -221,7 +226,9 @@ def mine(
 def _record(doc: Doc, where: str, store: ImageStore, errors: list[str]) -> dict[str, str]:
     record = {"text": doc.text} if doc.text else {}
     if doc.image:
-        stored = store.add(Path(doc.image), where, errors)  # copied next to the output, by content
+        stored = store.add(
+            Path(str(doc.image)), where, errors
+        )  # a task's images are paths  # copied next to the output, by content
         if stored:
             record["image"] = stored
     return record

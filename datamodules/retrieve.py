@@ -59,6 +59,7 @@ def resolve_model(name: str) -> str:
                 f"--model {name}: the package {MODEL_PACKAGES[name].replace('_', '-')} is not installed "
                 "(pip install it, or pass a model folder)"
             ) from None
+        assert module.__file__ is not None  # an installed package, not a namespace
         return str(Path(module.__file__).parent / "model")
     path = Path(name)
     if path.is_dir():
@@ -158,7 +159,7 @@ def _embed(model, docs: dict[str, Doc], batch_size: int, images_ok: bool, kind: 
     image_rows = [n for n, i in enumerate(ids) if docs[i].image] if images_ok else []
     for start in range(0, len(image_rows), batch_size):
         rows = image_rows[start : start + batch_size]
-        pictures = [open_image(docs[ids[n]].image) for n in rows]
+        pictures = [open_image(str(docs[ids[n]].image)) for n in rows]  # a task's images are paths
         out[rows] += model.encode(
             pictures, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
         )

@@ -136,7 +136,8 @@ class StreamIndex:
         problems: list[str] = []
         digest = hashlib.sha1()
         for file_id, path in enumerate(shards):
-            count, file_blocks, problem = 0, [], None
+            count, problem = 0, None
+            file_blocks: list[Block] = []
             if fs.info(path).get("type") != "file":  # a named pipe would block the reader forever
                 problem = (
                     "1: not a regular file (a named pipe, device or folder); remove it from the training root"

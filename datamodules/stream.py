@@ -105,9 +105,11 @@ def _remote_image(fs, base: str, relative: Any, where: str) -> str:
 def _parse_remote_group(fs, record: dict, base: str, where: str) -> TrainGroup:
     """:func:`formats.parse_train_group` for shards behind a URL: images become URLs under ``base``
     (checked with POSIX path rules; object stores have no symlinks)."""
-    return parse_train_group(
+    group = parse_train_group(
         record, base, where, resolve_image=lambda image, at: _remote_image(fs, base, image, at)
     )
+    assert group is not None  # strict (no problems collector): a bad record raises instead
+    return group
 
 
 # ---- the stream ----------------------------------------------------------------------------------
@@ -372,6 +374,7 @@ class TrainStream(IterableDataset):
             group = parse_train_group(record, Path(path).parent, where)
         else:
             group = _parse_remote_group(self.index.fs, record, posixpath.dirname(path), where)
+        assert group is not None  # strict: a bad record raises instead
         return group
 
     # ---- iteration -----------------------------------------------------------------------------
@@ -414,8 +417,10 @@ class TrainStream(IterableDataset):
             batch = current if own else None
             problem = self._add_record(batch, pool, primed, epoch, position, (file_id, record, line, raw))
             if problem is not None:
-                warned = self._skip_record(current, problem, (file_id, record), warned)
+                assert batch is not None  # _add_record reports the problems of own records only
+                warned = self._skip_record(batch, problem, (file_id, record), warned)
             if own and out % B == B - 1:
+                assert current is not None
                 yield current
                 current = None
 
@@ -514,8 +519,12 @@ class StreamLoader(DataLoader):
             )
         kwargs.pop("batch_size", None)
         kwargs.pop("shuffle", None)
-        super().__init__(
-            dataset, batch_size=None, collate_fn=collate_fn or _as_is, num_workers=num_workers, **kwargs
+        super().__init__(  # batch_size=None: collate_fn gets one StreamBatch, not torch's typed list
+            dataset,
+            batch_size=None,
+            collate_fn=collate_fn or _as_is,  # type: ignore[arg-type]
+            num_workers=num_workers,
+            **kwargs,
         )
 
     def state_dict(self) -> dict[str, Any]:

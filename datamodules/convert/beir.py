@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 from datamodules.convert.common import (
     ConversionError,
@@ -103,7 +104,7 @@ class BeirSource:
 
     def _image(
         self, record: dict, item_id: str, kind: str, where: str, errors: list[str]
-    ) -> Path | None | bool:
+    ) -> Path | None | Literal[False]:
         value = record.get(self.image_field)
         if value is not None and not isinstance(value, str):
             errors.append(f"{where}: '{self.image_field}' must be a path string")

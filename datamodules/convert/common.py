@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from PIL import Image
 
@@ -69,13 +70,13 @@ def check_id(raw: object, where: str, errors: list[str], field: str = "id") -> s
     return value
 
 
-def join_text(parts: Iterable[object], where: str, errors: list[str]) -> str | None | bool:
+def join_text(parts: Iterable[object], where: str, errors: list[str]) -> str | None | Literal[False]:
     """Non-empty string parts joined by a newline; ``False`` (after recording) when one is not a string."""
     parts = list(parts)
     if any(p is not None and not isinstance(p, str) for p in parts):
         errors.append(f"{where}: text fields must be strings (got {[type(p).__name__ for p in parts]})")
         return False
-    text = "\n".join(p for p in parts if p)
+    text = "\n".join(p for p in parts if isinstance(p, str) and p)
     return text or None
 
 
@@ -91,9 +92,9 @@ def parse_modality(value: object, where: str, errors: list[str]) -> set[str] | N
 
 
 def apply_modality(
-    item_id: str, text: str | None, image: object, modality: set[str] | None, where: str,
+    item_id: str, text: str | None, image: bytes | Path | None, modality: set[str] | None, where: str,
     errors: list[str], ignored: Counter,
-) -> tuple[str | None, object] | None:  # fmt: skip
+) -> tuple[str | None, bytes | Path | None] | None:  # fmt: skip
     """Keep the parts the record's modality names; a named part that is missing is an error."""
     if modality is None:
         return text, image
@@ -135,6 +136,7 @@ class ImageStore:
         return self._store(data, str(image) if isinstance(image, Path) else "bytes", where, errors)
 
     def _reference(self, path: Path, where: str, errors: list[str]) -> str | None:
+        assert self.in_place is not None  # add() references in place only under that folder
         if not path.is_file():
             errors.append(f"{where}: image {path} not found")
             return None
@@ -189,7 +191,8 @@ def read_qrels_tsv(path: Path, errors: list[str]) -> Qrels:
                 f"{path}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score', got {len(fields)} field(s)"
             )
             continue
-        add_judgement(qrels, *(f.strip() for f in fields), f"{path}:{lineno}", errors)
+        qid, docid, grade = (f.strip() for f in fields)
+        add_judgement(qrels, qid, docid, grade, f"{path}:{lineno}", errors)
     return qrels
 
 
@@ -200,7 +203,7 @@ def add_judgement(
     if q is None or d is None:
         return
     try:
-        value = int(grade)  # type: ignore[arg-type]
+        value = int(grade)  # type: ignore[call-overload]  # any object: int() raises for what it rejects
         if isinstance(grade, float) and grade != value or isinstance(grade, bool):
             raise ValueError
     except (TypeError, ValueError):

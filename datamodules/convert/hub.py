@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 from datamodules.convert.common import (
     ConversionError,
@@ -190,9 +191,9 @@ class HubSource:
                         add_judgement(qrels, qid, docid, grade, str(path), errors)
                 continue
             for where, row, _ in self._rows(path, errors):
-                qid = row.get("query-id", row.get("query_id"))
-                docid = row.get("corpus-id", row.get("corpus_id"))
-                add_judgement(qrels, qid, docid, row.get("score"), where, errors)
+                row_qid = row.get("query-id", row.get("query_id"))
+                row_docid = row.get("corpus-id", row.get("corpus_id"))
+                add_judgement(qrels, row_qid, row_docid, row.get("score"), where, errors)
         return qrels, self.where("qrels")
 
     def negatives(self, errors: list[str]) -> dict[str, list[str]]:
@@ -228,7 +229,9 @@ class HubSource:
                 if kept is not None:
                     yield Item(item_id, kept[0], kept[1], where)
 
-    def _image(self, row: dict, columns: set[str], path: Path, where: str, errors: list[str]):
+    def _image(
+        self, row: dict, columns: set[str], path: Path, where: str, errors: list[str]
+    ) -> bytes | Path | None | Literal[False]:
         values = [row.get(c) for c in sorted(columns) if row.get(c) is not None]
         if not values:
             return None

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 from datamodules.convert.common import (
     ConversionError,
@@ -153,7 +154,7 @@ class MbeirSource:
             if kept is not None:
                 yield Item(item_id, kept[0], kept[1], where)
 
-    def _image(self, value: object, key: str, where: str, errors: list[str]) -> Path | None | bool:
+    def _image(self, value: object, key: str, where: str, errors: list[str]) -> Path | None | Literal[False]:
         if value is None or value == "":
             return None
         if not isinstance(value, str):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from typing import cast
 
 import numpy as np
 
@@ -54,8 +55,8 @@ def first_stage_scores(
         # Ties (BM25 = 0 is common on short texts) are broken at random, not by document id.
         scores = [bm25.score(query.text, doc.key) + 1e-4 * float(rng.random()) for doc in pool]
     elif spec.retriever == "pixels":
-        assert query.features is not None
-        scores = [float(np.dot(query.features, doc.features)) for doc in pool]
+        assert query.features is not None and all(doc.features is not None for doc in pool)
+        scores = [float(np.dot(query.features, cast(np.ndarray, doc.features))) for doc in pool]
     else:
         scores = [float(rng.random()) for _ in pool]
     return [round(score, 6) for score in scores]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from datamodules.demo.images import SAMPLE_PICTURES, crop_items, digit_items, face_items
@@ -281,7 +281,7 @@ def _texts() -> dict[str, str]:
 
 
 def _texts_by_label(
-    templates: dict[int, Sequence[str]], details: dict[int, Sequence[str]]
+    templates: Mapping[int, Sequence[str]], details: Mapping[int, Sequence[str]]
 ) -> dict[int, list[str]]:
     """Every template of a label filled with every detail of that label."""
     return {

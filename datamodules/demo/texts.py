@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -43,7 +43,7 @@ def _module_docs(module_name: str) -> list[tuple[str, str]]:
         if inspect.isclass(obj):
             if issubclass(obj, BaseException):
                 continue
-            members = [(f"{module_name}.{name}", obj)]
+            members: list[tuple[str, object]] = [(f"{module_name}.{name}", obj)]
             members += [
                 (f"{module_name}.{name}.{attr}", getattr(obj, attr))
                 for attr in sorted(vars(obj))
@@ -92,7 +92,7 @@ def labelled_texts(
     return split_by_label(items, np.random.default_rng([seed, salt]))
 
 
-def phrases(texts: dict[int, Sequence[str]], prefix: str) -> list[Item]:
+def phrases(texts: Mapping[int, Sequence[str]], prefix: str) -> list[Item]:
     """Query phrasings (shared by test and train: the same templated queries, different documents)."""
     return [
         Item(key=f"{prefix}-{label}-{index:02d}", label=label, text=text)
