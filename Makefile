@@ -85,7 +85,7 @@ $(SERVE_STAMP):
 serve-check: install $(SERVE_STAMP) ## vLLM (CPU, own venv) serving a SmolLM2 seq-cls export: scores vs Reranker, pairs/s table (runs/serve-check/)
 	OMP_NUM_THREADS=1 $(PY) -m experiments.bench.serve_check --vllm-python $(SERVE_VENV)/bin/python --out runs/serve-check
 
-lint: install ## ruff lint + format check, then mypy on objectives/, datamodules/ and lightning_modules/
+lint: install ## ruff lint + format check, then mypy on every package
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

@@ -114,7 +114,7 @@ class LocalMetrics(Callback):
     def _write(self, trainer: Trainer) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
-        row = {"step": trainer.global_step, "epoch": trainer.current_epoch}
+        row: dict[str, float] = {"step": trainer.global_step, "epoch": trainer.current_epoch}
         for key, value in trainer.callback_metrics.items():
             if key.startswith("train/"):
                 row[key] = float(value)
@@ -160,7 +160,7 @@ class LocalMetrics(Callback):
                 print(self.heartbeat(trainer), flush=True)
 
     # ---- evaluation progress -----------------------------------------------------------------
-    def _eval_start(self, trainer: Trainer, *args) -> None:
+    def _eval_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._eval_started = self._eval_told = self.clock()
 
     on_validation_epoch_start = on_test_epoch_start = on_predict_epoch_start = _eval_start

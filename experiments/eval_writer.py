@@ -91,7 +91,7 @@ class EvalWriter(Callback):
 def _take_result(pl_module: LightningModule):
     """The module's last ``EvalResult``, taken so that it is written once (``None`` if there is none)."""
     result = getattr(pl_module, "eval_result", None)
-    pl_module.eval_result = None
+    setattr(pl_module, "eval_result", None)  # noqa: B010 - an attribute of our module, not of LightningModule
     return result
 
 

@@ -82,6 +82,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def copy_atomic(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` so that it appears whole (:func:`datamodules.files.atomic_write`)."""
+    data = source.read_bytes()
+    atomic_write(target, lambda handle: handle.write(data))
+
+
 def write_json(path: Path, data) -> None:
     """:func:`datamodules.files.write_json`, making the folder first."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,11 +271,9 @@ def dense_task(data: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("task.json", "queries.jsonl", "corpus.jsonl", "qrels.tsv"):
         if not (folder / name).is_file():
-            payload = (source / name).read_bytes()
-            atomic_write(folder / name, lambda handle, payload=payload: handle.write(payload))
+            copy_atomic(source / name, folder / name)
     if not (folder / "candidates.trec").is_file():
-        payload = (data / "minilm.trec").read_bytes()
-        atomic_write(folder / "candidates.trec", lambda handle: handle.write(payload))
+        copy_atomic(data / "minilm.trec", folder / "candidates.trec")
     return folder
 
 

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datamodules.exit_codes import program
-from datamodules.files import atomic_write
+from datamodules.files import write_text
 
 SKIP_DIRS = {
     "test",
@@ -162,7 +162,7 @@ def _write_task(folder: Path, corpus: list[dict], queries: list[Function], metri
         "qrels.tsv": "".join(f"{f.qualname} 0 {f.qualname} 1\n" for f in queries),
     }
     for name, text in files.items():
-        atomic_write(folder / name, lambda handle, text=text: handle.write(text.encode("utf-8")))
+        write_text(folder / name, text)
 
 
 def _unique_functions(stdlib: Path | None) -> list[Function]:

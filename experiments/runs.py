@@ -117,7 +117,7 @@ def claim_run_dir(run_dir: Path, resume_from: str | None = None) -> str:
         if launcher_rank() > 0:
             return ""
         taken = (run_dir / RUN_ID_FILE).exists() or any(run_dir.iterdir())
-        resuming = bool(resume_from) and Path(resume_from).resolve().is_relative_to(run_dir.resolve())
+        resuming = bool(resume_from and Path(resume_from).resolve().is_relative_to(run_dir.resolve()))
         if taken and resuming:
             return (
                 (run_dir / RUN_ID_FILE).read_text(encoding="utf-8").strip()
@@ -294,6 +294,7 @@ def choose_wandb_mode() -> str | None:
     """
     if os.environ.get("WANDB_MODE"):
         return None
+    reason: str | None
     if not wandb_logged_in():
         reason = "no login found"
     else:

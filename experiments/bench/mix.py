@@ -15,6 +15,7 @@ pixels and page screenshots of ``image_side`` × 2·``image_side``.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,7 +139,7 @@ def make_groups(
     return groups
 
 
-def weighted_rate(items: dict[str, float], seconds: dict[str, float]) -> float:
+def weighted_rate(items: Mapping[str, float], seconds: Mapping[str, float]) -> float:
     """Items per second of MRB's mix: Σ w·items ÷ Σ w·seconds over the families timed."""
     weight = {family: FAMILIES[family][0] for family in seconds}
     return sum(weight[f] * items[f] for f in seconds) / sum(weight[f] * seconds[f] for f in seconds)

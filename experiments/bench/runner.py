@@ -97,7 +97,8 @@ def _run_forked(spec: dict, threads: int) -> dict:
     try:
         result = receiver.recv()
     except EOFError:
-        result = {"error": f"worker died with exit code {process.join() or process.exitcode}"}
+        process.join()
+        result = {"error": f"worker died with exit code {process.exitcode}"}
     process.join()
     if "error" in result:
         raise RuntimeError(
@@ -217,8 +218,8 @@ def _measure_models(
 ) -> dict[str, dict]:
     """Training (and, for ``INFERENCE_ARCHS``, inference) measurements of every planned architecture."""
     models: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="rerank-bench-") as scratch:
-        scratch = Path(scratch)
+    with tempfile.TemporaryDirectory(prefix="rerank-bench-") as scratch_name:
+        scratch = Path(scratch_name)
         for arch, work in plan:
             folder = prepare_arch(
                 arch, scratch / "models", Path(tiny_dir) if tiny_dir else None, work.image_side
@@ -228,7 +229,7 @@ def _measure_models(
             methods = ARCHS[arch].get("methods", TRAIN_METHODS)
             methods = [m for m in methods if m in ("rerank-lab", "naive")] if check else list(methods)
             train = _measure_training(base, methods, mode, threads, repeats, both=both)
-            entry = {"train": train, "summary": train_summary(train)}
+            entry: dict[str, Any] = {"train": train, "summary": train_summary(train)}
             with contextlib.suppress(Exception):
                 entry["head_flops_per_decoder_flops"] = head_ratio(arch, folder)
             if arch in INFERENCE_ARCHS:

@@ -11,6 +11,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from experiments.bench.bounds import family_bound, mix_bound, model_costs
 from experiments.bench.mix import FAMILIES, INSTRUCTION, Workload, make_groups, weighted_rate
@@ -430,7 +431,8 @@ def dispatch(spec: dict, threads: int) -> dict:
         fix_mmap_threshold()  # RSS then follows live tensors (costs speed: timings run without it)
     torch.set_num_threads(threads)
     use_random_backbones()
-    work = Workload(**{key: tuple(v) if isinstance(v, list) else v for key, v in spec["work"].items()})
+    fields: dict[str, Any] = {key: tuple(v) if isinstance(v, list) else v for key, v in spec["work"].items()}
+    work = Workload(**fields)
     folder, data_dir = Path(spec["folder"]), Path(spec["data"])
     if spec["kind"] == "train":
         return train_worker(

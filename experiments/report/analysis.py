@@ -72,8 +72,8 @@ def _seed_key(seed: Any) -> tuple:
 
 def _finals_by_seed(row: Row) -> dict[Any, float]:
     by_seed: dict[Any, list[float]] = {}
-    for run in row.runs:
-        by_seed.setdefault(run.seed, []).append(run.final)
+    for run, final in zip(row.runs, row.finals, strict=True):
+        by_seed.setdefault(run.seed, []).append(final)
     return {s: statistics.fmean(v) for s, v in by_seed.items()}
 
 
@@ -81,8 +81,9 @@ def seed_level(
     fn, cells: Mapping[Cell, Row], order: Sequence[Cell], tables: Tables, resamples: int, seed: int
 ) -> dict:
     """Per-seed values, paired t, sign-flip and the two-level interval of one statistic ``fn``."""
-    per_query = {c: tables.seeds_of(cells[c]) for c in order}
-    if all(v is not None for v in per_query.values()):
+    found = {c: tables.seeds_of(cells[c]) for c in order}
+    per_query = {c: v for c, v in found.items() if v is not None}
+    if len(per_query) == len(found):
         shared = sorted(set.intersection(*(set(v) for v in per_query.values())), key=_seed_key)
         averages = {c: {s: stats.run_average(per_query[c][s]) for s in shared} for c in order}
     else:  # no per-query data: the per-seed test still runs on the recorded finals
@@ -90,7 +91,7 @@ def seed_level(
         shared = sorted(set.intersection(*(set(f) for f in finals.values())), key=_seed_key)
         averages = {c: {s: finals[c][s] for s in shared} for c in order}
     values = [float(fn({c: averages[c][s] for c in order})) for s in shared]
-    out = {
+    out: dict[str, Any] = {
         "seeds": shared,
         "values": values,
         "mean": statistics.fmean(values) if values else None,
@@ -99,7 +100,7 @@ def seed_level(
         "sign_flip_p": stats.sign_flip_p(values),
         "interval": None,
     }
-    if shared and all(v is not None for v in per_query.values()):
+    if shared and len(per_query) == len(found):
         names = {c: cell_name(c) for c in order}
         table = {names[c]: [per_query[c][s] for s in shared] for c in order}
         boot = stats.two_level_bootstrap(
@@ -191,7 +192,11 @@ def against_baselines(rows: Sequence[Row], tables: Tables, resamples: int, seed:
     out = []
     for row in rows:
         seeds = tables.seeds_of(row)
-        entry = {"row": row.label, "cell": cell_name((row.weight, row.direction)), "baselines": {}}
+        entry: dict[str, Any] = {
+            "row": row.label,
+            "cell": cell_name((row.weight, row.direction)),
+            "baselines": {},
+        }
         for name, per_query in tables.baselines.items():
             base = tables.aligned(per_query)
             if seeds is None or base is None:
@@ -298,12 +303,16 @@ def mechanism(rows: Sequence[Row], windows: int = 3) -> dict:
     edges = [last * i / windows for i in range(windows + 1)]
     table = []
     for row in rows:
-        entry = {"row": row.label, "cell": cell_name((row.weight, row.direction)), "windows": {}}
+        entry: dict[str, Any] = {
+            "row": row.label,
+            "cell": cell_name((row.weight, row.direction)),
+            "windows": {},
+        }
         for key in WEIGHT_KEYS:
             per_run = [_window_means(run, key, edges) for run in row.runs]
             cols = []
             for i in range(windows):
-                values = [v[i] for v in per_run if v[i] is not None]
+                values = [x for v in per_run if (x := v[i]) is not None]
                 cols.append(
                     {
                         "mean": statistics.fmean(values) if values else None,
@@ -328,7 +337,7 @@ def _overall(run: RunRecord, key: str) -> float | None:
 
 
 def _ratio(cl: Row, sft: Row) -> dict:
-    out = {"cl": cl.label, "sft": sft.label, "direction": cl.direction}
+    out: dict[str, Any] = {"cl": cl.label, "sft": sft.label, "direction": cl.direction}
     for key in WEIGHT_KEYS:
         a = {run.seed: _overall(run, key) for run in cl.runs}
         b = {run.seed: _overall(run, key) for run in sft.runs}

@@ -38,7 +38,7 @@ def effects(rows: list[Row]) -> list[str]:
     keys = [(w, d) for w in ("sft", "cl") for d in ("sft", "cl")]
     if any(row.extras for row in rows) or not all(k in cells for k in keys):
         return []
-    means = {k: 100 * mean_std([r.final for r in cells[k].runs])[0] for k in keys}
+    means = {k: 100 * mean_std(cells[k].finals)[0] for k in keys}
     weight = [means[("sft", d)] - means[("cl", d)] for d in ("sft", "cl")]
     direction = [means[(w, "sft")] - means[(w, "cl")] for w in ("sft", "cl")]
     return [
@@ -50,7 +50,10 @@ def effects(rows: list[Row]) -> list[str]:
 
 def load_tables(rows: list[Row], eval_root: Path | None, zero_shot: Path | None) -> tuple[Tables, list[str]]:
     """Per-query values of every run's final validation and of the baselines, with notes on what failed."""
-    notes, run_tables, qrels, failed = [], {}, {}, {}
+    notes: list[str] = []
+    run_tables: dict = {}
+    qrels: dict = {}
+    failed: dict = {}
     for row in rows:
         for run in row.runs:
             try:

@@ -37,7 +37,7 @@ def table_lines(rows: list[Row]) -> list[str]:
             row.direction,
             *(format_value(v) for v in row.extras.values()),
             f"{len(row.runs)} ({seeds})",
-            cell([r.final for r in row.runs]),
+            cell(row.finals),
             *(cell([r.families[f] for r in row.runs if f in r.families]) for f in families),
         ]
         lines.append("| " + " | ".join(values) + " |")
@@ -360,7 +360,7 @@ def report_markdown(
 
 
 def row_json(row: Row) -> dict:
-    mean, std = mean_std([r.final for r in row.runs])
+    mean, std = mean_std(row.finals)
     fams = {}
     for family in families_of([row]):
         fmean, fstd = mean_std([r.families[family] for r in row.runs if family in r.families])
@@ -373,7 +373,7 @@ def row_json(row: Row) -> dict:
         "extras": row.extras,
         "n": len(row.runs),
         "seeds": [r.seed for r in row.runs],
-        "mrb_avg": {"mean": mean, "std": std, "values": [r.final for r in row.runs]},
+        "mrb_avg": {"mean": mean, "std": std, "values": row.finals},
         "families": fams,
         "runs": [shown_path(r.path) for r in row.runs],
     }

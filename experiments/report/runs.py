@@ -103,6 +103,12 @@ class Row:
     runs: list[RunRecord]
 
     @property
+    def finals(self) -> list[float]:
+        """The runs' final averages; a row holds validated runs only (the report skips the others)."""
+        assert all(r.final is not None for r in self.runs)
+        return [r.final for r in self.runs if r.final is not None]
+
+    @property
     def label(self) -> str:
         extra = " ".join(f"{k}={format_value(v)}" for k, v in self.extras.items())
         return " ".join(x for x in (self.objective, f"W={self.weight} D={self.direction}", extra) if x)

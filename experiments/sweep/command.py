@@ -57,7 +57,7 @@ def portable(command: list[str], root: str | Path) -> list[str]:
     def relative(text: str) -> str:
         return text[len(root_text) :] if text.startswith(root_text) else text
 
-    out = []
+    out: list[str] = []
     for item in (str(x) for x in command):
         if item == "/usr/bin/env" and not out:
             continue

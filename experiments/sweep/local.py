@@ -163,6 +163,6 @@ class LocalRunner:
         self.say(f"sweep {self.config['name']}: " + ", ".join(parts))
         if results:
             pick = max if self.goal == "maximize" else min
-            best = pick(results, key=results.get)
+            best = pick(results, key=lambda key: results[key])
             self.say(f"best {self.metric}={results[best]:.4f} ({best})")
         self.say(f"report: {sys.executable} -m experiments.report {self.sweep_dir}")

@@ -36,7 +36,8 @@ def sample_value(name: str, spec: dict, rng: random.Random) -> Any:
     if "values" in spec:
         weights = spec.get("probabilities")
         return rng.choices(spec["values"], weights=weights)[0]
-    low, high = spec.get("min"), spec.get("max")
+    low: Any = spec.get("min")  # checked when the sweep is read (config.check_parameter)
+    high: Any = spec.get("max")
     default = "int_uniform" if isinstance(low, int) and isinstance(high, int) else "uniform"
     kind = spec.get("distribution", default)
     q = spec.get("q", 1.0)

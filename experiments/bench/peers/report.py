@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from typing import Any
 
 TARGETS = {"n3": 1.5, "n7": 2.0}  # training speed-up wanted per N (issue 21); other N: none
 INFERENCE_TARGET = 1.3
@@ -97,7 +98,8 @@ def inference_summary(ours: list[dict], theirs: list[dict]) -> dict:
 
 def summarize(specs: list[dict], results: list[dict], header: dict) -> dict:
     """``peers.json``: per configuration figures, the headline ratios and the targets."""
-    train, infer = {}, {"rerank-lab": [], "sentence-transformers": []}
+    train: dict[str, Any] = {}
+    infer: dict[str, list] = {"rerank-lab": [], "sentence-transformers": []}
     for spec, result in zip(specs, results, strict=True):
         if spec["kind"] == "infer":
             infer[spec["side"]].append(result)

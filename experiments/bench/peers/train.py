@@ -120,7 +120,7 @@ class _Encoded(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.groups)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> _Digested:
         from datamodules.formats import Doc
 
         group = self.groups[index]
@@ -267,7 +267,12 @@ def st_loss(model_ce, objective: str):
 
     if objective == "sft":
         return losses.BinaryCrossEntropyLoss(model_ce, reduction="sum")
-    return losses.MultipleNegativesRankingLoss(model_ce, num_negatives=None, scale=1.0, activation_fn=None)
+    return losses.MultipleNegativesRankingLoss(  # scale is annotated int there; a float is what it uses
+        model_ce,
+        num_negatives=None,
+        scale=1.0,  # type: ignore[arg-type]
+        activation_fn=None,
+    )
 
 
 def _sequential_batches(dataset, batch_size: int, drop_last: bool, **kwargs):
