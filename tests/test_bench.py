@@ -22,13 +22,14 @@ def test_quick_bench_writes_the_report(tiny_model_dir, tmp_path):
     for key in ("device", "train_speedup", "inference_speedup", "memory_growth_n4_to_n16"):
         assert key in saved, key
     assert saved["device"].startswith(("cpu", "cuda"))
-    for key in (
-        "train_speedup",
-        "inference_speedup",
-        "memory_growth_n4_to_n16",
-        "naive_memory_growth_n4_to_n16",
-    ):
+    for key in ("train_speedup", "inference_speedup"):
         assert saved[key] > 0, key
+    # A tiny model's step needs a MiB or two: the growth ratios are computed and never negative, but at
+    # this size they are noise (None when the N = 4 peak rounds to nothing).
+    for key in ("memory_growth_n4_to_n16", "naive_memory_growth_n4_to_n16"):
+        assert saved[key] is None or saved[key] >= 0, key
+    for result in saved["models"]["tiny"]["train"].values():
+        assert result["peak_mib"] >= 0
     train = saved["models"]["tiny"]["train"]
     assert set(train) == {f"{m}/n{n}" for m in TRAIN_METHODS for n in TRAIN_NEGATIVES}
     for result in train.values():

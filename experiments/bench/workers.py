@@ -77,7 +77,10 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             return (torch.cuda.max_memory_allocated() - self.base) / 2**20
-        return (_status_kb("VmHWM") * 1024 - self.base) / 2**20
+        # The kernel updates VmHWM lazily, so it can trail VmRSS: the peak is at least the current RSS,
+        # and never below the level at start (a negative "peak" was noise read as a shrink).
+        peak = max(_status_kb("VmHWM"), _status_kb("VmRSS")) * 1024
+        return max(0.0, (peak - self.base) / 2**20)
 
 
 def _sync(device) -> None:
