@@ -163,6 +163,11 @@ def test_weight_claim_holds_over_eight_seeds(tmp_path):
     assert "cannot reach significance" not in data["verdict"]
     text = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert "W_SFT − W_CL under D_SFT: holds (+50.00 points over 8 seeds" in data["verdict"]
+    # The paper's headline, plain SFT against plain CL, is reported beside the claims, outside Holm's family.
+    headline = comparison(data, "sft_over_cl")
+    assert headline["claim"] is None and headline["estimate"] == pytest.approx(0.55)  # 0.9 - 0.35
+    assert headline["n_seeds"] == 8 and headline["paper"] == pytest.approx(1.69)
+    assert "| SFT − CL (W_SFT × D_SFT − W_CL × D_CL) | 8 |" in text and "(not a claim)" in text
     assert "D_rand helps W_CL and hurts W_SFT was not tested (not run: W_CL × D_rand, W_SFT × D_rand)" in text
 
 
