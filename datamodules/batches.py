@@ -32,6 +32,11 @@ log = logging.getLogger("rerank_lab.data")
 ENCODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
 
 
+def visual_tokens(pairs: list[EncodedPair], image_token_id: int | None) -> int:
+    """Image tokens over all ``pairs`` (0 for a backbone without images)."""
+    return sum(p.input_ids.count(image_token_id) for p in pairs) if image_token_id is not None else 0
+
+
 @dataclass
 class StreamBatch:
     """What a stream worker yields for one rank batch; :func:`encode_train` turns it into a
@@ -100,7 +105,7 @@ class TrainBatch:
             groups=groups,
             positives=positives,
             truncated=sum(p.truncated for p in pairs),
-            visual_tokens=sum(p.input_ids.count(image_token_id) for p in pairs) if image_token_id else 0,
+            visual_tokens=visual_tokens(pairs, image_token_id),
         )
 
     @property
@@ -162,9 +167,7 @@ def encode_train(encoder: PairEncoder, batch: StreamBatch) -> TrainBatch:
         tasks=[g.task for g in kept],
         filled_hard=sum(g.filled_hard for g in kept),
         truncated=sum(p.truncated for p in pairs),
-        visual_tokens=(
-            sum(p.input_ids.count(encoder.image_token_id) for p in pairs) if encoder.image_token_id else 0
-        ),
+        visual_tokens=visual_tokens(pairs, encoder.image_token_id),
         stream=batch.info(kept, extra_skipped=len(skipped)),
         skipped_records=batch.skipped + skipped,
     )

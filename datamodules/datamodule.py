@@ -214,9 +214,7 @@ class RerankDataModule(L.LightningDataModule):
     def _load_eval_task(self, folder) -> MRBTask:
         """One MRB task, strictly (``on_bad_record=error``) or leaving bad records out (``skip``)."""
         if self.hparams.on_bad_record == "error":
-            task = load_task(folder)
-            assert task is not None  # strict: a bad task raises
-            return task
+            return load_task(folder)
         for name in MRB_FILES:  # a task that cannot be read as a whole is never skipped
             if (problem := regular_file_problem(folder / name)) is not None:
                 raise FormatError(f"{folder / name}:1: {problem}")

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from datamodules.files import is_hidden, leftover_note, leftovers
 from datamodules.metrics import parse_metric
@@ -235,6 +235,25 @@ def parse_doc(
     return Doc(text=text or None, image=image_path) if ok else None
 
 
+@overload  # strict: a bad record raises, so there is always a group
+def parse_train_group(
+    record: dict[str, Any],
+    base: Path | str,
+    where: str,
+    resolve_image: ImageResolver | None = None,
+    problems: None = None,
+    check_image: ImageCheck | None = None,
+) -> TrainGroup: ...
+@overload  # collecting: None for a bad record
+def parse_train_group(
+    record: dict[str, Any],
+    base: Path | str,
+    where: str,
+    resolve_image: ImageResolver | None = None,
+    *,
+    problems: Problems,
+    check_image: ImageCheck | None = None,
+) -> TrainGroup | None: ...
 def parse_train_group(
     record: dict[str, Any],
     base: Path | str,  # a str (a URL's folder) only with resolve_image
@@ -458,6 +477,14 @@ def read_judgements(
     return table
 
 
+@overload  # strict: the first problem raises, so there is always a task
+def load_task(
+    task_dir: str | Path, problems: None = None, check_image: ImageCheck | None = None
+) -> MRBTask: ...
+@overload  # collecting: None when task.json is unusable
+def load_task(
+    task_dir: str | Path, problems: Problems, check_image: ImageCheck | None = None
+) -> MRBTask | None: ...
 def load_task(
     task_dir: str | Path, problems: Problems | None = None, check_image: ImageCheck | None = None
 ) -> MRBTask | None:

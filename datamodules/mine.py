@@ -226,9 +226,8 @@ def mine(
 def _record(doc: Doc, where: str, store: ImageStore, errors: list[str]) -> dict[str, str]:
     record = {"text": doc.text} if doc.text else {}
     if doc.image:
-        stored = store.add(
-            Path(str(doc.image)), where, errors
-        )  # a task's images are paths  # copied next to the output, by content
+        # A task's images are paths; copied next to the output, by content.
+        stored = store.add(Path(str(doc.image)), where, errors)
         if stored:
             record["image"] = stored
     return record

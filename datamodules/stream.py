@@ -105,11 +105,9 @@ def _remote_image(fs, base: str, relative: Any, where: str) -> str:
 def _parse_remote_group(fs, record: dict, base: str, where: str) -> TrainGroup:
     """:func:`formats.parse_train_group` for shards behind a URL: images become URLs under ``base``
     (checked with POSIX path rules; object stores have no symlinks)."""
-    group = parse_train_group(
+    return parse_train_group(
         record, base, where, resolve_image=lambda image, at: _remote_image(fs, base, image, at)
     )
-    assert group is not None  # strict (no problems collector): a bad record raises instead
-    return group
 
 
 # ---- the stream ----------------------------------------------------------------------------------
@@ -374,7 +372,6 @@ class TrainStream(IterableDataset):
             group = parse_train_group(record, Path(path).parent, where)
         else:
             group = _parse_remote_group(self.index.fs, record, posixpath.dirname(path), where)
-        assert group is not None  # strict: a bad record raises instead
         return group
 
     # ---- iteration -----------------------------------------------------------------------------

@@ -30,8 +30,6 @@ from typing import NamedTuple
 from datamodules.exit_codes import BAD_INPUT, COMMAND, FAILED, INTERRUPTED, OK, report
 from datamodules.trec import FormatError, error_message
 
-PROG = COMMAND
-
 
 class Command(NamedTuple):
     module: str  # what ``python -m`` runs; its docstring is the --help line
@@ -99,7 +97,7 @@ def summary(name: str) -> str:
 def usage() -> str:
     width = max(map(len, COMMANDS)) + 2
     lines = [
-        f"usage: {PROG} <subcommand> [args]   ({PROG} <subcommand> --help: that tool's options)",
+        f"usage: {COMMAND} <subcommand> [args]   ({COMMAND} <subcommand> --help: that tool's options)",
         "",
         "subcommands:",
         *(f"  {name:<{width}}{summary(name)}" for name in COMMANDS),
@@ -126,13 +124,13 @@ def run(name: str, argv: Sequence[str]) -> int:
     if not command.stage and sys.argv:
         # argparse names the program after sys.argv[0] unless the tool sets ``prog``. LightningCLI's
         # stages keep sys.argv: Lightning's DDP launcher starts the other ranks from it.
-        sys.argv[0] = f"{PROG} {name}"
+        sys.argv[0] = f"{COMMAND} {name}"
     try:
         code = resolve(name)(args)
     except SystemExit as exit_:  # argparse (--help: 0, a usage error: 2), LightningCLI, sys.exit(...)
         code = exit_.code
     except KeyboardInterrupt:
-        print(f"{PROG} {name}: interrupted", file=sys.stderr)
+        print(f"{COMMAND} {name}: interrupted", file=sys.stderr)
         return INTERRUPTED
     except FormatError as error:  # a bad input record a tool did not catch itself
         return report(error_message(error), BAD_INPUT)
@@ -157,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         close = difflib.get_close_matches(name, COMMANDS, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         return report(
-            f"unknown subcommand {name!r}{hint}; known: {', '.join(COMMANDS)} ({PROG} --help describes them)"
+            f"unknown subcommand {name!r}{hint}; known: {', '.join(COMMANDS)} ({COMMAND} --help describes them)"
         )
     return run(name, argv[1:])
 

@@ -45,11 +45,11 @@ from pathlib import Path
 
 from lightning.pytorch import Callback
 
-from datamodules import files
 from datamodules.exit_codes import program
 from datamodules.exit_codes import report as report_error
 from datamodules.extras import require
-from datamodules.files import atomic_write
+from datamodules.files import atomic_write, write_text
+from datamodules.files import write_json as write_json_whole
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "experiments" / "configs"
@@ -74,7 +74,7 @@ class StepTimer(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:
             path = Path(trainer.default_root_dir) / "step_times.json"
-            files.write_text(path, json.dumps(self.times) + "\n")
+            write_text(path, json.dumps(self.times) + "\n")
 
 
 def peak_rss_mib() -> float:
@@ -91,7 +91,7 @@ def copy_atomic(source: Path, target: Path) -> None:
 def write_json(path: Path, data) -> None:
     """:func:`datamodules.files.write_json`, making the folder first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    files.write_json(path, data)
+    write_json_whole(path, data)
 
 
 def run_module(args: list[str]) -> None:
@@ -405,7 +405,7 @@ def write_table(out: Path, args: argparse.Namespace) -> dict:
     dense_lines, dense_rows, dense_compared = dense_block(out, args)
     lines += dense_lines
     table = "\n".join(lines) + "\n"
-    files.write_text(out / "table.md", table)
+    write_text(out / "table.md", table)
     summary = {
         "rows": rows,
         "against_first_stage": compared,

